@@ -1,0 +1,13 @@
+r"""VIS-MAE-Generic: SwinMAE pretraining on every modality.
+
+  python -m vismae_jax.main --config=configs/generic.py --workdir=DIR \
+      --config.data.path=SHARDS_DIR
+
+Variants (`configs/generic.py:VARIANT`): `sample` trains on the bundled real images with a
+model and schedule sized for a 2-core CPU (the README's quick start); `tiny` is for tests.
+"""
+from vismae_jax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.pretrain(modalities=(), variant=arg)

@@ -1,0 +1,1 @@
+"""Data pipelines: raw images -> ArrayRecord shards -> grain iterators for training."""

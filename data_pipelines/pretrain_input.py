@@ -1,0 +1,66 @@
+"""grain pipeline for pretraining: shards -> global shuffle -> per-host slice -> uint8 batches.
+
+The host only moves bytes: batches are (per_host_batch, H, W) uint8 and everything per-pixel
+(resize, flip, normalisation, masking) runs on the accelerator inside the train step. The
+shuffle is global and reseeded every epoch; each host reads a disjoint slice of it, so the
+global batch at a step is the same whatever the number of hosts.
+"""
+import csv
+import os
+
+import grain
+import numpy as np
+
+from data_pipelines import records, shards
+
+
+class _Subset:
+  """Random-access view of `source` restricted to `positions` (e.g. one modality)."""
+
+  def __init__(self, source, positions: np.ndarray):
+    self._source, self._positions = source, positions
+
+  def __len__(self):
+    return len(self._positions)
+
+  def __getitem__(self, i):
+    return self._source[int(self._positions[i])]
+
+
+def modality_column(data_dir: str) -> np.ndarray:
+  with open(os.path.join(data_dir, shards.INDEX), newline="") as f:
+    return np.array([row["modality"] for row in csv.DictReader(f)])
+
+
+def record_source(data_dir: str, modalities=None):
+  """ArrayRecord source over the dataset, filtered to `modalities` (None or empty: all)."""
+  manifest = shards.load_manifest(data_dir)
+  source = grain.sources.ArrayRecordDataSource(
+      [os.path.join(data_dir, name) for name in manifest["shards"]])
+  if not modalities:
+    return source
+  positions = np.flatnonzero(np.isin(modality_column(data_dir), list(modalities)))
+  if positions.size == 0:
+    raise ValueError(f"{data_dir}: no records of modality {list(modalities)}; the dataset has "
+                     f"{manifest['counts']}")
+  return _Subset(source, positions)
+
+
+def pretrain_dataset(data_dir: str, *, modalities, seed: int, per_host_batch: int,
+                     process_index: int, process_count: int) -> grain.MapDataset:
+  """Infinite MapDataset of uint8 batches for this host; its iterator state is checkpointable."""
+  ds = grain.MapDataset.source(record_source(data_dir, modalities))
+  ds = ds.seed(seed).shuffle().repeat()
+  ds = ds[process_index::process_count]
+  return ds.map(records.decode_image).batch(per_host_batch, drop_remainder=True)
+
+
+def num_examples(data_dir: str, modalities=None) -> int:
+  return len(record_source(data_dir, modalities))
+
+
+def make_iterator(ds: grain.MapDataset, workers: int) -> grain.DatasetIterator:
+  it = ds.to_iter_dataset()
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(it)

@@ -1,0 +1,49 @@
+"""The record stored in every pretraining shard, and its (de)serialisation.
+
+Records are msgpack maps, never pickles, so reading a shard cannot execute code. They carry
+only pixels and de-identified metadata: no names, IDs, dates or free text ever enter a record.
+"""
+import dataclasses
+import hashlib
+
+import msgpack
+import numpy as np
+
+MODALITIES = ("CT", "MR", "PT", "XR", "US")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+  image: np.ndarray          # (H, W) uint8
+  modality: str              # one of MODALITIES
+  patient_key: str           # salted hash of the patient identifier
+  source_hash: str           # hash of the source path relative to the ingest root
+  orig_size: tuple[int, int]  # (height, width) before resizing
+
+  def encode(self) -> bytes:
+    if self.image.dtype != np.uint8 or self.image.ndim != 2:
+      raise ValueError(f"records hold (H, W) uint8 images, got {self.image.dtype} "
+                       f"{self.image.shape}")
+    if self.modality not in MODALITIES:
+      raise ValueError(f"unknown modality {self.modality!r}; expected one of {MODALITIES}")
+    return msgpack.packb({
+        "image": self.image.tobytes(), "shape": list(self.image.shape),
+        "modality": self.modality, "patient_key": self.patient_key,
+        "source_hash": self.source_hash, "orig_size": list(self.orig_size)})
+
+
+def decode(data: bytes) -> dict:
+  """Bytes -> dict with `image` as an (H, W) uint8 array and the metadata fields."""
+  fields = msgpack.unpackb(data)
+  fields["image"] = np.frombuffer(fields["image"], np.uint8).reshape(fields["shape"])
+  return fields
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """The pixels only: what the pretraining pipeline needs per example."""
+  return decode(data)["image"]
+
+
+def salted_hash(value: str, salt: str, length: int = 16) -> str:
+  """Stable de-identified key: the salt stays in the config and is never written anywhere."""
+  return hashlib.sha256(f"{salt}\x00{value}".encode()).hexdigest()[:length]

@@ -1,0 +1,36 @@
+"""vismae_jax: VIS-MAE (Swin masked autoencoders for medical images) in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="vismae_jax",
+    version="0.1.0",
+    description="Swin-Transformer masked autoencoder pretraining and fine-tuning for medical "
+                "images, in JAX/Flax (a reimplementation of VIS-MAE)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["vismae_jax*", "data_pipelines*"]),
+    package_data={"data_pipelines": ["sample/*.md", "sample/us/*.png", "sample/xr/*.jpeg"]},
+    # Lower bounds are the versions tested together (Python 3.11, CPU).
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "array-record>=0.8.6",
+        "ml-collections>=1.1.0",
+        "tensorflow-datasets>=4.9.10",
+        "numpy>=2.0",
+        "msgpack>=1.0",
+        "pillow>=10.0",
+        "absl-py>=2.0",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "torch": ["torch>=2.13.0", "safetensors>=0.4"],
+        "test": ["pytest>=8.0"],
+    },
+)

@@ -1,0 +1,177 @@
+"""Building and validating run configs.
+
+Config files in configs/ are thin: they pick modalities and a variant and call `pretrain()`.
+The defaults here double as the schema: a key that they do not define is a typo, and
+`validate()` rejects it before any work, together with every inconsistent value.
+"""
+import difflib
+
+import ml_collections
+
+from data_pipelines import records
+from vismae_jax import preprocess
+
+TASKS = ("pretrain",)
+DTYPES = ("float32", "bfloat16")
+DATA_SOURCES = ("shards", "sample")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def pretrain_defaults() -> ml_collections.ConfigDict:
+  """The VIS-MAE-Generic run: the release's SwinMAE, recipe and schedule."""
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"
+  c.seed = 0
+
+  c.model = dict(in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 2, 2),
+                 decoder_depths=(2, 2, 2), num_heads=(3, 6, 12, 24), window=7, drop_path=0.1,
+                 remat=False)
+  c.mae = dict(mask_ratio=0.75, mask_unit=16, norm_pix_loss=False)
+  # minmax: the per-image [0, 1] scaling that fine-tuning uses, so both stages see the same
+  # inputs; "release" reproduces the published pretraining (mean 0.223, std 0.202).
+  c.input = dict(image_size=224, normalization="minmax", hflip=True)
+  # data.path: a directory written by data_pipelines (dataset.json, index.csv, shards).
+  # data.modalities: keep only these (empty: all, the Generic model).
+  c.data = dict(source="shards", path="", modalities=(), workers=0)
+
+  c.batch_size = 5120  # global: the paper's 640 per GPU on 8 GPUs
+  c.num_epochs = 800.0
+  c.total_steps = 0  # > 0 overrides num_epochs
+  # lr is for the global batch; with lr_batch_base > 0 it is scaled by batch_size / base.
+  c.optim = dict(lr=1e-3, lr_batch_base=0, b1=0.9, b2=0.95, weight_decay=0.05,
+                 decay_norms_biases=True, warmup_epochs=10.0, clip_norm=0.0)
+
+  # Devices per mesh axis; -1 takes the rest. fsdp > 1 shards parameters and optimizer state.
+  c.mesh = dict(data=-1, fsdp=1)
+  c.dtype = "float32"  # compute dtype; parameters stay float32
+
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.figure_images = 8  # originals / masked / reconstructions in the PNG grid
+  return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """Config-file argument (`configs/generic.py:sample`): comma-separated variant names.
+
+  sample: the bundled real images, a model and schedule sized for a 2-core CPU (~5 minutes).
+  tiny:   a minute-scale model for tests.
+  """
+  for name in filter(None, variant.split(",")):
+    if name == "sample":
+      c.data.source = "sample"
+      c.model.update(in_chans=1, embed_dim=32, num_heads=(1, 2, 4, 8), window=4, drop_path=0.0)
+      c.input.image_size = 128
+      c.batch_size = 16
+      c.num_epochs = 50.0
+      c.optim.update(lr=1e-3, warmup_epochs=5.0)
+      c.log_every = 20
+      c.checkpoint_every = 200
+    elif name == "tiny":
+      c.data.source = "sample"
+      c.model.update(in_chans=1, embed_dim=16, depths=(2, 1, 1, 1), decoder_depths=(1, 1, 1),
+                     num_heads=(1, 1, 2, 2), window=4, drop_path=0.0)
+      c.input.image_size = 64
+      c.batch_size = 8
+      c.total_steps = 20
+      c.optim.update(lr=2e-3, warmup_epochs=0.2)
+      c.log_every = 5
+      c.checkpoint_every = 10
+      c.figure_images = 4
+    else:
+      raise ConfigError(f"unknown config variant {name!r}; known: sample, tiny")
+  return c
+
+
+def pretrain(modalities=(), variant: str = "") -> ml_collections.ConfigDict:
+  c = pretrain_defaults()
+  c.data.modalities = tuple(modalities)
+  return apply_variant(c, variant or "")
+
+
+def _unknown_keys(config, defaults, prefix=""):
+  for key in config.keys():
+    if key not in defaults:
+      close = difflib.get_close_matches(key, list(defaults.keys()), n=1)
+      hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+      yield f"config.{prefix}{key}: unknown key{hint}"
+    elif isinstance(config[key], ml_collections.ConfigDict):
+      yield from _unknown_keys(config[key], defaults[key], f"{prefix}{key}.")
+
+
+def validate(config, device_count: int, process_count: int) -> None:
+  """Raises ConfigError listing every problem, each with the field and the fix."""
+  errors = list(_unknown_keys(config, pretrain_defaults()))
+  if errors:  # the checks below assume the known keys
+    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+  def check(ok, message):
+    if not ok:
+      errors.append(message)
+
+  m, size = config.model, config.input.image_size
+  n_stages = len(m.depths)
+  check(config.task in TASKS, f"config.task={config.task!r}: expected one of {TASKS}")
+  check(config.dtype in DTYPES, f"config.dtype={config.dtype!r}: expected one of {DTYPES}")
+  check(config.input.normalization in preprocess.NORMALIZATIONS,
+        f"config.input.normalization={config.input.normalization!r}: expected one of "
+        f"{preprocess.NORMALIZATIONS}")
+  check(len(m.num_heads) == n_stages,
+        f"config.model.num_heads has {len(m.num_heads)} entries for {n_stages} stages "
+        "(config.model.depths): give one head count per stage")
+  check(len(m.decoder_depths) == n_stages - 1,
+        f"config.model.decoder_depths needs {n_stages - 1} entries (one per encoder stage but "
+        f"the last), got {len(m.decoder_depths)}")
+  for i, heads in enumerate(m.num_heads):
+    check((m.embed_dim * 2 ** i) % heads == 0,
+          f"config.model.num_heads[{i}]={heads} does not divide stage {i}'s width "
+          f"{m.embed_dim * 2 ** i} (embed_dim * 2^{i})")
+  reduction = m.patch_size * 2 ** (n_stages - 1)
+  check(size % reduction == 0,
+        f"config.input.image_size={size} must be a multiple of patch_size * 2^(stages-1) = "
+        f"{reduction}, so that every patch merging halves an even grid; try "
+        f"{max(reduction, size // reduction * reduction)}")
+  mae = config.mae
+  check(mae.mask_unit % m.patch_size == 0,
+        f"config.mae.mask_unit={mae.mask_unit} px must be a multiple of config.model.patch_size="
+        f"{m.patch_size} (a mask unit covers whole tokens)")
+  check(size % mae.mask_unit == 0,
+        f"config.input.image_size={size} must be a multiple of config.mae.mask_unit="
+        f"{mae.mask_unit}")
+  check(0.0 < mae.mask_ratio < 1.0, f"config.mae.mask_ratio={mae.mask_ratio}: must be in (0, 1)")
+  check(m.window >= 1, f"config.model.window={m.window}: must be >= 1")
+  check(config.data.source in DATA_SOURCES,
+        f"config.data.source={config.data.source!r}: expected one of {DATA_SOURCES}")
+  check(config.data.source != "shards" or config.data.path,
+        "config.data.path is empty: pass --config.data.path=<directory of ArrayRecord shards "
+        "written by data_pipelines>, or use the bundled sample with configs/generic.py:sample")
+  for modality in config.data.modalities:
+    check(modality in records.MODALITIES,
+          f"config.data.modalities: unknown modality {modality!r}; expected {records.MODALITIES}")
+
+  check(config.batch_size % process_count == 0,
+        f"config.batch_size={config.batch_size} is the global batch and must split evenly over "
+        f"{process_count} processes")
+  check(config.batch_size % device_count == 0,
+        f"config.batch_size={config.batch_size} must be a multiple of the device count "
+        f"{device_count}; try {max(device_count, config.batch_size // device_count * device_count)}")
+  mesh = config.mesh
+  sizes = [mesh.data, mesh.fsdp]
+  if -1 in sizes:
+    fixed = abs(int(mesh.data * mesh.fsdp))
+    check(sizes.count(-1) == 1 and device_count % fixed == 0,
+          f"config.mesh data={mesh.data} fsdp={mesh.fsdp}: at most one axis may be -1 and the "
+          f"others must divide the {device_count} devices")
+  else:
+    check(mesh.data * mesh.fsdp == device_count,
+          f"config.mesh data={mesh.data} x fsdp={mesh.fsdp} must equal the {device_count} devices")
+  check(config.total_steps > 0 or config.num_epochs > 0,
+        "set config.num_epochs or config.total_steps to a positive number")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    check(config[key] > 0, f"config.{key}={config[key]}: must be positive")
+  if errors:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

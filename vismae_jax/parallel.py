@@ -1,0 +1,84 @@
+"""Multi-host start-up, the device mesh, sharding rules and global batches.
+
+The same code runs on one CPU, eight local devices and many hosts: nothing here assumes
+process_count() == 1. Batches are split over every device (the `data` and `fsdp` axes);
+parameters and optimizer state are replicated, or with an `fsdp` axis > 1 sharded along
+their largest dimension that the axis divides (big_vision's FSDP rule).
+"""
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp")
+BATCH_SPEC = P(MESH_AXES)
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1):
+  """Starts jax.distributed when the run spans several processes.
+
+  Explicit arguments (from flags) win; otherwise JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID from the environment; otherwise JAX's own cluster detection where a launcher is
+  recognisable (SLURM with several tasks, Open MPI, multi-host TPU). A single process needs none.
+  """
+  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  num_processes = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
+  if process_id < 0:
+    process_id = int(os.environ.get("JAX_PROCESS_ID", "-1"))
+  if coordinator_address:
+    if num_processes < 1 or process_id < 0:
+      raise ValueError("a coordinator address needs the number of processes and this process's "
+                       "id (--num_processes, --process_id or JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") > 0):
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info("process %d of %d, %d local of %d devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
+  """Resolves a -1 axis to the devices left over."""
+  if data == -1:
+    data = device_count // fsdp
+  if fsdp == -1:
+    fsdp = device_count // data
+  return data, fsdp
+
+
+def make_mesh(mesh_config) -> jax.sharding.Mesh:
+  shape = mesh_shape(mesh_config.data, mesh_config.fsdp, jax.device_count())
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def fsdp_spec(shape, fsdp_size: int) -> P:
+  """Shards the largest dimension that `fsdp_size` divides; small or odd tensors replicate."""
+  if fsdp_size == 1 or not shape:
+    return P()
+  for dim in np.argsort(shape)[::-1]:
+    if shape[dim] % fsdp_size == 0 and shape[dim] >= fsdp_size:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state, mesh):
+  """NamedSharding for every leaf of a (shape-only) train state."""
+  fsdp_size = mesh.shape["fsdp"]
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp_size)),
+                      abstract_state)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, BATCH_SPEC)
+
+
+def global_batch(local_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """This host's rows -> one global jax.Array spanning every process."""
+  return jax.make_array_from_process_local_data(sharding, local_batch)
