@@ -2,8 +2,10 @@
 
 The host only moves bytes: batches are (per_host_batch, H, W) uint8 and everything per-pixel
 (resize, flip, normalisation, masking) runs on the accelerator inside the train step. The
-shuffle is global and reseeded every epoch; each host reads a disjoint slice of it, so the
-global batch at a step is the same whatever the number of hosts.
+shuffle is global and reseeded every epoch. The shuffled stream is cut into per-host batches and
+host p takes every P-th one, so global batch k is the contiguous block [k*B, (k+1)*B) of the
+stream in the same row order whatever the number of hosts: runs on 1 and on N hosts see the
+same examples paired with the same per-row masks.
 """
 import csv
 import os
@@ -50,9 +52,8 @@ def pretrain_dataset(data_dir: str, *, modalities, seed: int, per_host_batch: in
                      process_index: int, process_count: int) -> grain.MapDataset:
   """Infinite MapDataset of uint8 batches for this host; its iterator state is checkpointable."""
   ds = grain.MapDataset.source(record_source(data_dir, modalities))
-  ds = ds.seed(seed).shuffle().repeat()
-  ds = ds[process_index::process_count]
-  return ds.map(records.decode_image).batch(per_host_batch, drop_remainder=True)
+  ds = ds.seed(seed).shuffle().repeat().map(records.decode_image)
+  return ds.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
 
 
 def num_examples(data_dir: str, modalities=None) -> int:

@@ -67,7 +67,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
       c.model.update(in_chans=1, embed_dim=32, num_heads=(1, 2, 4, 8), window=4, drop_path=0.0)
       c.input.image_size = 128
       c.batch_size = 16
-      c.num_epochs = 50.0
+      c.num_epochs = 30.0
       c.optim.update(lr=1e-3, warmup_epochs=5.0)
       c.log_every = 20
       c.checkpoint_every = 200

@@ -167,16 +167,29 @@ class SwinBlock(nn.Module):
     return x + DropPath(self.drop_path)(y, deterministic)
 
 
+def _torch_default_bias_init(fan_in):
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 class PatchEmbed(nn.Module):
-  """Non-overlapping `patch` x `patch` convolution, then LayerNorm."""
+  """Non-overlapping `patch` x `patch` convolution, then LayerNorm.
+
+  The convolution keeps PyTorch's default init, as the release does: with a zero bias, blank
+  (all-black) patches would reach the LayerNorm as constant vectors and its 1/sqrt(eps) scale
+  would blow their gradients up a thousandfold.
+  """
   embed_dim: int
   patch: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    fan_in = self.patch * self.patch * x.shape[-1]
     x = nn.Conv(self.embed_dim, (self.patch, self.patch), strides=self.patch, padding="VALID",
-                dtype=self.dtype, name="proj")(x)
+                dtype=self.dtype, name="proj",
+                kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                bias_init=_torch_default_bias_init(fan_in))(x)
     return layer_norm("norm", self.dtype)(x)
 
 

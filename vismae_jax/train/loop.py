@@ -58,7 +58,8 @@ class _Logger:
     self.tb_dir = os.path.join(workdir, "tensorboard")
     self.tb = SummaryWriter(self.tb_dir) if self.primary else None
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
-    self.bar = tqdm.tqdm(total=total_steps, initial=start, unit="step", disable=not self.primary,
+    self.bar = tqdm.tqdm(total=total_steps, initial=start, unit="step",
+                         disable=None if self.primary else True,  # None: off unless a tty
                          dynamic_ncols=True, mininterval=5.0)
     self.last_step, self.last_time = start, time.perf_counter()
 
