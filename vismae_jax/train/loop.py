@@ -42,6 +42,24 @@ def make_train_step(loss_fn, tx, schedule):
   return step
 
 
+def make_state_initializer(model, config, tx):
+  """A no-argument function building the step-0 train state (jit it with out_shardings)."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+
+  def init_state():
+    params = pretrain.init_params(model, config, init_rng)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": train_rng}
+  return init_state
+
+
+def compile_train_step(model, config, tx, schedule, state_shardings, mesh):
+  """The jitted, sharded, state-donating pretraining step."""
+  return jax.jit(make_train_step(pretrain.make_loss_fn(model, config), tx, schedule),
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
+
+
 def figure_batch(data_dir: str, config) -> np.ndarray:
   """Records spread evenly over the (filtered) dataset: the same pictures at every checkpoint."""
   source = pretrain_input.record_source(data_dir, config.data.modalities)
@@ -116,23 +134,17 @@ def train(config, workdir: str) -> dict:
   schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = optim.make_optimizer(config, schedule)
   model = pretrain.build_model(config)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-
-  def init_state(rng):
-    params = pretrain.init_params(model, config, rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "rng": train_rng}
-
-  shardings = parallel.state_shardings(jax.eval_shape(init_state, init_rng), mesh)
+  init_state = make_state_initializer(model, config, tx)
+  shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh)
   batch_sharding = parallel.batch_sharding(mesh)
 
   # Fresh start or resume.
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   latest = mngr.latest_step()
   if latest is None:
-    state = jax.jit(init_state, out_shardings=shardings)(init_rng)
+    state = jax.jit(init_state, out_shardings=shardings)()
   else:
-    abstract = checkpoint.abstract_like(jax.eval_shape(init_state, init_rng), shardings)
+    abstract = checkpoint.abstract_like(jax.eval_shape(init_state), shardings)
     state = checkpoint.restore(mngr, latest, abstract, data_iterator)
     logging.info("resumed from step %d in %s", latest, mngr.directory)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -140,9 +152,7 @@ def train(config, workdir: str) -> dict:
                n_examples, config.batch_size, per_host_batch, total_steps, n_params / 1e6,
                dict(mesh.shape))
 
-  train_step = jax.jit(make_train_step(pretrain.make_loss_fn(model, config), tx, schedule),
-                       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-                       donate_argnums=0)
+  train_step = compile_train_step(model, config, tx, schedule, shardings, mesh)
   replicated = NamedSharding(mesh, P())
   reconstruct = jax.jit(lambda params, images: pretrain.reconstruct(
       model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)

@@ -1,0 +1,118 @@
+r"""Step time and images/s of the SwinMAE pretraining step (forward, backward, AdamW).
+
+  python benchmarks/train_throughput.py --preset=release --batch=8 --image_size=224 \
+      --dtype=float32 --json=/tmp/train_throughput.json
+
+Times the same jitted, sharded, donated step that training runs, on synthetic uint8 batches
+already on the device (input pipeline excluded: see data_throughput.py). `--devices=N` on a CPU
+forces N host devices. On a GPU it also reports model FLOPs utilisation (MFU) from XLA's cost
+analysis of the compiled step against the device's peak. Prints one summary line.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+# Dense peak FLOP/s per device by compute dtype, for MFU (vendor datasheets, no sparsity).
+PEAK_FLOPS = {
+    "H100": {"bfloat16": 989e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+}
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--preset", default="release", choices=["release", "sample", "tiny"],
+                 help="release: the published SwinMAE; sample/tiny: the config variants")
+  p.add_argument("--batch", type=int, default=8, help="global batch")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--in_chans", type=int, default=0, help="0: the preset's")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
+  p.add_argument("--fsdp", type=int, default=1, help="devices on the FSDP mesh axis")
+  p.add_argument("--devices", type=int, default=0, help="CPU only: force this many host devices")
+  p.add_argument("--steps", type=int, default=5, help="timed steps")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  p.add_argument("--json", default="", help="write the results here")
+  return p.parse_args(argv)
+
+
+def main(argv):
+  args = parse_args(argv)
+  if args.devices:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+  import jax
+  import numpy as np
+
+  from vismae_jax import config_lib, parallel
+  from vismae_jax.train import loop, optim, pretrain
+
+  config = config_lib.pretrain(variant="" if args.preset == "release" else args.preset)
+  config.batch_size, config.input.image_size, config.dtype = args.batch, args.image_size, args.dtype
+  config.model.remat = args.remat
+  config.mesh.data, config.mesh.fsdp = -1, args.fsdp
+  if args.in_chans:
+    config.model.in_chans = args.in_chans
+  config.data.source = "sample"
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+
+  mesh = parallel.make_mesh(config.mesh)
+  total = args.warmup + args.steps + 1
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch=1.0, total_steps=total)
+  tx = optim.make_optimizer(config, schedule)
+  model = pretrain.build_model(config)
+  init_state = loop.make_state_initializer(model, config, tx)
+  shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh)
+  state = jax.jit(init_state, out_shardings=shardings)()
+  step = loop.compile_train_step(model, config, tx, schedule, shardings, mesh)
+
+  rng = np.random.default_rng(0)
+  local = rng.integers(0, 256, (args.batch // jax.process_count(), args.image_size,
+                                args.image_size), np.uint8)
+  batch = parallel.global_batch(local, parallel.batch_sharding(mesh))
+
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  times = []
+  for i in range(args.warmup + args.steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    if i >= args.warmup:
+      times.append(time.perf_counter() - t0)
+
+  step_s = statistics.median(times)
+  device = jax.devices()[0]
+  kind = next((k for k in PEAK_FLOPS if k in device.device_kind), None)
+  mfu = None
+  if kind and flops:  # XLA's flops are for the whole (global) step
+    mfu = flops / step_s / (PEAK_FLOPS[kind][args.dtype] * jax.device_count())
+  result = {
+      "preset": args.preset, "img_per_s": args.batch / step_s, "step_s_median": step_s,
+      "step_s_all": times, "batch": args.batch, "image_size": args.image_size,
+      "in_chans": config.model.in_chans, "dtype": args.dtype, "remat": args.remat,
+      "fsdp": args.fsdp, "devices": jax.device_count(), "backend": jax.default_backend(),
+      "device_kind": device.device_kind, "compile_s": compile_s, "step_flops": flops,
+      "mfu": mfu, "loss": float(metrics["loss"]),
+  }
+  print(f"train_throughput: {args.preset} batch {args.batch} at {args.image_size} px "
+        f"{args.dtype} on {jax.device_count()} x {device.device_kind}: "
+        f"{result['img_per_s']:.2f} images/s, median step {step_s:.3f} s"
+        + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,82 @@
+"""Configs validate themselves before any work and name the field and the fix."""
+import os
+
+import pytest
+
+from conftest import ROOT, run_main
+from vismae_jax import config_lib
+
+
+def load(path, arg=""):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("path,modalities", [
+    ("generic.py", ()), ("ct.py", ("CT",)), ("mr.py", ("MR",)), ("pet.py", ("PT",)),
+    ("xray.py", ("XR",)), ("us.py", ("US",))])
+def test_shipped_configs_select_their_modalities_and_validate(path, modalities):
+  config = load(path)
+  assert tuple(config.data.modalities) == modalities
+  config.data.path = "/data/shards"
+  config_lib.validate(config, device_count=8, process_count=2)
+  config_lib.validate(load(path, "sample"), device_count=1, process_count=1)
+
+
+def test_release_recipe_defaults():
+  c = load("generic.py")
+  assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.weight_decay) == (1e-3, 0.9, 0.95, 0.05)
+  assert (c.num_epochs, c.optim.warmup_epochs, c.mae.mask_ratio, c.mae.mask_unit) == (
+      800, 10, 0.75, 16)
+  assert tuple(c.model.depths) == (2, 2, 2, 2) and c.model.window == 7
+
+
+def errors_for(device_count=8, process_count=1, **changes):
+  config = load("generic.py", "sample")
+  for dotted, value in changes.items():
+    section, _, key = dotted.rpartition("__")
+    target = config[section] if section else config
+    target[key] = value
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(config, device_count, process_count)
+  return str(info.value)
+
+
+def test_bad_values_name_the_field_and_the_fix():
+  assert "config.input.image_size=100 must be a multiple of patch_size * 2^(stages-1) = 32" in (
+      errors_for(input__image_size=100))
+  assert "config.batch_size=12 must be a multiple of the device count 8; try 8" in errors_for(
+      batch_size=12)
+  assert "must split evenly over 3 processes" in errors_for(batch_size=16, process_count=3,
+                                                           device_count=1)
+  assert "config.mae.mask_unit=18 px must be a multiple of config.model.patch_size=4" in (
+      errors_for(mae__mask_unit=18))
+  assert "config.model.num_heads[0]=3 does not divide" in errors_for(model__num_heads=(3, 2, 4, 8))
+  assert "config.mesh data=3 x fsdp=1 must equal the 8 devices" in errors_for(mesh__data=3)
+  assert "config.dtype='float16'" in errors_for(dtype="float16")
+  assert "unknown modality 'XRAY'" in errors_for(data__modalities=("XRAY",))
+  message = errors_for(data__source="shards", data__path="")
+  assert "config.data.path is empty" in message and "configs/generic.py:sample" in message
+
+
+def test_unknown_keys_are_rejected_with_a_suggestion():
+  config = load("generic.py", "sample")
+  config.optim.warmup_epoch = 5  # a typo: the key is warmup_epochs
+  with pytest.raises(config_lib.ConfigError, match=r"config.optim.warmup_epoch: unknown key "
+                     r"\(did you mean optim.warmup_epochs\?\)"):
+    config_lib.validate(config, 1, 1)
+
+
+def test_cli_fails_before_any_work(tmp_path):
+  workdir = tmp_path / "run"
+  proc = run_main(str(workdir), "--config.input.image_size=100", check=False)
+  assert proc.returncode == 1
+  assert "config.input.image_size=100" in proc.stderr
+  assert not workdir.exists()  # nothing written, no data touched
+  proc = run_main(str(workdir), "--config.optim.lr_typo=1", check=False)
+  assert proc.returncode != 0 and "lr_typo" in proc.stderr
+  proc = run_main(str(workdir), config="configs/generic.py", check=False)
+  assert proc.returncode == 1 and "config.data.path is empty" in proc.stderr

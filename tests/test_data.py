@@ -1,0 +1,81 @@
+"""Sample shards, the grain pretraining pipeline, and what never enters a shard."""
+import hashlib
+import os
+
+import numpy as np
+
+from data_pipelines import pretrain_input, records, sample, shards
+
+
+def test_sample_shards_hold_both_modalities(sample_dir):
+  manifest = shards.load_manifest(sample_dir)
+  assert manifest["counts"] == {"US": 96, "XR": 160}
+  assert manifest["num_records"] == len(shards.load_index(sample_dir)) == 256
+  source = pretrain_input.record_source(sample_dir)
+  record = records.decode(source[200])
+  assert record["image"].shape == (224, 224) and record["image"].dtype == np.uint8
+  assert record["modality"] == "XR" and len(record["patient_key"]) == 16
+  assert 0.2 < manifest["pixel_mean"] < 0.6
+
+
+def test_no_identifier_from_file_names_reaches_any_output(sample_dir):
+  identifiers = set()
+  for folder in sample.SAMPLE_MODALITIES:
+    for name in os.listdir(os.path.join(sample.SAMPLE_DIR, folder)):
+      identifiers |= {name, os.path.splitext(name)[0], sample.patient_of(name)}
+  assert "IM-0003" in identifiers  # patient numbers are in the chest X-ray file names
+  blob = b"".join(open(os.path.join(sample_dir, f), "rb").read() for f in os.listdir(sample_dir))
+  leaked = [i for i in identifiers if i.encode() in blob]
+  assert not leaked, leaked
+
+
+def test_modality_filter(sample_dir):
+  us = pretrain_input.record_source(sample_dir, ["US"])
+  assert len(us) == 96
+  assert {records.decode(us[i])["modality"] for i in range(len(us))} == {"US"}
+  assert pretrain_input.num_examples(sample_dir, ["XR", "US"]) == 256
+
+
+def image_hash(image):
+  return hashlib.sha1(image.tobytes()).hexdigest()
+
+
+def host_batches(sample_dir, process_index, process_count, n, per_host_batch):
+  ds = pretrain_input.pretrain_dataset(sample_dir, modalities=(), seed=7,
+                                       per_host_batch=per_host_batch,
+                                       process_index=process_index, process_count=process_count)
+  it = pretrain_input.make_iterator(ds, workers=0)
+  return [next(it) for _ in range(n)]
+
+
+def test_two_hosts_see_disjoint_slices_that_rebuild_the_single_host_batches(sample_dir):
+  single = host_batches(sample_dir, 0, 1, 32, 8)  # one epoch: 256 / 8
+  host0 = host_batches(sample_dir, 0, 2, 32, 4)
+  host1 = host_batches(sample_dir, 1, 2, 32, 4)
+  for k in range(32):
+    np.testing.assert_array_equal(np.concatenate([host0[k], host1[k]]), single[k])
+  seen0 = {image_hash(im) for b in host0 for im in b}
+  seen1 = {image_hash(im) for b in host1 for im in b}
+  assert not seen0 & seen1
+  assert len(seen0 | seen1) == 256  # together they cover the epoch, each image once
+
+
+def test_epochs_are_reshuffled(sample_dir):
+  batches = host_batches(sample_dir, 0, 1, 64, 8)
+  first = [image_hash(im) for b in batches[:32] for im in b]
+  second = [image_hash(im) for b in batches[32:] for im in b]
+  assert sorted(first) == sorted(second) and first != second
+
+
+def test_restored_iterator_continues_exactly(sample_dir):
+  ds = pretrain_input.pretrain_dataset(sample_dir, modalities=(), seed=1, per_host_batch=8,
+                                       process_index=0, process_count=1)
+  it = pretrain_input.make_iterator(ds, workers=0)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(2)]
+  resumed = pretrain_input.make_iterator(ds, workers=0)
+  resumed.set_state(state)
+  for batch in expected:
+    np.testing.assert_array_equal(next(resumed), batch)

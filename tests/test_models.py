@@ -1,0 +1,141 @@
+"""SwinMAE against the published tensor listing, and the pieces it is built from."""
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vismae_jax.models import mae, swin, torch_names
+
+REFERENCE = os.path.join(os.path.dirname(__file__), "reference")
+
+
+def read_listing(name):
+  listing = {}
+  with open(os.path.join(REFERENCE, name)) as f:
+    for line in f:
+      if not line.startswith("#"):
+        key, shape, dtype = line.rstrip("\n").split("\t")
+        listing[key] = (tuple(int(d) for d in shape.strip("()").split(",") if d.strip()),
+                        dtype.replace("torch.", ""))
+  return listing
+
+
+def zeros_params(model, image_size, in_chans, rng=jax.random.PRNGKey(0)):
+  grid = image_size // 4
+  shapes = jax.eval_shape(model.init, rng, jnp.zeros((1, image_size, image_size, in_chans)),
+                          jnp.zeros((1, grid, grid), bool))["params"]
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def test_release_preset_matches_published_tensors_one_for_one():
+  state = torch_names.to_torch(zeros_params(mae.SwinMAE(), 224, 3), image_size=224)
+  listing = read_listing("keys_pretrain.txt")
+  assert set(state) == set(listing)
+  for name, (shape, dtype) in listing.items():
+    assert state[name].shape == shape, name
+    assert str(state[name].dtype) == dtype, name
+  n_float = sum(v.size for v in state.values() if v.dtype == np.float32)
+  assert n_float == 26_936_916
+
+
+def test_options_grey_input_and_unet_depth_encoder():
+  params = zeros_params(mae.SwinMAE(in_chans=1, depths=(2, 2, 6, 2)), 224, 1)
+  state = torch_names.to_torch(params, image_size=224)
+  assert state["patch_embed.proj.weight"].shape == (96, 1, 4, 4)
+  assert state["decoder_pred.weight"].shape == (16, 96)
+  assert "layers.2.blocks.5.attn.qkv.weight" in state
+  # The deeper encoder's names and shapes are exactly the Swin-UNet's (keys_seg.txt).
+  seg = read_listing("keys_seg.txt")
+  encoder = {k for k in state if k.startswith("layers.")}
+  assert all(k in seg and seg[k][0] == state[k].shape for k in encoder)
+
+
+def test_torch_names_round_trip_is_exact():
+  model = mae.SwinMAE(embed_dim=16, num_heads=(1, 2, 2, 4), window=4)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                      jnp.zeros((1, 16, 16), bool))["params"]
+  state = torch_names.to_torch(params, image_size=64)
+  back, report = torch_names.from_torch(state, params)
+  assert not report["missing"] and not report["mismatched"]
+  assert set(report["unused"]) == {k for k in state if k.endswith("relative_position_index")} | {
+      "pos_embed"}
+  jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
+
+
+def test_relative_position_index_follows_the_swin_formula():
+  index = swin.relative_position_index(7)
+  assert index.shape == (49, 49) and index.dtype == np.int64
+  for q, k in [(0, 0), (0, 48), (48, 0), (10, 23)]:
+    dy, dx = q // 7 - k // 7, q % 7 - k % 7
+    assert index[q, k] == (dy + 6) * 13 + (dx + 6)
+
+
+def test_window_partition_round_trip_and_shift_mask():
+  x = jnp.arange(2 * 14 * 14 * 3, dtype=jnp.float32).reshape(2, 14, 14, 3)
+  windows = swin.window_partition(x, 7)
+  assert windows.shape == (8, 49, 3)
+  np.testing.assert_array_equal(swin.window_reverse(windows, 7, 14, 14), x)
+  mask = swin.shifted_window_mask(14, 14, 7, 3)
+  assert mask.shape == (4, 49, 49)
+  assert set(np.unique(mask)) == {0.0, -100.0}
+  assert not mask[0].any()  # the top-left window holds a single region
+  np.testing.assert_array_equal(mask, mask.transpose(0, 2, 1))
+  assert not np.diagonal(mask, axis1=1, axis2=2).any()
+
+
+def test_window_mask_fraction_units_and_determinism():
+  unit = mae.window_mask(jax.random.PRNGKey(3), 16, 14, 0.75)
+  assert unit.shape == (16, 14, 14)
+  np.testing.assert_array_equal(unit.sum(axis=(1, 2)), 147)  # 196 - int(196 * 0.25)
+  tokens = mae.unit_mask_to_tokens(unit, 4)
+  assert tokens.shape == (16, 56, 56)
+  assert float(tokens.mean()) == 0.75
+  blocks = np.asarray(tokens).reshape(16, 14, 4, 14, 4)
+  assert (blocks.min(axis=(2, 4)) == blocks.max(axis=(2, 4))).all()  # whole 4x4-token units
+  np.testing.assert_array_equal(unit, mae.window_mask(jax.random.PRNGKey(3), 16, 14, 0.75))
+  assert (unit != mae.window_mask(jax.random.PRNGKey(4), 16, 14, 0.75)).any()
+  assert (unit[0] != unit[1]).any()  # each image draws its own mask
+
+
+def test_masked_mse_counts_masked_tokens_only():
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((2, 16, 16, 1), np.float32))
+  token_mask = jnp.asarray(rng.random((2, 4, 4)) < 0.5)
+  target = mae.patchify(images, 4)
+  pred = jnp.asarray(rng.random(target.shape, np.float32))
+  expected = (((pred - target) ** 2).mean(-1) * token_mask).sum() / token_mask.sum()
+  loss = mae.masked_mse(pred, images, token_mask, 4)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  changed_visible = jnp.where(token_mask[..., None], pred, pred + 5.0)
+  np.testing.assert_allclose(mae.masked_mse(changed_visible, images, token_mask, 4), loss)
+  np.testing.assert_array_equal(mae.unpatchify(target, 4, 1), images)
+
+
+def test_norm_pix_loss_standardises_each_target_patch():
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.random((1, 8, 8, 1), np.float32))
+  token_mask = jnp.ones((1, 2, 2), bool)
+  target = np.asarray(mae.patchify(images, 4))
+  normed = (target - target.mean(-1, keepdims=True)) / np.sqrt(
+      target.var(-1, ddof=1, keepdims=True) + 1e-6)
+  assert float(mae.masked_mse(jnp.asarray(normed), images, token_mask, 4, True)) < 1e-10
+  assert float(mae.masked_mse(jnp.asarray(normed), images, token_mask, 4, False)) > 0.1
+
+
+@pytest.mark.parametrize("size", [224, 320])
+def test_padding_handles_maps_that_windows_do_not_divide(size):
+  """320 px gives an 80x80 token grid: padded to 84 before windowing, cropped after."""
+  block = swin.SwinBlock(dim=8, num_heads=2, window=7, shift=3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, size // 4, size // 4, 8))
+  params = block.init(jax.random.PRNGKey(1), x)
+  y = block.apply(params, x)
+  assert y.shape == x.shape and bool(jnp.isfinite(y).all())
+
+
+def test_gelu_is_the_exact_erf_form():
+  x = jnp.linspace(-6, 6, 101)
+  np.testing.assert_allclose(swin.gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+  assert math.isclose(float(swin.gelu(jnp.float32(1.0))), 0.8413447, rel_tol=1e-6)

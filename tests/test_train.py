@@ -1,0 +1,111 @@
+"""The training loop end to end through the real CLI: learning, sharding, hosts, resume."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import ROOT, main_command, main_env, read_metrics, run_main
+from vismae_jax import parallel
+
+
+def losses(workdir):
+  return np.array([m["loss"] for m in read_metrics(workdir)])
+
+
+def final_params(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def test_loss_decreases_on_real_images_and_outputs_are_written(tmp_path):
+  workdir = str(tmp_path)
+  proc = run_main(workdir, "--config.total_steps=30")
+  loss = losses(workdir)
+  assert loss[-1] < 0.5 * loss[0], loss
+  for name in ("reconstructions.png", "tensorboard", "checkpoints/30", "checkpoints/20"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
+  assert {"loss", "learning_rate", "images_per_s", "grad_norm"} <= set(read_metrics(workdir)[0])
+  assert "Done: 30 steps." in proc.stdout and "reconstructions.png" in proc.stdout
+
+
+def test_eight_devices_data_parallel_and_fsdp_match_one_device(tmp_path):
+  steps = ["--config.total_steps=3", "--config.log_every=1"]
+  run_main(str(tmp_path / "one"), *steps, devices=1)
+  run_main(str(tmp_path / "dp"), *steps, "--config.mesh.data=8", devices=8)
+  run_main(str(tmp_path / "fsdp"), *steps, "--config.mesh.data=1", "--config.mesh.fsdp=8",
+           devices=8)
+  reference = losses(tmp_path / "one")
+  np.testing.assert_allclose(losses(tmp_path / "dp"), reference, rtol=2e-5)
+  np.testing.assert_allclose(losses(tmp_path / "fsdp"), reference, rtol=2e-5)
+
+
+def test_fsdp_rule_shards_the_largest_divisible_dimension():
+  assert parallel.fsdp_spec((96, 384), 8) == P(None, "fsdp")
+  assert parallel.fsdp_spec((169, 3), 8) == P()  # nothing divisible: replicate
+  assert parallel.fsdp_spec((4, 4, 3, 96), 8) == P(None, None, None, "fsdp")
+  assert parallel.fsdp_spec((96, 384), 1) == P()
+  assert parallel.fsdp_spec((), 8) == P()
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+  steps = ["--config.total_steps=3", "--config.log_every=1"]
+  run_main(str(tmp_path / "one"), *steps)
+  workdir, port = str(tmp_path / "two"), free_port()
+  procs = [subprocess.Popen(
+      main_command(workdir, *steps, "--config.mesh.data=4", f"--coordinator_address=localhost:"
+                   f"{port}", "--num_processes=2", f"--process_id={i}"),
+      cwd=ROOT, env=main_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  np.testing.assert_allclose(losses(workdir), losses(tmp_path / "one"), rtol=2e-5)
+
+
+def test_sigkill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+  schedule = ["--config.total_steps=40", "--config.checkpoint_every=5", "--config.log_every=5"]
+  run_main(str(tmp_path / "straight"), *schedule)
+
+  workdir = str(tmp_path / "killed")
+  proc = subprocess.Popen(main_command(workdir, *schedule), cwd=ROOT, env=main_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not os.path.exists(os.path.join(workdir, "checkpoints", "10")):
+    assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "40"))
+
+  resumed = run_main(workdir, *schedule)
+  assert "resumed from step" in resumed.stderr
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               final_params(workdir, 40), final_params(str(tmp_path / "straight"), 40))
+  assert losses(workdir)[-1] == pytest.approx(losses(tmp_path / "straight")[-1], rel=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  proc = run_main(workdir, "--config.optim.lr=1e30", "--config.checkpoint_every=1",
+                  "--config.log_every=1", check=False)
+  assert proc.returncode == 1
+  assert "loss became" in proc.stderr and "last good checkpoint is step" in proc.stderr
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps and steps[-1] < 20
+  params = final_params(workdir, steps[-1])
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
