@@ -6,7 +6,9 @@ r"""Step time and images/s of the SwinMAE pretraining step (forward, backward, A
 Times the same jitted, sharded, donated step that training runs, on synthetic uint8 batches
 already on the device (input pipeline excluded: see data_throughput.py). `--devices=N` on a CPU
 forces N host devices. On a GPU it also reports model FLOPs utilisation (MFU) from XLA's cost
-analysis of the compiled step against the device's peak. Prints one summary line.
+analysis of the compiled step against the device's peak. `--baseline=torch` also times the
+release's PyTorch step (same architecture, batch and size; needs the [torch] extra) in the same
+run, so the ratio is measured under the same machine load. Prints one summary line.
 """
 import argparse
 import json
@@ -36,8 +38,45 @@ def parse_args(argv):
   p.add_argument("--devices", type=int, default=0, help="CPU only: force this many host devices")
   p.add_argument("--steps", type=int, default=5, help="timed steps")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  p.add_argument("--baseline", default="", choices=["", "torch"],
+                 help="also time the PyTorch step side by side (CPU threads = all cores)")
   p.add_argument("--json", default="", help="write the results here")
   return p.parse_args(argv)
+
+
+def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
+  """Seconds per PyTorch training step (forward, backward, AdamW) of the same SwinMAE."""
+  import torch
+
+  from vismae_jax.convert import torch_models
+
+  torch.manual_seed(0)
+  m, size = config.model, config.input.image_size
+  model = torch_models.SwinMAE(size, m.in_chans, m.patch_size, m.embed_dim, m.depths,
+                               m.decoder_depths, m.num_heads, m.window, m.drop_path).train()
+  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                          betas=(0.9, 0.95), weight_decay=0.05)
+  images = torch.rand(batch, size, size, m.in_chans)
+  grid, units = size // m.patch_size, size // config.mae.mask_unit
+  per_unit = grid // units
+  n_keep = int(units * units * (1 - config.mae.mask_ratio))
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    rank = torch.rand(batch, units * units).argsort(1).argsort(1)
+    unit_mask = (rank >= n_keep).view(batch, units, units)
+    token_mask = unit_mask.repeat_interleave(per_unit, 1).repeat_interleave(per_unit, 2)
+    pred = model(images, token_mask)
+    target = images.view(batch, grid, m.patch_size, grid, m.patch_size, m.in_chans).permute(
+        0, 1, 3, 2, 4, 5).reshape(batch, grid, grid, -1)
+    per_token = ((pred - target) ** 2).mean(-1)
+    loss = (per_token * token_mask).sum() / token_mask.sum()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  return times
 
 
 def main(argv):
@@ -104,10 +143,21 @@ def main(argv):
       "device_kind": device.device_kind, "compile_s": compile_s, "step_flops": flops,
       "mfu": mfu, "loss": float(metrics["loss"]),
   }
-  print(f"train_throughput: {args.preset} batch {args.batch} at {args.image_size} px "
-        f"{args.dtype} on {jax.device_count()} x {device.device_kind}: "
-        f"{result['img_per_s']:.2f} images/s, median step {step_s:.3f} s"
-        + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+  summary = (f"train_throughput: {args.preset} batch {args.batch} at {args.image_size} px "
+             f"{args.dtype} on {jax.device_count()} x {device.device_kind}: "
+             f"{result['img_per_s']:.2f} images/s, median step {step_s:.3f} s"
+             + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+  if args.baseline == "torch":
+    import torch
+    torch.set_num_threads(os.cpu_count())
+    torch_times = time_torch_step(config, args.batch, args.steps, args.warmup)
+    torch_s = statistics.median(torch_times)
+    result["baseline"] = {"framework": f"torch {torch.__version__}", "step_s_median": torch_s,
+                          "step_s_all": torch_times, "img_per_s": args.batch / torch_s,
+                          "threads": torch.get_num_threads()}
+    result["speedup_vs_baseline"] = torch_s / step_s
+    summary += f"; PyTorch {torch_s:.3f} s, speed-up {torch_s / step_s:.2f}x"
+  print(summary)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)

@@ -55,8 +55,8 @@ def test_options_grey_input_and_unet_depth_encoder():
 
 def test_torch_names_round_trip_is_exact():
   model = mae.SwinMAE(embed_dim=16, num_heads=(1, 2, 2, 4), window=4)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
-                      jnp.zeros((1, 16, 16), bool))["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                               jnp.zeros((1, 16, 16), bool))["params"]
   state = torch_names.to_torch(params, image_size=64)
   back, report = torch_names.from_torch(state, params)
   assert not report["missing"] and not report["mismatched"]

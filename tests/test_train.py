@@ -7,6 +7,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -109,3 +110,34 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert steps and steps[-1] < 20
   params = final_params(workdir, steps[-1])
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_bfloat16_compute_and_remat_agree_with_float32():
+  import configs.generic as generic
+  from data_pipelines import records, sample, pretrain_input
+  from vismae_jax.train import pretrain
+
+  config = generic.get_config("tiny")
+  source = pretrain_input.record_source(sample.write_sample_shards(
+      os.path.join(os.environ.get("TMPDIR", "/tmp"), "vismae_jax_test_sample")))
+  images = np.stack([records.decode_image(source[i]) for i in range(0, 256, 32)])
+  params = pretrain.init_params(pretrain.build_model(config), config, jax.random.PRNGKey(0))
+
+  def loss_and_grads(**changes):
+    c = generic.get_config("tiny")
+    c.update(changes.pop("top", {}))
+    c.model.update(changes)
+    loss_fn = pretrain.make_loss_fn(pretrain.build_model(c), c)
+    return jax.jit(jax.value_and_grad(loss_fn))(params, images, jax.random.PRNGKey(1))
+
+  loss, grads = loss_and_grads()
+  remat_loss, remat_grads = loss_and_grads(remat=True)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               remat_grads, grads)
+  bf16_loss, bf16_grads = loss_and_grads(top={"dtype": "bfloat16"})
+  assert all(g.dtype == np.float32 for g in jax.tree.leaves(bf16_grads))  # fp32 parameters
+  np.testing.assert_allclose(bf16_loss, loss, rtol=2e-2)
+  cosine = optax.tree_utils.tree_vdot(bf16_grads, grads) / (
+      optax.tree.norm(bf16_grads) * optax.tree.norm(grads))
+  assert cosine > 0.99, cosine

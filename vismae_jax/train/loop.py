@@ -37,7 +37,7 @@ def make_train_step(loss_fn, tx, schedule):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
                      params=optax.apply_updates(state["params"], updates))
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                        "learning_rate": schedule(state["step"])}
   return step
 
