@@ -30,7 +30,7 @@ setuptools.setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "torch": ["torch>=2.13.0", "safetensors>=0.4"],
+        "torch": ["torch>=2.1"],
         "test": ["pytest>=8.0"],
     },
 )
