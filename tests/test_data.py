@@ -79,3 +79,19 @@ def test_restored_iterator_continues_exactly(sample_dir):
   resumed.set_state(state)
   for batch in expected:
     np.testing.assert_array_equal(next(resumed), batch)
+
+
+def test_worker_processes_give_the_same_batches_and_resume(sample_dir):
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes need parsed absl flags
+  ds = pretrain_input.pretrain_dataset(sample_dir, modalities=(), seed=3, per_host_batch=8,
+                                       process_index=0, process_count=1)
+  expected = [b for b, _ in zip(pretrain_input.make_iterator(ds, workers=0), range(6))]
+  it = pretrain_input.make_iterator(ds, workers=2)
+  for batch in expected[:3]:
+    np.testing.assert_array_equal(next(it), batch)
+  state = it.get_state()
+  resumed = pretrain_input.make_iterator(ds, workers=2)
+  resumed.set_state(state)
+  for batch in expected[3:]:
+    np.testing.assert_array_equal(next(resumed), batch)

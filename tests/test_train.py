@@ -63,18 +63,21 @@ def free_port():
 
 
 def test_two_processes_match_one(tmp_path):
+  """2 processes x 2 devices on a data=2 x fsdp=2 mesh: batches and parameters both span hosts."""
   steps = ["--config.total_steps=3", "--config.log_every=1"]
   run_main(str(tmp_path / "one"), *steps)
   workdir, port = str(tmp_path / "two"), free_port()
   procs = [subprocess.Popen(
-      main_command(workdir, *steps, "--config.mesh.data=4", f"--coordinator_address=localhost:"
-                   f"{port}", "--num_processes=2", f"--process_id={i}"),
+      main_command(workdir, *steps, "--config.mesh.data=2", "--config.mesh.fsdp=2",
+                   f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                   f"--process_id={i}"),
       cwd=ROOT, env=main_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   for p in procs:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
   np.testing.assert_allclose(losses(workdir), losses(tmp_path / "one"), rtol=2e-5)
+  assert os.path.exists(os.path.join(workdir, "checkpoints", "3", "state"))
 
 
 def test_sigkill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path):

@@ -58,7 +58,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
 def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
   """Config-file argument (`configs/generic.py:sample`): comma-separated variant names.
 
-  sample: the bundled real images, a model and schedule sized for a 2-core CPU (~5 minutes).
+  sample: the bundled real images, a model and schedule sized for a 2-core CPU (~6 minutes).
   tiny:   a minute-scale model for tests.
   """
   for name in filter(None, variant.split(",")):

@@ -199,6 +199,6 @@ class SwinMAE(nn.Module):
 
 def load_numpy_state(model: nn.Module, state: dict) -> nn.Module:
   """Loads {name: numpy array} (torch_names.to_torch output) with strict=True."""
-  model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
                         strict=True)
   return model
