@@ -1,9 +1,7 @@
-r"""VIS-MAE-Modality (MR): SwinMAE pretraining on MR images only.
+r"""python -m vismae_jax.main --config=configs/mr.py --workdir=DIR --config.data.path=SHARDS
 
-  python -m vismae_jax.main --config=configs/mr.py --workdir=DIR \
-      --config.data.path=SHARDS_DIR
-
-Records are selected by the modality stored with each one at ingest. Variants as in generic.py.
+VIS-MAE-Modality (MR): SwinMAE pretraining on MR images only, selected by the modality
+stored with each record at ingest. Variants as in generic.py.
 """
 from vismae_jax import config_lib
 

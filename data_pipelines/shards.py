@@ -63,7 +63,8 @@ def load_manifest(data_dir: str) -> dict:
   path = os.path.join(data_dir, MANIFEST)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {data_dir} is not a shard directory written by "
-                            "data_pipelines (expected dataset.json, index.csv, shard-*.array_record)")
+                            "data_pipelines (expected dataset.json, index.csv and "
+                            "shard-*.array_record)")
   with open(path) as f:
     return json.load(f)
 

@@ -156,9 +156,10 @@ def validate(config, device_count: int, process_count: int) -> None:
   check(config.batch_size % process_count == 0,
         f"config.batch_size={config.batch_size} is the global batch and must split evenly over "
         f"{process_count} processes")
+  rounded = max(device_count, config.batch_size // device_count * device_count)
   check(config.batch_size % device_count == 0,
         f"config.batch_size={config.batch_size} must be a multiple of the device count "
-        f"{device_count}; try {max(device_count, config.batch_size // device_count * device_count)}")
+        f"{device_count}; try {rounded}")
   mesh = config.mesh
   sizes = [mesh.data, mesh.fsdp]
   if -1 in sizes:

@@ -93,8 +93,9 @@ class SwinMAE(nn.Module):
     for j, depth in enumerate(self.decoder_depths):
       stage = n - 2 - j
       x = swin.SwinStage(self.embed_dim * 2 ** stage, depth, self.num_heads[stage], self.window,
-                         rates[stage], resample="up" if stage > 0 else None, pad=True, remat=self.remat,
-                         dtype=self.dtype, name=f"layers_up_{j}")(x, deterministic)
+                         rates[stage], resample="up" if stage > 0 else None, pad=True,
+                         remat=self.remat, dtype=self.dtype,
+                         name=f"layers_up_{j}")(x, deterministic)
     x = swin.layer_norm("norm_up", self.dtype)(x)
     pred = swin.dense(self.patch_size ** 2 * self.in_chans, "decoder_pred", self.dtype)(x)
     return pred.astype(jnp.float32)
