@@ -28,7 +28,7 @@ def test_swin_mae_outputs_match_in_pytorch(image_size):
   reference = torch_models.SwinMAE(image_size=image_size, **kwargs).eval()
   torch_models.load_numpy_state(reference, torch_names.to_torch(params, image_size))
   with torch.no_grad():
-    got = reference(torch.from_numpy(np.asarray(images)),
-                    torch.from_numpy(np.asarray(token_mask))).numpy()
+    got = reference(torch.from_numpy(np.array(images)),
+                    torch.from_numpy(np.array(token_mask))).numpy()
   assert got.shape == expected.shape == (2, grid, grid, 48)
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
