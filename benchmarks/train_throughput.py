@@ -6,7 +6,9 @@ r"""Step time and images/s of the SwinMAE pretraining step (forward, backward, A
 Times the same jitted, sharded, donated step that training runs, on synthetic uint8 batches
 already on the device (input pipeline excluded: see data_throughput.py). `--devices=N` on a CPU
 forces N host devices. On a GPU it also reports model FLOPs utilisation (MFU) from XLA's cost
-analysis of the compiled step against the device's peak. `--baseline=torch` also times the
+analysis of the step lowered for the CPU (model FLOPs, the same on every backend: the GPU
+compiled step's analysis misses the matmuls XLA hands to cuBLAS) against the device's peak. `--profile=DIR`
+writes a trace of the timed steps (TensorBoard / Perfetto). `--baseline=torch` also times the
 release's PyTorch step (same architecture, batch and size; needs the [torch] extra) in the same
 run, so the ratio is measured under the same machine load. Prints one summary line.
 """
@@ -41,6 +43,7 @@ def parse_args(argv):
   p.add_argument("--baseline", default="", choices=["", "torch"],
                  help="also time the PyTorch step side by side (CPU threads = all cores)")
   p.add_argument("--json", default="", help="write the results here")
+  p.add_argument("--profile", default="", help="write a jax.profiler trace of the timed steps here")
   return p.parse_args(argv)
 
 
@@ -77,6 +80,18 @@ def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
     if i >= warmup:
       times.append(time.perf_counter() - t0)
   return times
+
+
+def step_flops(model, config, tx, schedule, state, batch) -> float:
+  """FLOPs of one training step as XLA counts them on the CPU, whatever the backend."""
+  import jax
+
+  from vismae_jax.train import loop, pretrain
+  step = jax.jit(loop.make_train_step(pretrain.make_loss_fn(model, config), tx, schedule))
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+  cost = step.trace(*shapes).lower(lowering_platforms=("cpu",)).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def main(argv):
@@ -117,17 +132,19 @@ def main(argv):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  flops = step_flops(model, config, tx, schedule, state, batch)
 
   times = []
   for i in range(args.warmup + args.steps):
+    if args.profile and i == args.warmup:
+      jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics["loss"])
     if i >= args.warmup:
       times.append(time.perf_counter() - t0)
+  if args.profile:
+    jax.profiler.stop_trace()
 
   step_s = statistics.median(times)
   device = jax.devices()[0]
