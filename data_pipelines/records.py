@@ -17,7 +17,9 @@ class ImageRecord:
   image: np.ndarray          # (H, W) uint8
   modality: str              # one of MODALITIES
   patient_key: str           # salted hash of the patient identifier
-  source_hash: str           # hash of the source path relative to the ingest root
+  study_hash: str            # salted hashes of the study and series instance UIDs
+  series_hash: str
+  source_hash: str           # hash of the source path relative to the ingest root (+ frame)
   orig_size: tuple[int, int]  # (height, width) before resizing
 
   def encode(self) -> bytes:
@@ -29,6 +31,7 @@ class ImageRecord:
     return msgpack.packb({
         "image": self.image.tobytes(), "shape": list(self.image.shape),
         "modality": self.modality, "patient_key": self.patient_key,
+        "study_hash": self.study_hash, "series_hash": self.series_hash,
         "source_hash": self.source_hash, "orig_size": list(self.orig_size)})
 
 

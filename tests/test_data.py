@@ -20,9 +20,9 @@ def test_sample_shards_hold_both_modalities(sample_dir):
 
 def test_no_identifier_from_file_names_reaches_any_output(sample_dir):
   identifiers = set()
-  for folder in sample.SAMPLE_MODALITIES:
+  for folder in ("us", "xr"):
     for name in os.listdir(os.path.join(sample.SAMPLE_DIR, folder)):
-      identifiers |= {name, os.path.splitext(name)[0], sample.patient_of(name)}
+      identifiers |= {name, os.path.splitext(name)[0], name.rsplit("-", 1)[0]}
   assert "IM-0003" in identifiers  # patient numbers are in the chest X-ray file names
   blob = b"".join(open(os.path.join(sample_dir, f), "rb").read() for f in os.listdir(sample_dir))
   leaked = [i for i in identifiers if i.encode() in blob]

@@ -1,0 +1,304 @@
+r"""Raw clinical files -> ArrayRecord shards of 224x224 uint8 records, as an Apache Beam pipeline.
+
+  python -m data_pipelines.ingest --input=/data/raw --output=/data/shards --salt=$SALT \
+      [--modality=auto|CT|MR|PT|XR|US] [--size=224] [--files_per_shard=1024] [Beam options]
+
+Three steps, each safe to repeat:
+1. Plan (on the launcher): a sorted, streaming walk of --input writes the relative paths into
+   `_plan/shard-NNNNN.txt`, `files_per_shard` to a file, so no process ever holds the whole file
+   list. A rerun reuses the plan, so shard k always holds the same files in the same order.
+2. Shards (one Beam element each, on any worker): read, window and letterbox every frame of the
+   shard's files (data_pipelines.readers), write `shard-NNNNN.array_record` and its index rows,
+   then `shard-NNNNN.json` (counts, pixel sums, unreadable files) last, as the completion mark.
+   A shard whose mark exists is skipped: an interrupted run resumes where it stopped.
+3. Finish (on the launcher): `index.csv` (one row per record, global order), `errors.csv`
+   (path relative to --input, reason) and `dataset.json` (shards, counts per modality, pixel
+   mean/std) from the per-shard files. The plan, which names source files, is then deleted; a
+   rerun walks the same files into the same plan and finds its shards marked done.
+
+Runners: by default Beam's DirectRunner with one worker process per core. For millions of files
+pass e.g. `--runner=FlinkRunner --flink_master=host:8081 --environment_type=PROCESS` or
+`--runner=DataflowRunner --project=... --region=... --temp_location=gs://...
+--sdk_container_image=...` (an image with `pip install vismae_jax[ingest]`): the workers must
+see --input and --output at the same paths (a shared filesystem, NFS or a GCS FUSE mount),
+because shards are written with local file APIs.
+
+Privacy: patient, study and series identifiers and source paths are stored only as salted
+SHA-256 prefixes; the salt (--salt or $VISMAE_INGEST_SALT) is never written. No other DICOM
+attribute is read into a record, and logs carry counts only.
+"""
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import threading
+
+import numpy as np
+import tqdm
+from array_record.python import array_record_module
+
+from data_pipelines import readers, records, shards
+
+PLAN_DIR = "_plan"
+ERRORS = "errors.csv"
+SKIPPED_SUFFIXES = (".md", ".txt", ".csv", ".json", ".xml", ".html", ".pdf")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+  input: str
+  output: str
+  salt: str
+  size: int = 224
+  files_per_shard: int = 1024
+  read: readers.ReadOptions = readers.ReadOptions()
+
+  def recorded(self) -> dict:
+    """What the outputs depend on, minus the salt: stored with the plan and the manifest."""
+    return json.loads(json.dumps({"size": self.size, "files_per_shard": self.files_per_shard,
+                                  "read": dataclasses.asdict(self.read)}))
+
+
+def walk_files(root: str, skip_dir: str = ""):
+  """Relative paths under root in sorted order, streamed (one directory listing at a time)."""
+  skip_dir = os.path.realpath(skip_dir) if skip_dir else ""
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                         and os.path.realpath(os.path.join(dirpath, d)) != skip_dir)
+    for name in sorted(filenames):
+      if not name.startswith(".") and not name.lower().endswith(SKIPPED_SUFFIXES):
+        yield os.path.relpath(os.path.join(dirpath, name), root)
+
+
+def shard_name(shard: int, suffix: str) -> str:
+  return f"shard-{shard:05d}{suffix}"
+
+
+def plan(config: IngestConfig) -> int:
+  """Writes (or reuses) the file lists of every shard; returns the number of shards."""
+  plan_dir = os.path.join(config.output, PLAN_DIR)
+  plan_file = os.path.join(plan_dir, "plan.json")
+  for earlier in (plan_file, os.path.join(config.output, shards.MANIFEST)):
+    if os.path.exists(earlier):
+      with open(earlier) as f:
+        saved = json.load(f)["config"]
+      if saved != config.recorded():
+        raise ValueError(f"{config.output} was written with {saved}, not "
+                         f"{config.recorded()}: use a new --output or the same options")
+  if os.path.exists(plan_file):  # an interrupted run: keep its plan
+    with open(plan_file) as f:
+      return json.load(f)["num_shards"]
+  tmp = plan_dir + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  num_files = num_shards = 0
+  out = None
+  for rel in walk_files(config.input, skip_dir=config.output):
+    if num_files % config.files_per_shard == 0:
+      if out:
+        out.close()
+      out = open(os.path.join(tmp, shard_name(num_shards, ".txt")), "w")
+      num_shards += 1
+    out.write(rel + "\n")
+    num_files += 1
+  if out:
+    out.close()
+  if not num_files:
+    raise ValueError(f"--input={config.input}: no files found")
+  with open(os.path.join(tmp, "plan.json"), "w") as f:
+    json.dump({"num_shards": num_shards, "num_files": num_files,
+               "config": config.recorded()}, f)
+  os.replace(tmp, plan_dir)
+  return num_shards
+
+
+def _write_atomically(path: str, write):
+  with open(path + ".tmp", "w", newline="") as f:
+    write(f)
+  os.replace(path + ".tmp", path)
+
+
+def write_shard(shard: int, config: IngestConfig) -> dict:
+  """Converts one planned shard; returns its summary. Skips shards finished earlier."""
+  out = lambda suffix: os.path.join(config.output, shard_name(shard, suffix))
+  if os.path.exists(out(".json")):
+    with open(out(".json")) as f:
+      return json.load(f)
+  with open(os.path.join(config.output, PLAN_DIR, shard_name(shard, ".txt"))) as f:
+    rel_paths = f.read().splitlines()
+  writer = array_record_module.ArrayRecordWriter(out(".array_record.tmp"), "group_size:1")
+  rows, errors, counts = [], [], {}
+  pixel_sum = pixel_sq_sum = 0.0
+  key = lambda value: records.salted_hash(value, config.salt)
+  for rel in rel_paths:
+    try:
+      frames = readers.read_frames(os.path.join(config.input, rel), rel, config.read)
+    except (readers.UnreadableFile, OSError) as e:
+      errors.append({"path": rel, "reason": str(e) or type(e).__name__})
+      continue
+    for k, frame in enumerate(frames):
+      image = readers.letterbox(frame.image, config.size)
+      record = records.ImageRecord(
+          image=image, modality=frame.modality, patient_key=key(frame.patient_id),
+          study_hash=key(frame.study_uid), series_hash=key(frame.series_uid),
+          source_hash=key(f"{rel}#{k}"), orig_size=frame.image.shape)
+      writer.write(record.encode())
+      rows.append({"offset": len(rows), "modality": record.modality,
+                   "patient_key": record.patient_key, "study_hash": record.study_hash,
+                   "series_hash": record.series_hash, "source_hash": record.source_hash})
+      counts[record.modality] = counts.get(record.modality, 0) + 1
+      pixels = image.astype(np.float64) / 255.0
+      pixel_sum += float(pixels.sum())
+      pixel_sq_sum += float((pixels ** 2).sum())
+  writer.close()
+  if rows:
+    os.replace(out(".array_record.tmp"), out(".array_record"))
+  else:
+    os.remove(out(".array_record.tmp"))
+
+  def write_rows(f):
+    w = csv.DictWriter(f, shards.INDEX_FIELDS[1:])  # the shard is implied by the file name
+    w.writeheader()
+    w.writerows(rows)
+  _write_atomically(out(".index.csv"), write_rows)
+  summary = {"shard": shard, "records": len(rows), "files": len(rel_paths), "counts": counts,
+             "pixel_sum": pixel_sum, "pixel_sq_sum": pixel_sq_sum,
+             "pixels": len(rows) * config.size ** 2, "errors": errors}
+  _write_atomically(out(".json"), lambda f: json.dump(summary, f))
+  return summary
+
+
+def finish(config: IngestConfig, num_shards: int) -> dict:
+  """index.csv, errors.csv and dataset.json from the per-shard outputs; returns the manifest."""
+  summaries = [write_shard(k, config) for k in range(num_shards)]  # all done: reads the marks
+  names = [shard_name(s["shard"], ".array_record") for s in summaries if s["records"]]
+  with open(os.path.join(config.output, shards.INDEX), "w", newline="") as f:
+    w = csv.DictWriter(f, shards.INDEX_FIELDS)
+    w.writeheader()
+    for s in summaries:
+      with open(os.path.join(config.output, shard_name(s["shard"], ".index.csv")),
+                newline="") as part:
+        for row in csv.DictReader(part):
+          w.writerow({"shard": shard_name(s["shard"], ".array_record"), **row})
+  errors = [e for s in summaries for e in s["errors"]]
+  with open(os.path.join(config.output, ERRORS), "w", newline="") as f:
+    w = csv.DictWriter(f, ("path", "reason"))
+    w.writeheader()
+    w.writerows(errors)
+  num_records = sum(s["records"] for s in summaries)
+  if not num_records:
+    raise ValueError(f"--input={config.input}: none of the files could be read; see "
+                     f"{os.path.join(config.output, ERRORS)}")
+  counts = {}
+  for s in summaries:
+    for modality, n in s["counts"].items():
+      counts[modality] = counts.get(modality, 0) + n
+  n = sum(s["pixels"] for s in summaries)
+  mean = sum(s["pixel_sum"] for s in summaries) / n
+  var = sum(s["pixel_sq_sum"] for s in summaries) / n - mean ** 2
+  manifest = {"shards": names, "num_records": num_records, "counts": dict(sorted(counts.items())),
+              "num_files": sum(s["files"] for s in summaries), "num_errors": len(errors),
+              "pixel_mean": mean, "pixel_std": float(np.sqrt(max(var, 0.0))),
+              "image_shape": [config.size, config.size], "config": config.recorded()}
+  with open(os.path.join(config.output, shards.MANIFEST), "w") as f:
+    json.dump(manifest, f, indent=1)
+  shutil.rmtree(os.path.join(config.output, PLAN_DIR))
+  return manifest
+
+
+def _watch_progress(config: IngestConfig, num_shards: int, stop: threading.Event):
+  """A progress bar (rate, ETA) fed by the shards' completion marks, whatever the runner."""
+  done = lambda: sum(os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
+                     for k in range(num_shards))
+  with tqdm.tqdm(total=num_shards, initial=done(), unit="shard", desc="ingest") as bar:
+    while not stop.wait(2.0):
+      bar.update(done() - bar.n)
+    bar.update(done() - bar.n)
+
+
+def run_beam(config: IngestConfig, num_shards: int, beam_args: list[str]):
+  import apache_beam as beam  # optional: the [ingest] extra
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  if not any(a.startswith("--runner") for a in beam_args):
+    beam_args = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                 f"--direct_num_workers={os.cpu_count()}"] + beam_args
+  with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+    _ = (pipeline
+         | "Shards" >> beam.Create(range(num_shards))
+         | "Spread" >> beam.Reshuffle()
+         | "Write" >> beam.Map(write_shard, config))
+
+
+def ingest(config: IngestConfig, beam_args: list[str] | None = None) -> dict:
+  """Plan, shards, finish. beam_args None: shards in this process (small inputs, the sample)."""
+  os.makedirs(config.output, exist_ok=True)
+  num_shards = plan(config)
+  stop = threading.Event()
+  watcher = threading.Thread(target=_watch_progress, args=(config, num_shards, stop))
+  watcher.start()
+  try:
+    if beam_args is None:
+      for k in range(num_shards):
+        write_shard(k, config)
+    else:
+      run_beam(config, num_shards, beam_args)
+  finally:
+    stop.set()
+    watcher.join()
+  return finish(config, num_shards)
+
+
+def parse_window(text: str) -> tuple:
+  modality, center, width = text.split(":")
+  if modality not in records.MODALITIES:
+    raise argparse.ArgumentTypeError(f"unknown modality {modality!r} in --fallback_window")
+  return modality, float(center), float(width)
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--input", required=True, help="folder of DICOM, PNG/JPEG and NIfTI files")
+  p.add_argument("--output", required=True, help="folder for the shards, index and manifest")
+  p.add_argument("--salt", default=os.environ.get("VISMAE_INGEST_SALT", ""),
+                 help="secret for the de-identified keys (default $VISMAE_INGEST_SALT); never "
+                      "stored, keep it to make reruns and later ingests consistent")
+  p.add_argument("--modality", default="auto", choices=("auto",) + records.MODALITIES,
+                 help="auto: DICOM Modality attribute, else a folder named CT/MR/PET/XR/US")
+  p.add_argument("--size", type=int, default=224, help="stored side (letterboxed square)")
+  p.add_argument("--files_per_shard", type=int, default=1024)
+  p.add_argument("--fallback_window", type=parse_window, action="append",
+                 help="MODALITY:CENTER:WIDTH for images without a VOI window (default "
+                      "CT:40:400; others use the 0.5-99.5 percentile range)")
+  p.add_argument("--nifti_axis", type=int, default=2, choices=(0, 1, 2),
+                 help="NIfTI volumes are cut into slices along this voxel axis")
+  args, beam_args = p.parse_known_args(argv)
+  if not args.salt:
+    p.error("--salt (or $VISMAE_INGEST_SALT) is required: it keys the de-identified patient "
+            "hashes, and a fixed salt keeps them stable across runs")
+  if not os.path.isdir(args.input):
+    p.error(f"--input={args.input} is not a folder")
+  if args.size < 16 or args.files_per_shard < 1:
+    p.error("--size must be >= 16 and --files_per_shard >= 1")
+  return args, beam_args
+
+
+def main(argv):
+  args, beam_args = parse_args(argv)
+  read = readers.ReadOptions(
+      modality=args.modality, nifti_axis=args.nifti_axis,
+      fallback_windows=tuple(args.fallback_window or readers.ReadOptions.fallback_windows))
+  config = IngestConfig(input=args.input, output=args.output, salt=args.salt, size=args.size,
+                        files_per_shard=args.files_per_shard, read=read)
+  manifest = ingest(config, beam_args)
+  print(f"ingest: {manifest['num_records']} records from {manifest['num_files']} files "
+        f"{manifest['counts']} in {len(manifest['shards'])} shards at {args.output}; "
+        f"{manifest['num_errors']} unreadable files listed in "
+        f"{os.path.join(args.output, ERRORS)}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

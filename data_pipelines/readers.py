@@ -1,0 +1,207 @@
+"""Raw clinical files -> windowed 2-D uint8 frames, and the letterbox resize to the stored size.
+
+Formats: DICOM (with or without the .dcm extension: recognised by its "DICM" preamble), PNG and
+JPEG, NIfTI (.nii, .nii.gz; volumes become slices along one axis). Greyscale is what the model
+sees, so colour ultrasound is converted to luminance.
+
+DICOM intensities follow the standard's pipeline: modality LUT (Rescale Slope/Intercept), then
+the VOI transform from the header (a VOI LUT Sequence where present, else the first Window
+Center/Width pair with its VOI LUT Function), else a per-modality fallback window, else the
+0.5-99.5 percentile range of the image; MONOCHROME1 is inverted last so bone is always bright.
+
+A Frame carries the raw patient, study and series identifiers only so that the caller can hash
+them; they are never written anywhere.
+"""
+import dataclasses
+import os
+
+import numpy as np
+from PIL import Image
+
+# DICOM Modality attribute -> the modality stored with a record.
+DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PT", "CR": "XR", "DX": "XR", "US": "US"}
+# Folder names that give non-DICOM files their modality (see modality_from_path).
+FOLDER_MODALITIES = {"ct": "CT", "mr": "MR", "mri": "MR", "pt": "PT", "pet": "PT", "xr": "XR",
+                     "xray": "XR", "x-ray": "XR", "cr": "XR", "dx": "XR", "us": "US",
+                     "ultrasound": "US"}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+
+
+class UnreadableFile(Exception):
+  """A file that is corrupt, truncated or of an unsupported kind; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+  image: np.ndarray  # (H, W) uint8 at the source resolution
+  modality: str      # one of records.MODALITIES
+  patient_id: str    # raw identifiers: hash them, never store them
+  study_uid: str
+  series_uid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+  modality: str = "auto"          # auto: from the DICOM header or the folder name; else forced
+  fallback_windows: tuple = (("CT", 40.0, 400.0),)  # (modality, center, width) without a VOI
+  nifti_axis: int = 2
+
+
+def is_dicom(path: str) -> bool:
+  if path.lower().endswith(".dcm"):
+    return True
+  with open(path, "rb") as f:
+    return f.read(132)[128:132] == b"DICM"
+
+
+def modality_from_path(rel_path: str) -> str | None:
+  """The innermost folder named after a modality (e.g. `site1/CT/...`, `sample/us/...`)."""
+  for part in reversed(os.path.dirname(rel_path).replace("\\", "/").split("/")):
+    if part.lower() in FOLDER_MODALITIES:
+      return FOLDER_MODALITIES[part.lower()]
+  return None
+
+
+def read_frames(path: str, rel_path: str, options: ReadOptions) -> list[Frame]:
+  """All 2-D frames of one file. Raises UnreadableFile with the reason for any failure."""
+  lower = rel_path.lower()
+  try:
+    if lower.endswith(IMAGE_EXTENSIONS):
+      return _read_picture(path, rel_path, options)
+    if lower.endswith(NIFTI_EXTENSIONS):
+      return _read_nifti(path, rel_path, options)
+    if is_dicom(path):
+      return _read_dicom(path, rel_path, options)
+  except UnreadableFile:
+    raise
+  except Exception as e:  # every reader error becomes a report line, never a crash
+    raise UnreadableFile(f"{type(e).__name__}: {_first_line(e)}") from e
+  raise UnreadableFile("unsupported file type (expected DICOM, PNG, JPEG or NIfTI)")
+
+
+def letterbox(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes the longer side to `size` (Lanczos) and zero-pads the shorter one, centred.
+
+  Keeping the aspect ratio and every pixel of anatomy matters more than filling the square.
+  """
+  h, w = image.shape
+  scale = size / max(h, w)
+  new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.LANCZOS), np.uint8)
+  out = np.zeros((size, size), np.uint8)
+  top, left = (size - new_h) // 2, (size - new_w) // 2
+  out[top:top + new_h, left:left + new_w] = resized
+  return out
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR"):
+  """DICOM VOI window (PS3.3 C.11.2.1.2) to [0, 1]."""
+  values = values.astype(np.float64)
+  if function == "SIGMOID":
+    return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+  if function == "LINEAR_EXACT":
+    return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+  width = max(width, 1.0)
+  return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def percentile_window(values: np.ndarray) -> np.ndarray:
+  lo, hi = np.percentile(values, [0.5, 99.5])
+  return np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+
+
+def to_uint8(unit: np.ndarray) -> np.ndarray:
+  return np.round(unit * 255.0).astype(np.uint8)
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).splitlines() or [""])[0][:200]
+
+
+def _fallback(values: np.ndarray, modality: str, options: ReadOptions) -> np.ndarray:
+  for name, center, width in options.fallback_windows:
+    if name == modality:
+      return window(values, center, width)
+  return percentile_window(values)
+
+
+def _resolve_modality(found: str | None, rel_path: str, options: ReadOptions) -> str:
+  if options.modality != "auto":
+    return options.modality
+  if found is None:
+    raise UnreadableFile("no modality: neither a supported DICOM Modality nor a folder named "
+                         "after one; pass --modality")
+  return found
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+  return rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _read_picture(path, rel_path, options):
+  with Image.open(path) as img:
+    img.load()  # decode now: a truncated file fails here
+    if img.mode in ("I", "I;16", "I;16B", "F"):
+      unit = percentile_window(np.asarray(img, np.float64))
+    else:
+      unit = np.asarray(img.convert("L"), np.float64) / 255.0
+  modality = _resolve_modality(modality_from_path(rel_path), rel_path, options)
+  folder = os.path.dirname(rel_path)
+  return [Frame(to_uint8(unit), modality, folder, folder, folder)]
+
+
+def _read_nifti(path, rel_path, options):
+  import nibabel  # optional: the [ingest] extra
+  volume = np.asanyarray(nibabel.load(path).dataobj).astype(np.float64)
+  if volume.ndim == 2:
+    volume = volume[..., None]
+  if volume.ndim != 3:
+    raise UnreadableFile(f"NIfTI with {volume.ndim} dimensions; expected 2 or 3")
+  modality = _resolve_modality(modality_from_path(rel_path), rel_path, options)
+  unit = _fallback(volume, modality, options)  # one window for the whole volume
+  slices = np.moveaxis(unit, options.nifti_axis, 0)
+  folder = os.path.dirname(rel_path)
+  # Voxel axes are (x, y): rotate so rows run top to bottom in the usual radiological view.
+  return [Frame(to_uint8(np.rot90(s)), modality, folder, rel_path, rel_path) for s in slices]
+
+
+def _read_dicom(path, rel_path, options):
+  import pydicom  # optional: the [ingest] extra
+  from pydicom.pixels import processing
+
+  ds = pydicom.dcmread(path)
+  if "PixelData" not in ds:
+    raise UnreadableFile("DICOM without pixel data")
+  modality = _resolve_modality(DICOM_MODALITIES.get(str(ds.get("Modality", ""))), rel_path,
+                               options)
+  frames = int(ds.get("NumberOfFrames", 1) or 1)
+  pixels = ds.pixel_array  # decodes compressed syntaxes; YBR colour comes back as RGB
+  photometric = str(ds.get("PhotometricInterpretation", ""))
+  if photometric == "PALETTE COLOR":
+    pixels = processing.apply_color_lut(pixels, ds)
+  colour = int(ds.get("SamplesPerPixel", 1)) > 1 or photometric == "PALETTE COLOR"
+  if frames == 1:
+    pixels = pixels[None]
+  if colour:
+    unit = _luminance(pixels) / float(np.iinfo(pixels.dtype).max)
+  else:
+    values = processing.apply_modality_lut(pixels, ds)
+    if "VOILUTSequence" in ds:
+      lut = processing.apply_voi(values, ds, index=0)
+      bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+      unit = lut.astype(np.float64) / (2.0 ** bits - 1.0)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+      center, width = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+      unit = window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")).upper())
+    else:
+      unit = _fallback(values, modality, options)
+    if photometric == "MONOCHROME1":
+      unit = 1.0 - unit
+  ids = [str(ds.get(k, "")) for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")]
+  return [Frame(to_uint8(f), modality, *ids) for f in unit]
+
+
+def _first(value) -> float:
+  """Window Center/Width may hold several alternatives: the first is the default view."""
+  return float(value[0]) if hasattr(value, "__len__") else float(value)

@@ -1,0 +1,155 @@
+"""DICOM / PNG / NIfTI ingest: windowing by hand, error report, no PHI in any output, reruns."""
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+nibabel = pytest.importorskip("nibabel")
+from pydicom.data import get_testdata_file  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from data_pipelines import ingest, pretrain_input, readers, records, shards  # noqa: E402
+
+OPTIONS = readers.ReadOptions()
+DICOMS = {"ct/693_UNCR.dcm": "CT", "mr/MR_small.dcm": "MR", "xr/RG3_J2KI.dcm": "XR",
+          "us/examples_ybr_color.dcm": "US"}
+PHI_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+            "InstitutionName", "StudyInstanceUID", "SeriesInstanceUID", "ReferringPhysicianName")
+
+
+def read(name):
+  return readers.read_frames(get_testdata_file(name), name, OPTIONS)
+
+
+def test_ct_pixel_windowed_by_hand_from_hu_slope_intercept_center_width():
+  ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
+  assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, -1024.0)
+  assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40.0, 100.0)
+  stored = ds.pixel_array.astype(float)
+  hu = stored * 1.0 - 1024.0
+  r, c = np.argwhere((hu > 0) & (hu < 80))[0]  # a pixel inside the window
+  # DICOM linear window: (x - (c - 0.5)) / (w - 1) + 0.5, scaled to 0..255.
+  expected = round(((hu[r, c] - 39.5) / 99.0 + 0.5) * 255)
+  frames = read("693_UNCR.dcm")
+  assert len(frames) == 1 and frames[0].modality == "CT"
+  assert frames[0].image[r, c] == expected
+  assert frames[0].image[hu < -10].max() == 0 and frames[0].image[hu > 90].min() == 255
+
+
+def test_mr_and_monochrome1_radiograph_and_multiframe_ultrasound():
+  mr = read("MR_small.dcm")
+  assert [f.modality for f in mr] == ["MR"] and mr[0].image.shape == (64, 64)
+
+  ds = pydicom.dcmread(get_testdata_file("RG3_J2KI.dcm"))  # JPEG 2000, MONOCHROME1, CR
+  assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.Modality == "CR"
+  xr = read("RG3_J2KI.dcm")
+  assert xr[0].modality == "XR"
+  unit = readers.window(ds.pixel_array, float(ds.WindowCenter), float(ds.WindowWidth))
+  np.testing.assert_array_equal(xr[0].image, readers.to_uint8(1.0 - unit))  # inverted
+
+  us = read("examples_ybr_color.dcm")  # 30 JPEG-baseline YBR frames
+  assert len(us) == 30 and {f.modality for f in us} == {"US"}
+  assert us[0].image.shape == (240, 320) and us[0].image.dtype == np.uint8
+  assert not np.array_equal(us[0].image, us[29].image)
+
+
+def test_letterbox_keeps_aspect_and_centres():
+  image = np.full((100, 200), 255, np.uint8)
+  out = readers.letterbox(image, 64)
+  assert out.shape == (64, 64)
+  assert (out[:16] == 0).all() and (out[-16:] == 0).all() and (out[17:47] > 250).all()
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("raw")
+  for rel in DICOMS:
+    os.makedirs(root / os.path.dirname(rel), exist_ok=True)
+    shutil.copy(get_testdata_file(os.path.basename(rel)), root / rel)
+  shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct" / "no_extension")
+  shutil.copy(get_testdata_file("MR_truncated.dcm"), root / "mr" / "corrupt.dcm")
+  os.makedirs(root / "us" / "png")
+  Image.fromarray(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64)).save(root / "us/png/a.png")
+  data = open(root / "us/png/a.png", "rb").read()
+  open(root / "us/png/truncated.png", "wb").write(data[:len(data) // 2])
+  volume = np.linspace(-1000, 1000, 32 * 32 * 5).reshape(32, 32, 5).astype(np.float32)
+  nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), str(root / "ct" / "vol.nii.gz"))
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def ingested(raw_dir, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("ingested"))
+  config = ingest.IngestConfig(input=raw_dir, output=out, salt="test-salt", size=64,
+                               files_per_shard=3)
+  manifest = ingest.ingest(config, beam_args=["--runner=DirectRunner"])
+  return config, manifest
+
+
+def test_ingest_writes_every_good_frame_and_reports_bad_files(ingested):
+  config, manifest = ingested
+  # CT: 693 + no_extension + 5 NIfTI slices; MR: 1; XR: 1; US: 30 frames + a.png.
+  assert manifest["counts"] == {"CT": 7, "MR": 1, "US": 31, "XR": 1}
+  assert manifest["num_files"] == 9 and manifest["num_errors"] == 2
+  with open(os.path.join(config.output, ingest.ERRORS)) as f:
+    errors = {row["path"]: row["reason"] for row in csv.DictReader(f)}
+  assert set(errors) == {os.path.join("mr", "corrupt.dcm"), os.path.join("us", "png",
+                                                                         "truncated.png")}
+  assert all(reason for reason in errors.values())
+  source = pretrain_input.record_source(config.output)
+  index = shards.load_index(config.output)
+  assert len(source) == len(index) == 40
+  for i in (0, 17, 39):
+    record = records.decode(source[i])
+    assert record["image"].shape == (64, 64) and record["modality"] == index[i]["modality"]
+    assert record["source_hash"] == index[i]["source_hash"]
+  ct = [r for r in index if r["modality"] == "CT"]
+  assert len({r["patient_key"] for r in ct}) == 3  # 693, CT_small, the NIfTI's folder
+
+
+def test_no_phi_value_reaches_any_output_byte(ingested, raw_dir):
+  config, _ = ingested
+  values = set()
+  for rel in list(DICOMS) + ["ct/no_extension"]:
+    ds = pydicom.dcmread(os.path.join(raw_dir, rel))
+    values |= {str(ds.get(k, "")) for k in PHI_KEYS}
+  values = {v for v in values if len(v) >= 4}
+  assert {"CompressedSamples^RG3", "11RG3", "19790408", "FUJI95706"} <= values
+  blob = b""
+  for dirpath, _, names in os.walk(config.output):
+    for name in names:
+      blob += open(os.path.join(dirpath, name), "rb").read()
+  leaked = [v for v in values if v.encode() in blob or v.replace("^", " ").encode() in blob]
+  assert not leaked, leaked
+
+
+def test_rerun_skips_finished_shards_and_rebuilds_missing_ones_identically(ingested):
+  config, manifest = ingested
+  names = manifest["shards"]
+  before = {n: open(os.path.join(config.output, n), "rb").read() for n in names}
+  mtimes = {n: os.stat(os.path.join(config.output, n)).st_mtime_ns for n in names}
+  victim = names[1].replace(".array_record", "")
+  for suffix in (".array_record", ".index.csv", ".json"):
+    os.remove(os.path.join(config.output, victim + suffix))
+  again = ingest.ingest(config)  # in-process this time: the same records either way
+  assert again == manifest
+  for n in names:
+    assert open(os.path.join(config.output, n), "rb").read() == before[n]
+    if not n.startswith(victim):
+      assert os.stat(os.path.join(config.output, n)).st_mtime_ns == mtimes[n]  # skipped
+
+
+def test_rerun_with_other_options_refuses(ingested):
+  config, _ = ingested
+  with pytest.raises(ValueError, match="was written with"):
+    ingest.plan(ingest.IngestConfig(input=config.input, output=config.output, salt="test-salt",
+                                    size=128, files_per_shard=3))
+
+
+def test_cli_requires_a_salt(raw_dir, tmp_path, monkeypatch):
+  monkeypatch.delenv("VISMAE_INGEST_SALT", raising=False)
+  with pytest.raises(SystemExit):
+    ingest.parse_args([f"--input={raw_dir}", f"--output={tmp_path}"])
