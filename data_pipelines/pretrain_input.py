@@ -49,10 +49,23 @@ def record_source(data_dir: str, modalities=None):
 
 
 def pretrain_dataset(data_dir: str, *, modalities, seed: int, per_host_batch: int,
-                     process_index: int, process_count: int) -> grain.MapDataset:
-  """Infinite MapDataset of uint8 batches for this host; its iterator state is checkpointable."""
-  ds = grain.MapDataset.source(record_source(data_dir, modalities))
-  ds = ds.seed(seed).shuffle().repeat().map(records.decode_image)
+                     process_index: int, process_count: int,
+                     mixture: dict | None = None) -> grain.MapDataset:
+  """Infinite MapDataset of uint8 batches for this host; its iterator state is checkpointable.
+
+  mixture: sampling weight per modality (e.g. {"CT": 2, "XR": 1}); each modality is shuffled
+  and repeated on its own and the streams are interleaved in those proportions, so a rare
+  modality is not drowned by a common one. None or all zero: every record once per epoch.
+  """
+  weights = {m: w for m, w in sorted((mixture or {}).items()) if w > 0}
+  if weights:
+    ds = grain.MapDataset.mix(
+        [grain.MapDataset.source(record_source(data_dir, [m])).seed(seed + i).shuffle().repeat()
+         for i, m in enumerate(weights)], list(weights.values()))
+  else:
+    ds = grain.MapDataset.source(record_source(data_dir, modalities)).seed(seed).shuffle()
+    ds = ds.repeat()
+  ds = ds.map(records.decode_image)
   return ds.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
 
 

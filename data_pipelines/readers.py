@@ -80,15 +80,16 @@ def read_frames(path: str, rel_path: str, options: ReadOptions) -> list[Frame]:
   raise UnreadableFile("unsupported file type (expected DICOM, PNG, JPEG or NIfTI)")
 
 
-def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-  """Resizes the longer side to `size` (Lanczos) and zero-pads the shorter one, centred.
+def letterbox(image: np.ndarray, size: int, resample=Image.LANCZOS) -> np.ndarray:
+  """Resizes the longer side to `size` and zero-pads the shorter one, centred.
 
   Keeping the aspect ratio and every pixel of anatomy matters more than filling the square.
+  Masks pass resample=Image.NEAREST so labels stay labels.
   """
   h, w = image.shape
   scale = size / max(h, w)
   new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.LANCZOS), np.uint8)
+  resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample), np.uint8)
   out = np.zeros((size, size), np.uint8)
   top, left = (size - new_h) // 2, (size - new_w) // 2
   out[top:top + new_h, left:left + new_w] = resized

@@ -44,3 +44,14 @@ def sample_dir(tmp_path_factory):
   """The bundled sample as shards, written once per test session."""
   from data_pipelines import sample
   return sample.write_sample_shards(str(tmp_path_factory.mktemp("sample_shards")))
+
+
+SHARED_DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+
+
+def shared_dataset(name: str) -> str:
+  """A real dataset from ../shared/datasets, or a skip saying why (a user's clone has none)."""
+  path = os.path.join(SHARED_DATASETS, name)
+  if not os.path.exists(os.path.join(path, "labels.csv")):
+    pytest.skip(f"{path} is absent: the real {name} images live beside the project checkout")
+  return path

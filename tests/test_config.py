@@ -58,6 +58,11 @@ def test_bad_values_name_the_field_and_the_fix():
   assert "config.mesh data=3 x fsdp=1 must equal the 8 devices" in errors_for(mesh__data=3)
   assert "config.dtype='float16'" in errors_for(dtype="float16")
   assert "unknown modality 'XRAY'" in errors_for(data__modalities=("XRAY",))
+  assert "config.input.crop_scale=(0.0, 1.0)" in errors_for(input__crop_scale=(0.0, 1.0))
+  assert "config.data.mixture.CT=-1.0: weights must be >= 0" in errors_for(
+      data__mixture={"CT": -1.0, "MR": 0.0, "PT": 0.0, "XR": 0.0, "US": 0.0})
+  assert "excludes it" in errors_for(data__modalities=("MR",), data__mixture={
+      "CT": 1.0, "MR": 1.0, "PT": 0.0, "XR": 0.0, "US": 0.0})
   message = errors_for(data__source="shards", data__path="")
   assert "config.data.path is empty" in message and "configs/generic.py:sample" in message
 

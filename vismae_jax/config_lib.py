@@ -32,10 +32,15 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.mae = dict(mask_ratio=0.75, mask_unit=16, norm_pix_loss=False)
   # minmax: the per-image [0, 1] scaling that fine-tuning uses, so both stages see the same
   # inputs; "release" reproduces the published pretraining (mean 0.223, std 0.202).
-  c.input = dict(image_size=224, normalization="minmax", hflip=True)
+  # crop_scale: random resized crop area range, on device ((1, 1): none, as the release;
+  # (0.2, 1.0): MAE's).
+  c.input = dict(image_size=224, normalization="minmax", hflip=True, crop_scale=(1.0, 1.0))
   # data.path: a directory written by data_pipelines (dataset.json, index.csv, shards).
   # data.modalities: keep only these (empty: all, the Generic model).
-  c.data = dict(source="shards", path="", modalities=(), workers=0)
+  # data.mixture: sampling weight per modality (all zero: natural proportions, each record once
+  # per epoch), e.g. --config.data.mixture.PT=3 to see PET three times as often as its share.
+  c.data = dict(source="shards", path="", modalities=(), workers=0,
+                mixture={m: 0.0 for m in records.MODALITIES})
 
   c.batch_size = 5120  # global: the paper's 640 per GPU on 8 GPUs
   c.num_epochs = 800.0
@@ -151,6 +156,14 @@ def validate(config, device_count: int, process_count: int) -> None:
   for modality in config.data.modalities:
     check(modality in records.MODALITIES,
           f"config.data.modalities: unknown modality {modality!r}; expected {records.MODALITIES}")
+  for modality, weight in config.data.mixture.items():
+    check(weight >= 0, f"config.data.mixture.{modality}={weight}: weights must be >= 0")
+    check(weight == 0 or not config.data.modalities or modality in config.data.modalities,
+          f"config.data.mixture.{modality}={weight} but config.data.modalities="
+          f"{tuple(config.data.modalities)} excludes it: drop the weight or the filter")
+  low, high = config.input.crop_scale
+  check(0 < low <= high <= 1, f"config.input.crop_scale={tuple(config.input.crop_scale)}: "
+        "need 0 < min <= max <= 1 (area fractions)")
 
   check(config.batch_size % process_count == 0,
         f"config.batch_size={config.batch_size} is the global batch and must split evenly over "

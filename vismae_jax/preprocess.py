@@ -32,8 +32,3 @@ def to_model_input(images_u8, *, image_size: int, channels: int, normalization: 
   x = normalize(x, normalization)
   return jnp.broadcast_to(x, x.shape[:3] + (channels,)) if channels > 1 else x
 
-
-def random_hflip(rng, images):
-  """Flips each image of the batch left-right with probability 1/2."""
-  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
-  return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)

@@ -125,7 +125,7 @@ def train(config, workdir: str) -> dict:
   dataset = pretrain_input.pretrain_dataset(
       data_dir, modalities=config.data.modalities, seed=config.seed,
       per_host_batch=per_host_batch, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), mixture=dict(config.data.mixture))
   data_iterator = pretrain_input.make_iterator(dataset, config.data.workers)
 
   # Model, optimiser, schedule.

@@ -7,7 +7,7 @@ resumed run repeats exactly what an uninterrupted one does.
 import jax
 import jax.numpy as jnp
 
-from vismae_jax import preprocess
+from vismae_jax import augment, preprocess
 from vismae_jax.models import mae
 
 
@@ -34,12 +34,14 @@ def init_params(model, config, rng):
 
 def model_inputs(config, images_u8, rng, train: bool):
   """uint8 batch -> (normalised images, token mask)."""
-  flip_rng, mask_rng = jax.random.split(rng)
+  flip_rng, mask_rng, crop_rng = jax.random.split(rng, 3)
   x = preprocess.to_model_input(images_u8, image_size=config.input.image_size,
                                 channels=config.model.in_chans,
                                 normalization=config.input.normalization)
+  if train and tuple(config.input.crop_scale) != (1.0, 1.0):
+    x = augment.random_resized_crop(crop_rng, x, scale=tuple(config.input.crop_scale))
   if train and config.input.hflip:
-    x = preprocess.random_hflip(flip_rng, x)
+    x = augment.random_hflip(flip_rng, x)
   _, units, per_unit = _grid(config)
   unit_mask = mae.window_mask(mask_rng, x.shape[0], units, config.mae.mask_ratio)
   return x, mae.unit_mask_to_tokens(unit_mask, per_unit)

@@ -1,0 +1,101 @@
+"""Labelled datasets for fine-tuning: image + mask (segmentation), image + label(s) (classification).
+
+A dataset is a CSV whose `image` column (and `mask` column, for segmentation) holds paths
+relative to the CSV's folder, and whose `label` column holds a class index or, for multi-label
+tasks, 0/1 flags separated by `|` (e.g. the 14 NIH chest X-ray findings). Optional columns:
+`patient_key` (keeps a patient's images in one fold), `fold`, `split`. This covers
+(a) the release's convention, one CSV per split and fold (`{train,val,test}_fold{N}.csv`:
+release_fold_tables), and (b) any folder + CSV, which tfds_builders turns into a TFDS dataset.
+
+`ExampleSource` reads and letterboxes examples on demand: a random-access source for grain.
+"""
+import csv
+import dataclasses
+import os
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines import readers
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  images: list          # absolute paths
+  masks: list | None    # absolute paths (segmentation) or None
+  labels: np.ndarray    # (N,) int class, or (N, C) float32 multi-label flags
+  groups: np.ndarray | None  # patient keys where known
+  folds: np.ndarray | None
+  splits: np.ndarray | None
+
+  def __len__(self):
+    return len(self.images)
+
+  def subset(self, indices) -> "Table":
+    pick = lambda a: None if a is None else (np.asarray(a)[indices] if isinstance(a, np.ndarray)
+                                             else [a[i] for i in indices])
+    return Table(pick(self.images), pick(self.masks), self.labels[indices], pick(self.groups),
+                 pick(self.folds), pick(self.splits))
+
+
+def parse_label(text: str):
+  return [float(v) for v in text.split("|")] if "|" in text else int(text)
+
+
+def read_table(csv_path: str) -> Table:
+  """Reads a dataset CSV; paths resolve against the CSV's folder. Fails naming the column."""
+  root = os.path.dirname(os.path.abspath(csv_path))
+  with open(csv_path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise ValueError(f"{csv_path}: no rows")
+  columns = rows[0].keys()
+  if "image" not in columns or not {"mask", "label"} & set(columns):
+    raise ValueError(f"{csv_path}: expected columns image,mask (segmentation) or image,label "
+                     f"(classification); found {sorted(columns)}")
+  column = lambda name, cast=str: (np.array([cast(r[name]) for r in rows])
+                                   if name in columns else None)
+  labels = ([parse_label(r["label"]) for r in rows] if "label" in columns
+            else [int(np.any(np.asarray(Image.open(os.path.join(root, r["mask"]))) > 127))
+                  for r in rows])  # segmentation without labels: lesion present or not
+  return Table(
+      images=[os.path.join(root, r["image"]) for r in rows],
+      masks=[os.path.join(root, r["mask"]) for r in rows] if "mask" in columns else None,
+      labels=np.array(labels, np.float32 if isinstance(labels[0], list) else np.int64),
+      groups=column("patient_key"), folds=column("fold", int), splits=column("split"))
+
+
+def release_fold_tables(folder: str, fold: int) -> dict[str, Table]:
+  """The release's `{train,val,test}_fold{N}.csv` files of one fold."""
+  return {split: read_table(os.path.join(folder, f"{split}_fold{fold}.csv"))
+          for split in ("train", "val", "test")}
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+  with Image.open(path) as img:
+    return readers.letterbox(np.asarray(img.convert("L")), size)
+
+
+def load_mask(path: str, size: int) -> np.ndarray:
+  """0/1 uint8 mask letterboxed with nearest neighbours, aligned with load_image."""
+  with Image.open(path) as img:
+    mask = (np.asarray(img.convert("L")) > 127).astype(np.uint8)
+  return readers.letterbox(mask, size, Image.NEAREST)
+
+
+class ExampleSource:
+  """Random-access examples {"image", "label"[, "mask"]} at size x size, uint8 pixels."""
+
+  def __init__(self, table: Table, size: int):
+    self.table, self.size = table, size
+
+  def __len__(self):
+    return len(self.table)
+
+  def __getitem__(self, i):
+    i = int(i)
+    example = {"image": load_image(self.table.images[i], self.size),
+               "label": self.table.labels[i]}
+    if self.table.masks is not None:
+      example["mask"] = load_mask(self.table.masks[i], self.size)
+    return example

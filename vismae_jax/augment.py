@@ -1,0 +1,85 @@
+"""Data augmentation on the device: jitted, batched, deterministic from the step's key.
+
+The host hands over uint8 bytes; every transform here acts on (B, H, W, C) float batches inside
+the train step, with one key per image split from the step's key, so a replayed step draws the
+same crops, flips and rotations.
+
+Pretraining: random resized crop (MAE-style scale and aspect ranges) and horizontal flips.
+Segmentation: the same random geometry applied to image and mask together: flips, 90-degree
+rotations, and an affine map (rotation, translation, scale, shear), bilinear for images and
+nearest-neighbour for masks so labels stay labels.
+"""
+import jax
+import jax.numpy as jnp
+from jax.scipy import ndimage
+
+
+def random_hflip(rng, images):
+  """Flips each image of the batch left-right with probability 1/2."""
+  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
+  return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def random_resized_crop(rng, images, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
+  """Crops a random area fraction in `scale` with aspect in `ratio`, resized back to H x W."""
+  b, h, w, _ = images.shape
+  k_area, k_ratio, k_y, k_x = jax.random.split(rng, 4)
+  area = jax.random.uniform(k_area, (b,), minval=scale[0], maxval=scale[1])
+  log_r = jax.random.uniform(k_ratio, (b,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
+  aspect = jnp.exp(log_r)
+  crop_h = jnp.clip(jnp.sqrt(area / aspect) * h, 1.0, h)
+  crop_w = jnp.clip(jnp.sqrt(area * aspect) * w, 1.0, w)
+  top = jax.random.uniform(k_y, (b,)) * (h - crop_h)
+  left = jax.random.uniform(k_x, (b,)) * (w - crop_w)
+
+  def crop(image, ch, cw, y0, x0):
+    s = jnp.array([h / ch, w / cw])
+    return jax.image.scale_and_translate(image, image.shape, (0, 1), s, -jnp.array([y0, x0]) * s,
+                                         "linear", antialias=True)
+  return jax.vmap(crop)(images, crop_h, crop_w, top, left)
+
+
+def _affine_matrices(rng, b, rotate90, max_rotate, max_translate, scale, max_shear):
+  """(B, 2, 2) output->input linear maps and (B, 2) translations (fractions of the side)."""
+  k = jax.random.split(rng, 5)
+  angle = jnp.deg2rad(jax.random.uniform(k[0], (b,), minval=-max_rotate, maxval=max_rotate))
+  if rotate90:  # quarter turns folded into the same warp: one resampling in all
+    angle += jax.random.randint(k[4], (b,), 0, 4) * (jnp.pi / 2)
+  shear = jnp.deg2rad(jax.random.uniform(k[1], (b,), minval=-max_shear, maxval=max_shear))
+  zoom = jax.random.uniform(k[2], (b,), minval=scale[0], maxval=scale[1])
+  shift = jax.random.uniform(k[3], (b, 2), minval=-max_translate, maxval=max_translate)
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  rotation = jnp.stack([jnp.stack([cos, -sin], -1), jnp.stack([sin, cos], -1)], -2)
+  shearing = jnp.stack([jnp.stack([jnp.ones(b), jnp.tan(shear)], -1),
+                        jnp.stack([jnp.zeros(b), jnp.ones(b)], -1)], -2)
+  forward = rotation @ shearing * zoom[:, None, None]
+  return jnp.linalg.inv(forward), shift
+
+
+def _warp(image, inverse, shift, order):
+  """Samples image (H, W, C) at inverse(output - centre - shift) + centre, zeros outside."""
+  h, w, _ = image.shape
+  centre = jnp.array([(h - 1) / 2, (w - 1) / 2])
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                        indexing="ij")
+  out = jnp.stack([yy, xx]).reshape(2, -1) - (centre + shift * jnp.array([h, w]))[:, None]
+  src = inverse @ out + centre[:, None]
+  channel = lambda c: ndimage.map_coordinates(image[..., c], [src[0], src[1]], order=order,
+                                              mode="constant", cval=0.0).reshape(h, w)
+  return jnp.stack([channel(c) for c in range(image.shape[-1])], -1)
+
+
+def segmentation_augment(rng, images, masks, *, flip=True, rotate90=True, max_rotate=15.0,
+                         max_translate=0.1, scale=(0.9, 1.1), max_shear=5.0):
+  """The same random geometry for (B, H, W, C) images and (B, H, W) integer masks (H == W)."""
+  b = images.shape[0]
+  k_flip, k_affine = jax.random.split(rng)
+  masks = masks[..., None].astype(jnp.float32)
+  if flip:
+    do = jax.random.bernoulli(k_flip, 0.5, (b,))[:, None, None, None]
+    images, masks = (jnp.where(do, x[:, :, ::-1], x) for x in (images, masks))
+  inverse, shift = _affine_matrices(k_affine, b, rotate90, max_rotate, max_translate, scale,
+                                    max_shear)
+  images = jax.vmap(lambda x, a, t: _warp(x, a, t, order=1))(images, inverse, shift)
+  masks = jax.vmap(lambda x, a, t: _warp(x, a, t, order=0))(masks, inverse, shift)
+  return images, jnp.round(masks[..., 0]).astype(jnp.int32)
