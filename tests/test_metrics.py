@@ -1,0 +1,81 @@
+"""Metrics against scikit-learn, hand-computed values, and DeLong on a worked example."""
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn import metrics as skm
+
+from vismae_jax import metrics
+
+
+def test_segmentation_scores_by_hand():
+  target = np.zeros((2, 4, 4), int)
+  target[0, :2, :2] = 1          # 4 lesion pixels
+  pred = np.zeros_like(target)
+  pred[0, :2, :1] = 1            # 2 predicted, both right
+  pred[0, 3, 3] = 1              # and 1 wrong
+  scores = metrics.segmentation_scores(pred, target, num_classes=2)
+  np.testing.assert_allclose(scores["dice"][:, 0], [2 * 2 / (3 + 4), 1.0])  # image 1: both empty
+  np.testing.assert_allclose(scores["precision"][:, 0], [2 / 3, 1.0])
+  np.testing.assert_allclose(scores["recall"][:, 0], [2 / 4, 1.0])
+  multi = metrics.segmentation_scores(np.array([[[1, 2]]]), np.array([[[1, 1]]]), 3)
+  np.testing.assert_allclose(multi["dice"], [[2 / 3, 0.0]])
+
+
+def test_classification_scores_match_sklearn():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, 200)
+  probs = rng.dirichlet(np.ones(3), 200) + np.eye(3)[labels] * 0.3
+  probs /= probs.sum(1, keepdims=True)
+  s = metrics.classification_scores(labels, probs)
+  assert s["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, probs, multi_class="ovr"))
+  binary = metrics.classification_scores(labels % 2, probs[:, :2] / probs[:, :2].sum(1,
+                                                                                      keepdims=True))
+  assert binary["roc_auc"] == pytest.approx(skm.roc_auc_score(labels % 2, probs[:, 1] / probs[
+      :, :2].sum(1)))
+  multilabel = (rng.random((200, 4)) < 0.3).astype(float)
+  scores = multilabel * 0.5 + rng.random((200, 4))
+  ml = metrics.classification_scores(multilabel, scores)
+  assert ml["roc_auc"] == pytest.approx(np.mean([skm.roc_auc_score(multilabel[:, c], scores[:, c])
+                                                 for c in range(4)]))
+
+
+def test_delong_on_a_worked_example():
+  # Positives A (0.9, 0.8, 0.4), B (0.6, 0.5, 0.8); negatives A (0.7, 0.3), B (0.7, 0.2).
+  # AUC_A = 5/6, AUC_B = 4/6. Placement values: V10_A = (1, 1, 1/2), V10_B = (1/2, 1/2, 1),
+  # V01_A = (2/3, 1), V01_B = (1/3, 1). Var = c'S10c/3 + c'S01c/2 = (1/3)/3 + (1/18)/2 = 5/36,
+  # so z = (1/6) / sqrt(5/36) = 1/sqrt(5).
+  labels = [1, 1, 1, 0, 0]
+  result = metrics.delong_test(labels, [0.9, 0.8, 0.4, 0.7, 0.3], [0.6, 0.5, 0.8, 0.7, 0.2])
+  assert result["auc_a"] == pytest.approx(5 / 6) and result["auc_b"] == pytest.approx(4 / 6)
+  assert result["se"] == pytest.approx(np.sqrt(5 / 36))
+  assert result["z"] == pytest.approx(1 / np.sqrt(5))
+  assert result["p_value"] == pytest.approx(2 * stats.norm.sf(1 / np.sqrt(5)))
+  same = metrics.delong_test(labels, [0.9, 0.8, 0.4, 0.7, 0.3], [0.9, 0.8, 0.4, 0.7, 0.3])
+  assert same["p_value"] == 1.0
+
+
+def test_delong_detects_a_real_difference_and_aucs_match_sklearn():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 300)
+  good = labels + rng.normal(0, 0.6, 300)
+  poor = labels + rng.normal(0, 2.0, 300)
+  result = metrics.delong_test(labels, good, poor)
+  assert result["auc_a"] == pytest.approx(skm.roc_auc_score(labels, good))
+  assert result["auc_b"] == pytest.approx(skm.roc_auc_score(labels, poor))
+  assert result["p_value"] < 1e-3
+
+
+def test_bootstrap_ci_and_paired_test():
+  rng = np.random.default_rng(2)
+  values = rng.normal(0.8, 0.05, 100)
+  estimate, low, high = metrics.bootstrap_ci(np.mean, values, n_resamples=1000)
+  assert estimate == pytest.approx(values.mean()) and low < estimate < high
+  assert high - low == pytest.approx(2 * 1.96 * values.std() / 10, rel=0.25)
+  labels = np.array([0] * 50 + [1] * 50)
+  auc, lo, hi = metrics.bootstrap_ci(skm.roc_auc_score, labels, labels + rng.normal(0, 1, 100))
+  assert lo < auc < hi <= 1.0
+  paired = metrics.paired_test([0.8, 0.82, 0.79, 0.85, 0.81], [0.7, 0.75, 0.72, 0.74, 0.73])
+  assert paired["p_value"] == pytest.approx(stats.ttest_rel([0.8, 0.82, 0.79, 0.85, 0.81],
+                                                            [0.7, 0.75, 0.72, 0.74, 0.73]).pvalue)
+  mean, lo, hi = metrics.mean_ci([1.0, 2.0, 3.0])
+  assert mean == 2.0 and lo == pytest.approx(2 - stats.t.ppf(0.975, 2) * stats.sem([1, 2, 3]))

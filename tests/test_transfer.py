@@ -1,0 +1,101 @@
+"""Swin-UNet and classifier against the published listings; weight transfer from SwinMAE."""
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vismae_jax import transfer
+from vismae_jax.models import mae, torch_names, unet
+from test_models import REFERENCE, read_listing
+
+
+@functools.cache
+def random_params(model, image_size, seed=0):
+  """Random values in the model's parameter shapes (no compiled init: full-size models)."""
+  inputs = (jnp.zeros((1, image_size, image_size, model.in_chans)),)
+  if isinstance(model, mae.SwinMAE):
+    inputs += (jnp.zeros((1, image_size // 4, image_size // 4), bool),)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+
+
+def mae_params():
+  return random_params(mae.SwinMAE(), 224, seed=1)
+
+
+def read_transfer_listing(name):
+  sections, current = {}, None
+  with open(os.path.join(REFERENCE, name)) as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("## "):
+        current = sections.setdefault(line[3:], [])
+      elif line and not line.startswith("#"):
+        current.append(line)
+  return sections
+
+
+@pytest.mark.parametrize("model, listing, n_params", [
+    (unet.SwinUNet(), "keys_seg.txt", 41_378_628),
+    (unet.SwinClassifier(), "keys_cls.txt", 20_414_924)])
+def test_finetune_models_match_published_tensors(model, listing, n_params):
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
+  state = torch_names.to_torch(params)
+  expected = read_listing(listing)
+  assert set(state) == set(expected)
+  for name, (shape, dtype) in expected.items():
+    assert state[name].shape == shape and str(state[name].dtype) == dtype, name
+  assert sum(x.size for x in jax.tree.leaves(params)) == n_params
+
+
+def test_unet_runs_at_320_with_window_padding_and_one_channel():
+  model = unet.SwinUNet(num_classes=3, in_chans=1, embed_dim=12, depths=(2, 1, 1, 1),
+                        num_heads=(1, 1, 2, 2))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 320, 320, 1)))["params"]
+  logits = jax.jit(model.apply)({"params": params}, jnp.ones((2, 320, 320, 1)))
+  assert logits.shape == (2, 320, 320, 3) and bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("model, listing, n_loaded", [
+    (unet.SwinUNet(), "transfer_seg.txt", 220), (unet.SwinClassifier(), "transfer_cls.txt", 125)])
+def test_transfer_from_swinmae_loads_what_the_release_loads(model, listing, n_loaded):
+  source, target = mae_params(), random_params(model, 224)
+  params, report = transfer.transfer(source, target)
+  expected = read_transfer_listing(listing)
+  assert len(report.loaded) == n_loaded
+  assert sorted(report.unused) == sorted(expected["unused pretrain keys"])
+  assert sorted(report.new) == sorted(expected["target keys not from pretrain"])
+  loaded = torch_names.to_torch(params)
+  source_state = torch_names.to_torch(source, image_size=224)
+  for name in report.loaded:
+    np.testing.assert_array_equal(loaded[name], source_state[name])
+  fresh = torch_names.to_torch(target)
+  for name in report.new:
+    np.testing.assert_array_equal(loaded[name], fresh[name])
+  assert f"{'loaded':<30}{n_loaded:>7}" in report.table()
+
+
+def test_fill_deeper_and_encoder_only():
+  source, target = mae_params(), random_params(unet.SwinUNet(), 224)
+  params, report = transfer.transfer(source, target, fill_deeper=True)
+  # Blocks 2-5 of layers.2 and layers_up.0, 14 tensors each (the position index included).
+  assert len(report.filled) == 4 * 2 * 14
+  state = torch_names.to_torch(params)
+  np.testing.assert_array_equal(state["layers.2.blocks.5.attn.qkv.weight"],
+                                torch_names.to_torch(source, 224)["layers.2.blocks.1.attn.qkv.weight"])
+  _, enc = transfer.transfer(source, target, encoder_only=True)
+  assert all(n.startswith(("patch_embed.", "layers.")) for n in enc.loaded)
+  assert "layers_up.0.blocks.0.attn.qkv.weight" in enc.unused
+
+
+def test_checkpoint_that_does_not_fit_fails_with_the_mismatches():
+  source = mae_params()
+  target = random_params(unet.SwinUNet(embed_dim=48, num_heads=(3, 6, 12, 24)), 224)
+  with pytest.raises(transfer.TransferError, match=r"patch_embed.proj.weight: checkpoint "
+                     r"\(96, 3, 4, 4\) vs model \(48, 3, 4, 4\)"):
+    transfer.transfer(source, target)

@@ -1,0 +1,196 @@
+"""Fine-tuning protocols: k-fold cross-validation or a fixed split, label fractions, pretrained
+against random initialisation, and the report (JSON, CSV, Markdown with CIs, figures).
+
+For every (fold, fraction, initialisation) one fine-tuning run trains in `runs/<name>/` with the
+same loop as pretraining, keeps its best checkpoint by validation Dice or AUC, and is scored on
+the fold's test cases. A finished run leaves `result.json` and is skipped when the protocol is
+started again, so an interrupted protocol resumes where it stopped.
+
+Statistics: per fraction and initialisation, the mean over folds with a t-interval and the
+pooled per-case bootstrap CI (1,000 resamples); pretrained against random by a paired t-test
+across folds and, for classification, DeLong's test on the pooled test predictions.
+"""
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from data_pipelines import downstream, splits
+from vismae_jax import figures, metrics
+from vismae_jax.train import finetune, loop
+
+INITS = ("pretrained", "random")
+
+
+def load_examples(table: downstream.Table, size: int) -> dict:
+  """Every example of the table in memory, letterboxed: fine-tuning sets are small."""
+  source = downstream.ExampleSource(table, size)
+  rows = [source[i] for i in range(len(source))]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def stratification_labels(table: downstream.Table) -> np.ndarray:
+  """Class per case for stratified splits (multi-label: the first positive flag, or none)."""
+  labels = table.labels
+  if labels.ndim == 2:
+    return np.where(labels.any(axis=1), labels.argmax(axis=1), -1)
+  return labels
+
+
+def protocol_splits(config, table: downstream.Table):
+  """[(fold, train, val, test)] from config.protocol: k-fold (by patient) or fixed 72/8/20."""
+  p = config.protocol
+  strat = stratification_labels(table)
+  if p.kind == "fixed":
+    train, val, test = splits.fixed_split(strat, table.groups, seed=config.seed)
+    return [(0, train, val, test)]
+  if p.folds_from_csv and table.folds is not None:
+    folds = [(np.flatnonzero(table.folds != k), np.flatnonzero(table.folds == k))
+             for k in np.unique(table.folds)]
+  else:
+    folds = splits.kfold(strat, p.folds, table.groups, seed=config.seed)
+  out = []
+  for k, (trainval, test) in enumerate(folds[:p.max_folds or None]):
+    train, val = splits.holdout(trainval, strat, p.val_fraction, table.groups, config.seed + k)
+    out.append((k, train, val, test))
+  return out
+
+
+def score(config, predictions: np.ndarray, examples: dict, indices) -> dict:
+  """Metrics of one run on its test cases, and the per-case values the statistics pool."""
+  if config.finetune.kind == finetune.SEGMENTATION:
+    s = metrics.segmentation_scores(predictions, examples["mask"][indices],
+                                    config.finetune.num_classes)
+    per_case = s["dice"].mean(axis=1)
+    return {"metric": float(per_case.mean()), "per_case": per_case.tolist(),
+            "precision": float(s["precision"].mean()), "recall": float(s["recall"].mean())}
+  labels = examples["label"][indices]
+  s = metrics.classification_scores(labels, predictions)
+  return {"metric": float(s["roc_auc"]), "pr_auc": float(s["pr_auc"]),
+          "probs": predictions.tolist(), "labels": labels.tolist()}
+
+
+def run_one(config, name: str, workdir: str, examples: dict, train, val, test, init: str):
+  out_dir = os.path.join(workdir, "runs", name)
+  result_path = os.path.join(out_dir, "result.json")
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  task = finetune.make_task(config, examples, train, val, init)
+  loop.train(task, config, out_dir)
+  params = task.best_params(out_dir)
+  predictions = finetune.predict_all(jax.jit(finetune.make_predict_fn(task.model, config)),
+                                     params, {k: v[test] for k, v in examples.items()},
+                                     config.eval_batch_size)
+  result = {"name": name, "init": init, "test": np.asarray(test).tolist(),
+            "train_size": len(train), **score(config, predictions, examples, test)}
+  if config.finetune.kind == finetune.SEGMENTATION and jax.process_index() == 0:
+    np.save(os.path.join(out_dir, "test_predictions.npy"), predictions.astype(np.uint8))
+  if jax.process_index() == 0:
+    with open(result_path, "w") as f:
+      json.dump(result, f)
+  return result
+
+
+def summarize(config, results: list[dict]) -> dict:
+  """Per fraction: each initialisation's fold values, mean with CI, pooled bootstrap CI, tests."""
+  seg = config.finetune.kind == finetune.SEGMENTATION
+  summary = {"metric": "dice" if seg else "roc_auc", "fractions": [], "by_fraction": {}}
+  for fraction in sorted({r["fraction"] for r in results}):
+    rows = {init: sorted((r for r in results if r["fraction"] == fraction and r["init"] == init),
+                         key=lambda r: r["fold"]) for init in INITS}
+    entry = {}
+    for init, runs in rows.items():
+      if not runs:
+        continue
+      values = [r["metric"] for r in runs]
+      mean, low, high = metrics.mean_ci(values)
+      if seg:
+        pooled = metrics.bootstrap_ci(np.mean, np.concatenate([r["per_case"] for r in runs]))
+      else:
+        labels = np.concatenate([r["labels"] for r in runs])
+        probs = np.concatenate([r["probs"] for r in runs])
+        pooled = metrics.bootstrap_ci(
+            lambda l, p: metrics.classification_scores(l, p)["roc_auc"], labels, probs)
+      entry[init] = {"mean": mean, "ci95": [low, high], "per_fold": values,
+                     "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]]}
+    if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
+      a, b = ([r["metric"] for r in rows[i]] for i in INITS)
+      entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
+      entry["p_value"] = entry["paired_t_test"]["p_value"] if len(a) > 1 else None
+      if not seg and np.asarray(rows["pretrained"][0]["labels"]).ndim == 1 and \
+          np.asarray(rows["pretrained"][0]["probs"]).shape[1] == 2:
+        labels = np.concatenate([r["labels"] for r in rows["pretrained"]])
+        entry["delong"] = metrics.delong_test(
+            labels, *(np.concatenate([np.asarray(r["probs"])[:, 1] for r in rows[i]])
+                      for i in INITS))
+    summary["fractions"].append(fraction)
+    summary["by_fraction"][str(fraction)] = entry
+  return summary
+
+
+def write_report(config, workdir: str, summary: dict) -> dict:
+  """report.json, report.csv, report.md and label_efficiency.png; returns their paths."""
+  paths = {k: os.path.join(workdir, f) for k, f in (
+      ("json", "report.json"), ("csv", "report.csv"), ("markdown", "report.md"),
+      ("curve", "label_efficiency.png"))}
+  with open(paths["json"], "w") as f:
+    json.dump(summary, f, indent=1)
+  name = summary["metric"]
+  lines = [f"| labels | init | {name} (mean over folds) | 95% CI | pooled 95% CI (bootstrap) | "
+           "p (paired t) |", "| --- | --- | --- | --- | --- | --- |"]
+  with open(paths["csv"], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["fraction", "init", "mean", "ci_low", "ci_high", "pooled", "pooled_ci_low",
+                "pooled_ci_high", "p_value", "per_fold"])
+    for fraction in summary["fractions"]:
+      entry = summary["by_fraction"][str(fraction)]
+      for init in INITS:
+        if init not in entry:
+          continue
+        e, p = entry[init], entry.get("p_value")
+        w.writerow([fraction, init, e["mean"], *e["ci95"], e["pooled"],
+                    *e["pooled_bootstrap_ci95"], p, " ".join(f"{v:.4f}" for v in e["per_fold"])])
+        p_text = "" if p is None or init != "pretrained" else f"{p:.3g}"
+        lines.append(f"| {fraction:.0%} | {init} | {e['mean']:.4f} | {e['ci95'][0]:.4f}-"
+                     f"{e['ci95'][1]:.4f} | {e['pooled_bootstrap_ci95'][0]:.4f}-"
+                     f"{e['pooled_bootstrap_ci95'][1]:.4f} | {p_text} |")
+  with open(paths["markdown"], "w") as f:
+    f.write(f"# {config.finetune.kind} fine-tuning: {name}\n\n" + "\n".join(lines) + "\n")
+  figures.label_efficiency_curve(summary, paths["curve"])
+  return paths
+
+
+def run(config, workdir: str) -> dict:
+  """The whole protocol of `config`; returns the summary (also written as the report)."""
+  os.makedirs(workdir, exist_ok=True)
+  table = downstream.read_table(config.data.csv)
+  examples = load_examples(table, config.input.image_size)
+  inits = INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
+      ("pretrained",) if config.finetune.pretrained else ("random",))
+  results = []
+  for fold, train, val, test in protocol_splits(config, table):
+    subsets = splits.label_fractions(train, stratification_labels(table),
+                                     tuple(config.protocol.fractions), seed=config.seed + fold)
+    for fraction, subset in subsets.items():
+      for init in inits:
+        name = f"{init}_labels{round(fraction * 100):03d}_fold{fold}"
+        logging.info("run %s: %d train, %d val, %d test cases", name, len(subset), len(val),
+                     len(test))
+        result = run_one(config, name, workdir, examples, subset, val, test, init)
+        results.append({**result, "fold": fold, "fraction": fraction})
+  summary = summarize(config, results)
+  if jax.process_index() == 0:
+    paths = write_report(config, workdir, summary)
+    if config.finetune.kind == finetune.SEGMENTATION:
+      last = results[-1]
+      paths["overlays"] = figures.segmentation_overlays(
+          examples["image"][last["test"][:8]], examples["mask"][last["test"][:8]],
+          np.load(os.path.join(workdir, "runs", last["name"], "test_predictions.npy"))[:8],
+          os.path.join(workdir, "overlays.png"), title=f"{last['name']}: ground truth (green), "
+          "prediction (red)")
+    print("Report: " + " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
+  return summary

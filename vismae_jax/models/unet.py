@@ -1,0 +1,83 @@
+"""Swin-UNet for segmentation and the Swin classifier: the VIS-MAE fine-tuning models.
+
+Both reuse the SwinMAE's building blocks under the same names, so a pretraining checkpoint
+transfers by name and shape (vismae_jax/transfer.py) and exports to the published layout with
+the same name map (models/torch_names.py).
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vismae_jax.models import swin
+
+
+def _conv1x1(features: int, name: str, dtype, use_bias: bool):
+  return nn.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype, name=name)
+
+
+class SwinUNet(nn.Module):
+  """Swin encoder, mirrored Swin decoder with 1x1-fused skips, 4x expansion, 1x1 head.
+
+  Decoder stage j mirrors encoder stage n-2-j: concatenate that stage's input on channels, fuse
+  2C -> C with `skip_connection_layers_j`, run as many blocks as the encoder stage, upsample.
+  """
+  num_classes: int = 2
+  in_chans: int = 3
+  patch_size: int = 4
+  embed_dim: int = 96
+  depths: Sequence[int] = (2, 2, 6, 2)
+  num_heads: Sequence[int] = (3, 6, 12, 24)
+  window: int = 7
+  drop_path: float = 0.1
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, deterministic: bool = True):
+    """images (B, H, W, in_chans) -> logits (B, H, W, num_classes) float32."""
+    x = swin.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images)
+    x, skips = swin.SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window,
+                                self.drop_path, pad=True, remat=self.remat, dtype=self.dtype,
+                                name="encoder")(x, deterministic)
+    rates = swin.drop_path_rates(self.depths, self.drop_path)
+    x = swin.PatchExpand(x.shape[-1] // 2, 2, self.dtype, name="first_patch_expanding")(x)
+    n = len(self.depths)
+    for j in range(n - 1):
+      stage = n - 2 - j
+      dim = self.embed_dim * 2 ** stage
+      x = jnp.concatenate([x, skips[stage].astype(x.dtype)], axis=-1)
+      x = _conv1x1(dim, f"skip_connection_layers_{j}", self.dtype, use_bias=True)(x)
+      x = swin.SwinStage(dim, self.depths[stage], self.num_heads[stage], self.window,
+                         rates[stage], resample="up" if stage > 0 else None, pad=True,
+                         remat=self.remat, dtype=self.dtype, name=f"layers_up_{j}")(
+                             x, deterministic)
+    x = swin.layer_norm("norm_up", self.dtype)(x)
+    x = swin.PatchExpand(self.embed_dim, self.patch_size, self.dtype,
+                         name="final_patch_expanding")(x)
+    logits = _conv1x1(self.num_classes, "head", self.dtype, use_bias=False)(x)
+    return logits.astype(jnp.float32)
+
+
+class SwinClassifier(nn.Module):
+  """Swin encoder (no window padding), LayerNorm, global average pool, linear head."""
+  num_classes: int = 2
+  in_chans: int = 3
+  patch_size: int = 4
+  embed_dim: int = 96
+  depths: Sequence[int] = (2, 2, 2, 2)
+  num_heads: Sequence[int] = (3, 6, 12, 24)
+  window: int = 7
+  drop_path: float = 0.1
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, deterministic: bool = True):
+    """images (B, H, W, in_chans) -> logits (B, num_classes) float32."""
+    x = swin.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images)
+    x, _ = swin.SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window,
+                            self.drop_path, pad=False, remat=self.remat, dtype=self.dtype,
+                            name="encoder")(x, deterministic)
+    x = swin.layer_norm("norm", self.dtype)(x).mean(axis=(1, 2))
+    return swin.dense(self.num_classes, "head", self.dtype)(x).astype(jnp.float32)

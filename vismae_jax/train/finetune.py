@@ -1,0 +1,99 @@
+"""The fine-tuning tasks: Swin-UNet segmentation and Swin classification.
+
+Like pretraining, everything per-pixel runs in the jitted step: uint8 -> float, per-image
+min-max to [0, 1] (the release's fine-tuning input), channel replication, augmentation from the
+step's key. Losses: 0.4 cross-entropy + 0.6 soft Dice over the foreground classes for
+segmentation; cross-entropy (softmax) or binary cross-entropy (multi-label) for classification.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vismae_jax import augment, preprocess
+from vismae_jax.models import unet
+
+SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
+
+
+def build_model(config):
+  m, f = config.model, config.finetune
+  cls = unet.SwinUNet if f.kind == SEGMENTATION else unet.SwinClassifier
+  return cls(num_classes=f.num_classes, in_chans=m.in_chans, patch_size=m.patch_size,
+             embed_dim=m.embed_dim, depths=tuple(m.depths), num_heads=tuple(m.num_heads),
+             window=m.window, drop_path=m.drop_path, remat=m.remat,
+             dtype=jnp.dtype(config.dtype))
+
+
+def init_params(model, config, rng):
+  size = config.input.image_size
+  return model.init(rng, jnp.zeros((1, size, size, config.model.in_chans)))["params"]
+
+
+def model_inputs(config, batch, rng, train: bool):
+  """Batch of uint8 images (+ masks) -> (float images, masks or None), augmented if training."""
+  x = preprocess.to_model_input(batch["image"], image_size=config.input.image_size,
+                                channels=config.model.in_chans, normalization="minmax")
+  masks = batch.get("mask")
+  if train and config.finetune.kind == SEGMENTATION:
+    x, masks = augment.segmentation_augment(rng, x, masks)
+  elif train and config.input.hflip:
+    x = augment.random_hflip(rng, x)
+  return x, masks
+
+
+def soft_dice_loss(logits, masks, num_classes: int, eps: float = 1e-5):
+  """1 - mean soft Dice over foreground classes, pooled over the batch's pixels."""
+  probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
+  onehot = jax.nn.one_hot(masks, num_classes)[..., 1:]
+  inter = jnp.sum(probs * onehot, axis=(0, 1, 2))
+  total = jnp.sum(probs, axis=(0, 1, 2)) + jnp.sum(onehot, axis=(0, 1, 2))
+  return 1.0 - jnp.mean((2 * inter + eps) / (total + eps))
+
+
+def segmentation_loss(logits, masks, num_classes: int):
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, masks).mean()
+  return 0.4 * ce + 0.6 * soft_dice_loss(logits, masks, num_classes)
+
+
+def classification_loss(logits, labels):
+  if labels.ndim == 2:  # multi-label flags
+    return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_loss_fn(model, config):
+  def loss_fn(params, batch, rng):
+    input_rng, drop_rng = jax.random.split(rng)
+    x, masks = model_inputs(config, batch, input_rng, train=True)
+    logits = model.apply({"params": params}, x, deterministic=False,
+                         rngs={"dropout": drop_rng})
+    if config.finetune.kind == SEGMENTATION:
+      return segmentation_loss(logits, masks, config.finetune.num_classes)
+    return classification_loss(logits, batch["label"])
+  return loss_fn
+
+
+def make_predict_fn(model, config):
+  """params, batch -> label maps (segmentation) or class probabilities (classification)."""
+  def predict(params, batch):
+    x, _ = model_inputs(config, batch, None, train=False)
+    logits = model.apply({"params": params}, x, deterministic=True)
+    if config.finetune.kind == SEGMENTATION:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    multilabel = batch["label"].ndim == 2
+    return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
+  return predict
+
+
+def predict_all(predict, params, examples: dict, batch: int) -> np.ndarray:
+  """Predictions for a whole in-memory split, in order (the last batch padded, then cut)."""
+  n = len(examples["image"])
+  outputs = []
+  for start in range(0, n, batch):
+    rows = {k: v[start:start + batch] for k, v in examples.items()}
+    pad = batch - len(rows["image"])
+    if pad:
+      rows = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in rows.items()}
+    outputs.append(np.asarray(predict(params, rows))[:batch - pad])
+  return np.concatenate(outputs)

@@ -1,0 +1,82 @@
+"""Weight transfer from a pretraining checkpoint into a fine-tuning model, by name and shape.
+
+As the release does: every tensor of the target whose PyTorch name and shape match a source
+tensor is copied (buffers counted, so the SwinMAE -> Swin-UNet transfer loads 220 tensors and
+SwinMAE -> classifier 125); the rest keeps its fresh initialisation. Options:
+- encoder_only: copy only the encoder (patch embedding and `layers.*`), e.g. when the decoder
+  was pretrained for another channel count or task;
+- fill_deeper: a target stage deeper than the source's (UNet 2,2,6,2 from MAE 2,2,2,2) takes
+  block k from source block k mod (source depth), keeping shifted and plain windows paired, so
+  no block starts random.
+A name present in both with different shapes means the checkpoint does not fit the model: the
+transfer fails listing every mismatch instead of silently training from scratch.
+"""
+import dataclasses
+import re
+
+from vismae_jax.models import torch_names
+
+_BLOCK = re.compile(r"^(layers(?:_up)?\.\d+)\.blocks\.(\d+)\.(.*)$")
+
+
+class TransferError(ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class TransferReport:
+  loaded: list
+  filled: list    # loaded from a shallower source block (fill_deeper)
+  new: list       # target tensors left at their initialisation
+  unused: list    # source tensors with no place in the target
+
+  def table(self) -> str:
+    rows = [("loaded", self.loaded), ("filled from shallower blocks", self.filled),
+            ("new (initialised here)", self.new), ("unused from the checkpoint", self.unused)]
+    lines = [f"{'tensors':<30}{'count':>7}  examples"]
+    lines += [f"{label:<30}{len(names):>7}  {', '.join(names[:3])}" for label, names in rows]
+    return "\n".join(lines)
+
+
+def _source_depths(state) -> dict:
+  depths = {}
+  for name in state:
+    m = _BLOCK.match(name)
+    if m:
+      depths[m.group(1)] = max(depths.get(m.group(1), 0), int(m.group(2)) + 1)
+  return depths
+
+
+def transfer(source_params, target_params, *, encoder_only: bool = False,
+             fill_deeper: bool = False, source_image_size: int = 224):
+  """-> (target params with the transferred tensors, TransferReport).
+
+  source_image_size only sizes the SwinMAE's unused `pos_embed` buffer (it shows as unused).
+  """
+  source = torch_names.to_torch(source_params, image_size=source_image_size)
+  target = torch_names.to_torch(target_params)
+  mismatched = [f"{n}: checkpoint {tuple(source[n].shape)} vs model {tuple(v.shape)}"
+                for n, v in target.items() if n in source and source[n].shape != v.shape]
+  if mismatched:
+    raise TransferError("the checkpoint does not fit the model; mismatched tensors:\n  " +
+                        "\n  ".join(mismatched))
+  depths = _source_depths(source)
+  state, loaded, filled = dict(target), [], []
+  for name in target:
+    if encoder_only and not name.startswith(("patch_embed.", "layers.")):
+      continue
+    if name in source:
+      state[name] = source[name]
+      loaded.append(name)
+    elif fill_deeper and (m := _BLOCK.match(name)) and m.group(1) in depths:
+      donor = f"{m.group(1)}.blocks.{int(m.group(2)) % depths[m.group(1)]}.{m.group(3)}"
+      if donor in source and source[donor].shape == target[name].shape:
+        state[name] = source[donor]
+        filled.append(name)
+  params, _ = torch_names.from_torch(state, target_params)
+  used = set(loaded) | {n for n in source if n in target}
+  report = TransferReport(
+      loaded=loaded, filled=filled,
+      new=[n for n in target if n not in loaded and n not in filled],
+      unused=[n for n in source if n not in used or (encoder_only and n not in loaded)])
+  return params, report
