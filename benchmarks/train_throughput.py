@@ -119,10 +119,13 @@ def main(argv):
   schedule = optim.learning_rate_schedule(config, steps_per_epoch=1.0, total_steps=total)
   tx = optim.make_optimizer(config, schedule)
   model = pretrain.build_model(config)
-  init_state = loop.make_state_initializer(model, config, tx)
-  shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh)
-  state = jax.jit(init_state, out_shardings=shardings)()
-  step = loop.compile_train_step(model, config, tx, schedule, shardings, mesh)
+  task = loop.Task(model=model, init_params=lambda rng: pretrain.init_params(model, config, rng),
+                   loss_fn=pretrain.make_loss_fn(model, config), dataset=None, num_examples=0)
+  init_state = loop.make_state_initializer(tx, config.seed)
+  shardings = parallel.state_shardings(jax.eval_shape(init_state, loop.abstract_params(task)),
+                                       mesh)
+  state = loop.initial_state(task, init_state, shardings, config.seed)
+  step = loop.compile_train_step(task, tx, schedule, shardings, mesh)
 
   rng = np.random.default_rng(0)
   local = rng.integers(0, 256, (args.batch // jax.process_count(), args.image_size,

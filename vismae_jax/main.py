@@ -10,8 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vismae_jax import config_lib, parallel
-from vismae_jax.train import loop
+from vismae_jax import config_lib, evaluate, parallel
+from vismae_jax.train import loop, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and figures go here; "
@@ -37,7 +37,9 @@ def main(argv):
   config = _CONFIG.value
   try:
     if config.task == "pretrain":
-      loop.train(config, _WORKDIR.value)
+      loop.train(pretrain.make_task(config, _WORKDIR.value), config, _WORKDIR.value)
+    elif config.task == "finetune":
+      evaluate.run(config, _WORKDIR.value)
     else:
       raise config_lib.ConfigError(f"config.task={config.task!r}: expected one of "
                                    f"{config_lib.TASKS}")

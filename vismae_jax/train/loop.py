@@ -1,39 +1,49 @@
-"""The training loop: one jitted, sharded step; metrics, checkpoints and pictures around it.
+"""One training loop for every task: a jitted, sharded step; metrics, checkpoints, pictures.
 
-The step is a pure function `step(state, batch) -> (state, metrics)`; its randomness is
-`fold_in(state.rng, state.step)`, so a resumed run replays an uninterrupted one exactly.
+A task (pretrain.make_task, finetune.make_task) supplies the model, its initial parameters, the
+loss and this host's batches; everything else is shared. The step is a pure function
+`step(state, batch) -> (state, metrics)` whose randomness is `fold_in(state.rng, state.step)`,
+so a resumed run replays an uninterrupted one exactly.
 """
+import dataclasses
 import json
 import os
 import time
+from typing import Any, Callable, Optional
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tensorboardX import SummaryWriter
 
-from data_pipelines import pretrain_input, records, sample
-from vismae_jax import checkpoint, config_lib, figures, parallel
-from vismae_jax.train import optim, pretrain
+from data_pipelines import pretrain_input
+from vismae_jax import checkpoint, config_lib, parallel
+from vismae_jax.train import optim
 
 
-def resolve_data_dir(config, workdir: str) -> str:
-  """The shard directory: config.data.path, or the bundled sample written into the workdir."""
-  if config.data.source == "sample":
-    # One copy per process: hosts need not share a filesystem.
-    return sample.write_sample_shards(
-        os.path.join(workdir, "sample_shards", f"process_{jax.process_index()}"))
-  return config.data.path
+@dataclasses.dataclass
+class Task:
+  """What the loop needs from a task."""
+  model: Any
+  init_params: Callable        # rng -> params, traced under jit (random initialisation)
+  loss_fn: Callable            # (params, batch, rng) -> scalar loss
+  dataset: grain.MapDataset    # this host's batches (arrays or dicts of arrays), endless
+  num_examples: int            # one epoch
+  initial_params: Optional[Callable] = None  # () -> host params, e.g. transferred weights
+  on_checkpoint: Optional[Callable] = None   # (params, step) -> {name: value}: figures, validation
+  best_metric: str = ""        # keep the parameters with the highest on_checkpoint[best_metric]
+  outputs: dict = dataclasses.field(default_factory=dict)  # {what: path} for the closing line
 
 
 def make_train_step(loss_fn, tx, schedule):
-  def step(state, images):
+  def step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], images, rng)
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
                      params=optax.apply_updates(state["params"], updates))
@@ -42,29 +52,64 @@ def make_train_step(loss_fn, tx, schedule):
   return step
 
 
-def make_state_initializer(model, config, tx):
-  """A no-argument function building the step-0 train state (jit it with out_shardings)."""
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+def make_state_initializer(tx, seed: int):
+  """params -> the step-0 train state (jit it with out_shardings)."""
+  train_rng = jax.random.split(jax.random.PRNGKey(seed))[1]
 
-  def init_state():
-    params = pretrain.init_params(model, config, init_rng)
+  def init_state(params):
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
             "rng": train_rng}
   return init_state
 
 
-def compile_train_step(model, config, tx, schedule, state_shardings, mesh):
-  """The jitted, sharded, state-donating pretraining step."""
-  return jax.jit(make_train_step(pretrain.make_loss_fn(model, config), tx, schedule),
+def initial_state(task: Task, init_state, shardings, seed: int):
+  """The sharded step-0 state: random parameters made on device, or the task's own."""
+  param_shardings = shardings["params"]
+  if task.initial_params is None:
+    init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+    params = jax.jit(task.init_params, out_shardings=param_shardings)(init_rng)
+  else:
+    params = jax.device_put(task.initial_params(), param_shardings)
+  return jax.jit(init_state, out_shardings=shardings, donate_argnums=0)(params)
+
+
+def abstract_params(task: Task):
+  return jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+
+
+def compile_train_step(task: Task, tx, schedule, state_shardings, mesh):
+  """The jitted, sharded, state-donating step."""
+  return jax.jit(make_train_step(task.loss_fn, tx, schedule),
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
-def figure_batch(data_dir: str, config) -> np.ndarray:
-  """Records spread evenly over the (filtered) dataset: the same pictures at every checkpoint."""
-  source = pretrain_input.record_source(data_dir, config.data.modalities)
-  picks = np.linspace(0, len(source) - 1, min(config.figure_images, len(source))).astype(int)
-  return np.stack([records.decode_image(source[int(i)]) for i in picks])
+def best_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "best")
+
+
+def _best_record(workdir: str) -> dict:
+  path = os.path.join(best_dir(workdir), "best.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _save_best(workdir: str, params, step: int, name: str, value: float):
+  """Overwrites the best parameters (a plain Orbax checkpoint) and records step and metric."""
+  target = os.path.join(best_dir(workdir), "params")
+  ocp.StandardCheckpointer().save(target, params, force=True)
+  ocp.StandardCheckpointer().wait_until_finished()
+  if jax.process_index() == 0:
+    with open(os.path.join(best_dir(workdir), "best.json"), "w") as f:
+      json.dump({"step": step, name: value}, f)
+
+
+def restore_best(workdir: str, params_like):
+  """The best parameters of a finished run, laid out like `params_like` (ShapeDtypeStructs)."""
+  return ocp.StandardCheckpointer().restore(os.path.join(best_dir(workdir), "params"),
+                                            params_like)
 
 
 class _Logger:
@@ -94,7 +139,10 @@ class _Logger:
     logging.info("step %d/%d loss %.5f lr %.3e grad_norm %.3f images/s %.1f ETA %.0fs", step,
                  self.total_steps, metrics["loss"], metrics["learning_rate"],
                  metrics["grad_norm"], rate, eta)
-    if self.primary:
+    self.scalars(step, scalars)
+
+  def scalars(self, step: int, scalars: dict):
+    if self.primary and scalars:
       for name, value in scalars.items():
         self.tb.add_scalar(name, value, step)
       self.tb.flush()
@@ -112,65 +160,41 @@ class _Logger:
       self.jsonl.close()
 
 
-def train(config, workdir: str) -> dict:
-  """Runs (or resumes) the run described by `config` in `workdir`; returns the last metrics."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+def train(task: Task, config, workdir: str) -> dict:
+  """Runs (or resumes) `task` as `config` describes in `workdir`; returns the last metrics."""
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(config.mesh)
-
-  # Data: this host's slice of the global batch.
-  data_dir = resolve_data_dir(config, workdir)
-  n_examples = pretrain_input.num_examples(data_dir, config.data.modalities)
   per_host_batch = config.batch_size // jax.process_count()
-  dataset = pretrain_input.pretrain_dataset(
-      data_dir, modalities=config.data.modalities, seed=config.seed,
-      per_host_batch=per_host_batch, process_index=jax.process_index(),
-      process_count=jax.process_count(), mixture=dict(config.data.mixture))
-  data_iterator = pretrain_input.make_iterator(dataset, config.data.workers)
+  data_iterator = pretrain_input.make_iterator(task.dataset, config.data.workers)
 
-  # Model, optimiser, schedule.
-  steps_per_epoch = n_examples / config.batch_size
+  # Optimiser and schedule.
+  steps_per_epoch = task.num_examples / config.batch_size
   total_steps = config.total_steps or max(1, int(config.num_epochs * steps_per_epoch))
   schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = optim.make_optimizer(config, schedule)
-  model = pretrain.build_model(config)
-  init_state = make_state_initializer(model, config, tx)
-  shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh)
+  init_state = make_state_initializer(tx, config.seed)
+  abstract_state = jax.eval_shape(init_state, abstract_params(task))
+  shardings = parallel.state_shardings(abstract_state, mesh)
   batch_sharding = parallel.batch_sharding(mesh)
 
   # Fresh start or resume.
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   latest = mngr.latest_step()
   if latest is None:
-    state = jax.jit(init_state, out_shardings=shardings)()
+    state = initial_state(task, init_state, shardings, config.seed)
   else:
-    abstract = checkpoint.abstract_like(jax.eval_shape(init_state), shardings)
-    state = checkpoint.restore(mngr, latest, abstract, data_iterator)
+    state = checkpoint.restore(mngr, latest, checkpoint.abstract_like(abstract_state, shardings),
+                               data_iterator)
     logging.info("resumed from step %d in %s", latest, mngr.directory)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("%d examples, global batch %d (%d per host), %d steps, %.2fM parameters, mesh %s",
-               n_examples, config.batch_size, per_host_batch, total_steps, n_params / 1e6,
-               dict(mesh.shape))
+               task.num_examples, config.batch_size, per_host_batch, total_steps,
+               n_params / 1e6, dict(mesh.shape))
 
-  train_step = compile_train_step(model, config, tx, schedule, shardings, mesh)
-  replicated = NamedSharding(mesh, P())
-  reconstruct = jax.jit(lambda params, images: pretrain.reconstruct(
-      model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)
-  pictures = figure_batch(data_dir, config)
-  figure_path = os.path.join(workdir, "reconstructions.png")
-
-  def write_figure(step):
-    x, masked, recon = jax.device_get(reconstruct(
-        state["params"], parallel.global_batch(pictures, replicated)))
-    if jax.process_index() == 0:
-      norm = config.input.normalization
-      figures.image_grid({"original": figures.to_display(x, norm),
-                          "masked": figures.to_display(masked, norm),
-                          "reconstruction": figures.to_display(recon, norm)},
-                         figure_path, title=f"SwinMAE reconstructions, step {step}")
-
+  train_step = compile_train_step(task, tx, schedule, shardings, mesh)
   start = int(state["step"])
   logger = _Logger(workdir, total_steps, start, config.batch_size)
+  best = _best_record(workdir).get(task.best_metric, -np.inf)
   pending, last = [], {}
 
   def flush(step):
@@ -192,7 +216,8 @@ def train(config, workdir: str) -> dict:
     pending = []
 
   for step in range(start + 1, total_steps + 1):
-    batch = parallel.global_batch(next(data_iterator), batch_sharding)
+    batch = jax.tree.map(lambda x: parallel.global_batch(x, batch_sharding),
+                         next(data_iterator))
     state, metrics = train_step(state, batch)
     pending.append(metrics)
     is_last = step == total_steps
@@ -200,11 +225,21 @@ def train(config, workdir: str) -> dict:
       flush(step)
     if step % config.checkpoint_every == 0 or is_last:
       checkpoint.save(mngr, step, state, data_iterator, config)
-      write_figure(step)
+      if task.on_checkpoint:
+        evaluated = task.on_checkpoint(state["params"], step)
+        logger.scalars(step, evaluated)
+        if task.best_metric and evaluated[task.best_metric] > best:
+          best = evaluated[task.best_metric]
+          _save_best(workdir, state["params"], step, task.best_metric, best)
+        last.update(evaluated)
       logger.restart_clock()
   mngr.wait_until_finished()
   logger.close()
   if jax.process_index() == 0:
-    print(f"Done: {total_steps} steps. Checkpoints: {mngr.directory} | TensorBoard: "
-          f"{logger.tb_dir} (also metrics.jsonl) | Reconstructions: {figure_path}", flush=True)
+    outputs = {"Checkpoints": mngr.directory, "TensorBoard": f"{logger.tb_dir} (also "
+               "metrics.jsonl)", **task.outputs}
+    if task.best_metric:
+      outputs[f"Best {task.best_metric} ({best:.4f})"] = best_dir(workdir)
+    print(f"Done: {total_steps} steps. " + " | ".join(f"{k}: {v}" for k, v in outputs.items()),
+          flush=True)
   return last

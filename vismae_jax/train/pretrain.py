@@ -4,11 +4,17 @@ Everything per-pixel happens here, inside the jitted step: uint8 -> float, resiz
 normalisation, mask sampling and the loss. Randomness comes from the step's key only, so a
 resumed run repeats exactly what an uninterrupted one does.
 """
+import os
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vismae_jax import augment, preprocess
+from data_pipelines import pretrain_input, records, sample
+from vismae_jax import augment, config_lib, figures, parallel, preprocess
 from vismae_jax.models import mae
+from vismae_jax.train import loop
 
 
 def build_model(config) -> mae.SwinMAE:
@@ -75,3 +81,53 @@ def reconstruct(model, config, params, images_u8, rng):
       patch, chans)
   recon = jnp.where(pixel_mask, mae.unpatchify(pred, patch, chans), x)
   return x, jnp.where(pixel_mask, jnp.nan, x), recon
+
+
+def resolve_data_dir(config, workdir: str) -> str:
+  """The shard directory: config.data.path, or the bundled sample written into the workdir."""
+  if config.data.source == "sample":
+    # One copy per process: hosts need not share a filesystem.
+    return sample.write_sample_shards(
+        os.path.join(workdir, "sample_shards", f"process_{jax.process_index()}"))
+  return config.data.path
+
+
+def figure_batch(data_dir: str, config) -> np.ndarray:
+  """Records spread evenly over the (filtered) dataset: the same pictures at every checkpoint."""
+  source = pretrain_input.record_source(data_dir, config.data.modalities)
+  picks = np.linspace(0, len(source) - 1, min(config.figure_images, len(source))).astype(int)
+  return np.stack([records.decode_image(source[int(i)]) for i in picks])
+
+
+def make_task(config, workdir: str) -> loop.Task:
+  """SwinMAE pretraining on the configured shards; a reconstruction grid at every checkpoint."""
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  data_dir = resolve_data_dir(config, workdir)
+  model = build_model(config)
+  dataset = pretrain_input.pretrain_dataset(
+      data_dir, modalities=config.data.modalities, seed=config.seed,
+      per_host_batch=config.batch_size // jax.process_count(),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      mixture=dict(config.data.mixture))
+  pictures = figure_batch(data_dir, config)
+  figure_path = os.path.join(workdir, "reconstructions.png")
+  mesh = parallel.make_mesh(config.mesh)
+  replicated = NamedSharding(mesh, P())
+  draw = jax.jit(lambda params, images: reconstruct(
+      model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)
+
+  def write_figure(params, step):
+    x, masked, recon = jax.device_get(draw(params, parallel.global_batch(pictures, replicated)))
+    if jax.process_index() == 0:
+      norm = config.input.normalization
+      figures.image_grid({"original": figures.to_display(x, norm),
+                          "masked": figures.to_display(masked, norm),
+                          "reconstruction": figures.to_display(recon, norm)},
+                         figure_path, title=f"SwinMAE reconstructions, step {step}")
+    return {}
+
+  return loop.Task(
+      model=model, init_params=lambda rng: init_params(model, config, rng),
+      loss_fn=make_loss_fn(model, config), dataset=dataset,
+      num_examples=pretrain_input.num_examples(data_dir, config.data.modalities),
+      on_checkpoint=write_figure, outputs={"Reconstructions": figure_path})
