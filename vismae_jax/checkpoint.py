@@ -36,3 +36,23 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
 def abstract_like(state_shapes, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state_shapes, shardings)
+
+
+def load_params(path: str):
+  """Parameters (host arrays) of a run's newest checkpoint, or of one checkpoint step.
+
+  `path` is a workdir, its `checkpoints/` folder, or a step folder inside it. Only the saved
+  arrays are read (Orbax metadata), never pickles.
+  """
+  path = os.path.abspath(path)
+  for candidate in (os.path.join(path, "checkpoints"), path):
+    if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+      steps = sorted(int(d) for d in os.listdir(candidate) if d.isdigit())
+      path = os.path.join(candidate, str(steps[-1]))
+      break
+  state_dir = os.path.join(path, "state")
+  if not os.path.isdir(state_dir):
+    raise FileNotFoundError(f"{path}: no Orbax checkpoint here (expected a workdir with "
+                            "checkpoints/<step>/state, or a step folder)")
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(state_dir)["params"]

@@ -1,17 +1,20 @@
 """Building and validating run configs.
 
-Config files in configs/ are thin: they pick modalities and a variant and call `pretrain()`.
+Config files in configs/ are thin: they pick modalities (or a fine-tuning kind) and a variant
+and call `pretrain()` or `finetune()`.
 The defaults here double as the schema: a key that they do not define is a typo, and
 `validate()` rejects it before any work, together with every inconsistent value.
 """
 import difflib
+import os
 
 import ml_collections
 
 from data_pipelines import records
 from vismae_jax import preprocess
 
-TASKS = ("pretrain",)
+TASKS = ("pretrain", "finetune")
+FINETUNE_KINDS = ("segmentation", "classification")
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("shards", "sample")
 
@@ -97,6 +100,64 @@ def pretrain(modalities=(), variant: str = "") -> ml_collections.ConfigDict:
   return apply_variant(c, variant or "")
 
 
+def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
+  """VIS-MAE fine-tuning: the release's Swin-UNet / classifier recipe, run as a protocol."""
+  seg = kind == "segmentation"
+  c = ml_collections.ConfigDict()
+  c.task = "finetune"
+  c.seed = 0
+  c.model = dict(in_chans=3, patch_size=4, embed_dim=96,
+                 depths=(2, 2, 6, 2) if seg else (2, 2, 2, 2), num_heads=(3, 6, 12, 24),
+                 window=7, drop_path=0.1, remat=False)
+  # pretrained: a pretraining workdir (its newest checkpoint) or one checkpoint step directory;
+  # empty: random initialisation only.
+  c.finetune = dict(kind=kind, num_classes=2, pretrained="", encoder_only=False,
+                    fill_deeper=False)
+  c.input = dict(image_size=224, hflip=True)
+  # data.csv: image,mask or image,label columns (data_pipelines/downstream.py).
+  c.data = dict(csv="", workers=0)
+  # kind: kfold (by patient where the CSV has patient_key) or fixed (72/8/20). Inside each
+  # fold val_fraction of the training cases validate (best checkpoint); fractions are the
+  # label fractions to train on; compare_random also fine-tunes from random initialisation.
+  c.protocol = dict(kind="kfold", folds=5, max_folds=0, folds_from_csv=False, val_fraction=0.1,
+                    fractions=(1.0,), compare_random=False)
+  c.batch_size = 32 if seg else 48
+  c.eval_batch_size = 32
+  c.num_epochs = 150.0 if seg else 50.0
+  c.total_steps = 0
+  c.optim = dict(lr=1e-3, lr_batch_base=0, b1=0.9, b2=0.999, weight_decay=0.05,
+                 decay_norms_biases=True, warmup_epochs=40.0 if seg else 10.0, clip_norm=0.0)
+  c.mesh = dict(data=-1, fsdp=1)
+  c.dtype = "float32"
+  c.log_every = 50
+  c.checkpoint_every = 200  # steps between checkpoints and validations
+  c.keep_checkpoints = 1
+  return c
+
+
+def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
+  """`cpu`: a 64 px, 0.2M-parameter model for 2-core machines; `tiny`: test size."""
+  for name in filter(None, variant.split(",")):
+    if name not in ("cpu", "tiny"):
+      raise ConfigError(f"unknown config variant {name!r}; known: cpu, tiny")
+    c.model.update(in_chans=1, embed_dim=16, num_heads=(1, 1, 2, 2), window=4, drop_path=0.0)
+    c.model.depths = (2, 1, 1, 1)
+    c.input.image_size = 64
+    c.batch_size = c.eval_batch_size = 16
+    c.num_epochs = 60.0
+    c.optim.update(lr=2e-3, warmup_epochs=5.0)
+    c.log_every, c.checkpoint_every = 50, 100
+    if name == "tiny":
+      c.total_steps, c.checkpoint_every, c.log_every = 40, 20, 10
+      c.batch_size = c.eval_batch_size = 8
+      c.optim.warmup_epochs = 0.1
+  return c
+
+
+def finetune(kind: str, variant: str = "") -> ml_collections.ConfigDict:
+  return apply_finetune_variant(finetune_defaults(kind), variant or "")
+
+
 def _unknown_keys(config, defaults, prefix=""):
   for key in config.keys():
     if key not in defaults:
@@ -109,7 +170,14 @@ def _unknown_keys(config, defaults, prefix=""):
 
 def validate(config, device_count: int, process_count: int) -> None:
   """Raises ConfigError listing every problem, each with the field and the fix."""
-  errors = list(_unknown_keys(config, pretrain_defaults()))
+  if config.get("task") not in TASKS:
+    raise ConfigError(f"config.task={config.get('task')!r}: expected one of {TASKS}")
+  finetuning = config.task == "finetune"
+  if finetuning and config.finetune.kind not in FINETUNE_KINDS:
+    raise ConfigError(f"config.finetune.kind={config.finetune.kind!r}: expected one of "
+                      f"{FINETUNE_KINDS}")
+  defaults = finetune_defaults(config.finetune.kind) if finetuning else pretrain_defaults()
+  errors = list(_unknown_keys(config, defaults))
   if errors:  # the checks below assume the known keys
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -117,19 +185,21 @@ def validate(config, device_count: int, process_count: int) -> None:
     if not ok:
       errors.append(message)
 
+  _check_model(config, check)
+  (_check_finetune if finetuning else _check_pretrain)(config, check)
+  _check_run(config, device_count, process_count, check)
+  if errors:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_model(config, check):
+  """The Swin geometry every task shares."""
   m, size = config.model, config.input.image_size
   n_stages = len(m.depths)
-  check(config.task in TASKS, f"config.task={config.task!r}: expected one of {TASKS}")
   check(config.dtype in DTYPES, f"config.dtype={config.dtype!r}: expected one of {DTYPES}")
-  check(config.input.normalization in preprocess.NORMALIZATIONS,
-        f"config.input.normalization={config.input.normalization!r}: expected one of "
-        f"{preprocess.NORMALIZATIONS}")
   check(len(m.num_heads) == n_stages,
         f"config.model.num_heads has {len(m.num_heads)} entries for {n_stages} stages "
         "(config.model.depths): give one head count per stage")
-  check(len(m.decoder_depths) == n_stages - 1,
-        f"config.model.decoder_depths needs {n_stages - 1} entries (one per encoder stage but "
-        f"the last), got {len(m.decoder_depths)}")
   for i, heads in enumerate(m.num_heads):
     check((m.embed_dim * 2 ** i) % heads == 0,
           f"config.model.num_heads[{i}]={heads} does not divide stage {i}'s width "
@@ -139,6 +209,18 @@ def validate(config, device_count: int, process_count: int) -> None:
         f"config.input.image_size={size} must be a multiple of patch_size * 2^(stages-1) = "
         f"{reduction}, so that every patch merging halves an even grid; try "
         f"{max(reduction, size // reduction * reduction)}")
+  check(m.window >= 1, f"config.model.window={m.window}: must be >= 1")
+
+
+def _check_pretrain(config, check):
+  m, size = config.model, config.input.image_size
+  n_stages = len(m.depths)
+  check(config.input.normalization in preprocess.NORMALIZATIONS,
+        f"config.input.normalization={config.input.normalization!r}: expected one of "
+        f"{preprocess.NORMALIZATIONS}")
+  check(len(m.decoder_depths) == n_stages - 1,
+        f"config.model.decoder_depths needs {n_stages - 1} entries (one per encoder stage but "
+        f"the last), got {len(m.decoder_depths)}")
   mae = config.mae
   check(mae.mask_unit % m.patch_size == 0,
         f"config.mae.mask_unit={mae.mask_unit} px must be a multiple of config.model.patch_size="
@@ -147,7 +229,6 @@ def validate(config, device_count: int, process_count: int) -> None:
         f"config.input.image_size={size} must be a multiple of config.mae.mask_unit="
         f"{mae.mask_unit}")
   check(0.0 < mae.mask_ratio < 1.0, f"config.mae.mask_ratio={mae.mask_ratio}: must be in (0, 1)")
-  check(m.window >= 1, f"config.model.window={m.window}: must be >= 1")
   check(config.data.source in DATA_SOURCES,
         f"config.data.source={config.data.source!r}: expected one of {DATA_SOURCES}")
   check(config.data.source != "shards" or config.data.path,
@@ -165,6 +246,28 @@ def validate(config, device_count: int, process_count: int) -> None:
   check(0 < low <= high <= 1, f"config.input.crop_scale={tuple(config.input.crop_scale)}: "
         "need 0 < min <= max <= 1 (area fractions)")
 
+
+def _check_finetune(config, check):
+  f, p = config.finetune, config.protocol
+  check(f.num_classes >= (2 if f.kind == "segmentation" else 1),
+        f"config.finetune.num_classes={f.num_classes}: segmentation counts the background "
+        "class too (>= 2)")
+  check(not f.pretrained or os.path.exists(f.pretrained),
+        f"config.finetune.pretrained={f.pretrained!r} does not exist: give a pretraining workdir "
+        "or one of its checkpoint step directories")
+  check(bool(config.data.csv) and os.path.exists(config.data.csv),
+        f"config.data.csv={config.data.csv!r} does not exist: pass a CSV with image,mask or "
+        "image,label columns (see data_pipelines/downstream.py)")
+  check(p.kind in ("kfold", "fixed"), f"config.protocol.kind={p.kind!r}: expected kfold or fixed")
+  check(p.folds >= 2, f"config.protocol.folds={p.folds}: need at least 2")
+  check(0 < p.val_fraction < 1, f"config.protocol.val_fraction={p.val_fraction}: must be in (0, 1)")
+  check(all(0 < x <= 1 for x in p.fractions) and len(p.fractions) > 0,
+        f"config.protocol.fractions={tuple(p.fractions)}: label fractions must be in (0, 1]")
+  check(not p.compare_random or f.pretrained,
+        "config.protocol.compare_random needs config.finetune.pretrained to compare against")
+
+
+def _check_run(config, device_count, process_count, check):
   check(config.batch_size % process_count == 0,
         f"config.batch_size={config.batch_size} is the global batch and must split evenly over "
         f"{process_count} processes")
@@ -186,5 +289,3 @@ def validate(config, device_count: int, process_count: int) -> None:
         "set config.num_epochs or config.total_steps to a positive number")
   for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
     check(config[key] > 0, f"config.{key}={config[key]}: must be positive")
-  if errors:
-    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

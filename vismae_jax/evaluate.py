@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import downstream, splits
-from vismae_jax import figures, metrics
+from vismae_jax import config_lib, figures, metrics
 from vismae_jax.train import finetune, loop
 
 INITS = ("pretrained", "random")
@@ -166,7 +166,10 @@ def write_report(config, workdir: str, summary: dict) -> dict:
 
 def run(config, workdir: str) -> dict:
   """The whole protocol of `config`; returns the summary (also written as the report)."""
+  config_lib.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
+  if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
   table = downstream.read_table(config.data.csv)
   examples = load_examples(table, config.input.image_size)
   inits = INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
@@ -185,8 +188,8 @@ def run(config, workdir: str) -> dict:
   summary = summarize(config, results)
   if jax.process_index() == 0:
     paths = write_report(config, workdir, summary)
-    if config.finetune.kind == finetune.SEGMENTATION:
-      last = results[-1]
+    if config.finetune.kind == finetune.SEGMENTATION:  # the most labels, pretrained if run
+      last = max(results, key=lambda r: (r["fraction"], r["init"] == "pretrained", -r["fold"]))
       paths["overlays"] = figures.segmentation_overlays(
           examples["image"][last["test"][:8]], examples["mask"][last["test"][:8]],
           np.load(os.path.join(workdir, "runs", last["name"], "test_predictions.npy"))[:8],

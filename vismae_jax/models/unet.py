@@ -60,7 +60,12 @@ class SwinUNet(nn.Module):
 
 
 class SwinClassifier(nn.Module):
-  """Swin encoder (no window padding), LayerNorm, global average pool, linear head."""
+  """Swin encoder, LayerNorm, global average pool, linear head.
+
+  The release's classifier has no window padding; at 224 px every grid (56, 28, 14, 7) is a
+  multiple of the window, so padding never happens there and the outputs are the same. Other
+  sizes (the CPU variants) are padded like the UNet instead of failing.
+  """
   num_classes: int = 2
   in_chans: int = 3
   patch_size: int = 4
@@ -77,7 +82,7 @@ class SwinClassifier(nn.Module):
     """images (B, H, W, in_chans) -> logits (B, num_classes) float32."""
     x = swin.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images)
     x, _ = swin.SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window,
-                            self.drop_path, pad=False, remat=self.remat, dtype=self.dtype,
+                            self.drop_path, pad=True, remat=self.remat, dtype=self.dtype,
                             name="encoder")(x, deterministic)
     x = swin.layer_norm("norm", self.dtype)(x).mean(axis=(1, 2))
     return swin.dense(self.num_classes, "head", self.dtype)(x).astype(jnp.float32)

@@ -5,13 +5,16 @@ min-max to [0, 1] (the release's fine-tuning input), channel replication, augmen
 step's key. Losses: 0.4 cross-entropy + 0.6 soft Dice over the foreground classes for
 segmentation; cross-entropy (softmax) or binary cross-entropy (multi-label) for classification.
 """
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
-from vismae_jax import augment, preprocess
+from vismae_jax import augment, checkpoint, metrics, preprocess, transfer
 from vismae_jax.models import unet
+from vismae_jax.train import loop
 
 SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
 
@@ -97,3 +100,63 @@ def predict_all(predict, params, examples: dict, batch: int) -> np.ndarray:
       rows = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in rows.items()}
     outputs.append(np.asarray(predict(params, rows))[:batch - pad])
   return np.concatenate(outputs)
+
+
+class ArraySource:
+  """Random access over in-memory arrays: example i is {name: array[i]}."""
+
+  def __init__(self, arrays: dict):
+    self.arrays = arrays
+
+  def __len__(self):
+    return len(next(iter(self.arrays.values())))
+
+  def __getitem__(self, i):
+    return {k: v[int(i)] for k, v in self.arrays.items()}
+
+
+def pretrained_params(config, target_params):
+  """The configured pretraining checkpoint transferred into `target_params` (host arrays)."""
+  f = config.finetune
+  source = checkpoint.load_params(f.pretrained)
+  params, report = transfer.transfer(source, target_params, encoder_only=f.encoder_only,
+                                     fill_deeper=f.fill_deeper)
+  logging.info("weights from %s:\n%s", f.pretrained, report.table())
+  return params
+
+
+def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
+  """Fine-tuning on examples[train], validated on examples[val] at every checkpoint."""
+  model = build_model(config)
+  seg = config.finetune.kind == SEGMENTATION
+  keep = {k: v for k, v in examples.items() if seg or k != "mask"}
+  arrays = {k: v[np.asarray(train)] for k, v in keep.items()}
+  dataset = grain.MapDataset.source(ArraySource(arrays)).seed(config.seed).shuffle().repeat()
+  dataset = dataset.batch(config.batch_size // jax.process_count(), drop_remainder=True)[
+      jax.process_index()::jax.process_count()]
+  val_examples = {k: v[np.asarray(val)] for k, v in keep.items()}
+  predict = jax.jit(make_predict_fn(model, config))
+  metric = "val_dice" if seg else "val_auc"
+
+  def validate(params, step):
+    predictions = predict_all(predict, params, val_examples, config.eval_batch_size)
+    if seg:
+      scores = metrics.segmentation_scores(predictions, val_examples["mask"],
+                                           config.finetune.num_classes)
+      return {metric: float(scores["dice"].mean())}
+    try:
+      return {metric: float(metrics.classification_scores(val_examples["label"],
+                                                          predictions)["roc_auc"])}
+    except ValueError:  # a validation split with one class only
+      return {metric: float("nan")}
+
+  init_fn = lambda rng: init_params(model, config, rng)
+  initial = None
+  if init == "pretrained":
+    initial = lambda: pretrained_params(config, jax.device_get(
+        jax.jit(init_fn)(jax.random.split(jax.random.PRNGKey(config.seed))[0])))
+  task = loop.Task(model=model, init_params=init_fn, loss_fn=make_loss_fn(model, config),
+                   dataset=dataset, num_examples=len(train), initial_params=initial,
+                   on_checkpoint=validate, best_metric=metric)
+  task.best_params = lambda workdir: loop.restore_best(workdir, loop.abstract_params(task))
+  return task

@@ -98,9 +98,8 @@ def _best_record(workdir: str) -> dict:
 
 def _save_best(workdir: str, params, step: int, name: str, value: float):
   """Overwrites the best parameters (a plain Orbax checkpoint) and records step and metric."""
-  target = os.path.join(best_dir(workdir), "params")
-  ocp.StandardCheckpointer().save(target, params, force=True)
-  ocp.StandardCheckpointer().wait_until_finished()
+  with ocp.StandardCheckpointer() as checkpointer:  # waits for the write on exit
+    checkpointer.save(os.path.join(best_dir(workdir), "params"), params, force=True)
   if jax.process_index() == 0:
     with open(os.path.join(best_dir(workdir), "best.json"), "w") as f:
       json.dump({"step": step, name: value}, f)
@@ -108,8 +107,8 @@ def _save_best(workdir: str, params, step: int, name: str, value: float):
 
 def restore_best(workdir: str, params_like):
   """The best parameters of a finished run, laid out like `params_like` (ShapeDtypeStructs)."""
-  return ocp.StandardCheckpointer().restore(os.path.join(best_dir(workdir), "params"),
-                                            params_like)
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.join(best_dir(workdir), "params"), params_like)
 
 
 class _Logger:
@@ -194,7 +193,8 @@ def train(task: Task, config, workdir: str) -> dict:
   train_step = compile_train_step(task, tx, schedule, shardings, mesh)
   start = int(state["step"])
   logger = _Logger(workdir, total_steps, start, config.batch_size)
-  best = _best_record(workdir).get(task.best_metric, -np.inf)
+  best_so_far = _best_record(workdir)
+  best = best_so_far.get(task.best_metric, -np.inf)
   pending, last = [], {}
 
   def flush(step):
@@ -228,9 +228,14 @@ def train(task: Task, config, workdir: str) -> dict:
       if task.on_checkpoint:
         evaluated = task.on_checkpoint(state["params"], step)
         logger.scalars(step, evaluated)
-        if task.best_metric and evaluated[task.best_metric] > best:
-          best = evaluated[task.best_metric]
-          _save_best(workdir, state["params"], step, task.best_metric, best)
+        if evaluated:
+          logging.info("step %d: %s", step, evaluated)
+        if task.best_metric:
+          value = evaluated[task.best_metric]
+          value = -np.inf if np.isnan(value) else value  # undefined (e.g. one-class AUC)
+          if value > best or not best_so_far:
+            best, best_so_far = value, {task.best_metric: value}
+            _save_best(workdir, state["params"], step, task.best_metric, best)
         last.update(evaluated)
       logger.restart_clock()
   mngr.wait_until_finished()

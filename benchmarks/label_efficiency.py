@@ -1,0 +1,161 @@
+r"""The paper's central claim on open data: self-pretraining helps most when labels are few.
+
+  python benchmarks/label_efficiency.py --variant=cpu --json=/tmp/label_efficiency.json
+
+1. Ingest the BUSI ultrasound and chest X-ray images of ../shared/datasets (images only, no
+   labels) into shards and pretrain a SwinMAE on them.
+2. Fine-tune BUSI lesion segmentation (Swin-UNet) and BUSI benign-vs-malignant classification
+   (Swin classifier; normal images left out) at label fractions 10, 25, 50 and 100% with 5-fold
+   cross-validation, from the pretrained weights and from random initialisation, through the same
+   protocol as `python -m vismae_jax.main --config=configs/finetune_seg.py` (evaluate.py).
+3. Print one summary line; `--json` writes, for `busi_seg` (Dice) and `busi_cls` (ROC AUC), the
+   fractions and per fraction each initialisation's mean, 95% CI and per-fold values, plus the
+   paired t-test p-value.
+
+Variants:
+- `cpu`: 64 px grey inputs and the 0.2M-parameter model of `configs/generic.py:sample`
+  (embed 16, depths 2,1,1,1, window 4), 3,000 pretraining steps, 60 fine-tuning epochs: about an
+  hour on 2 cores.
+- `full`: the paper's models at 224 px (release SwinMAE, Swin-UNet 2,2,6,2 filled from it,
+  Swin classifier), 800 pretraining epochs, the release's fine-tuning recipes: for a GPU.
+Every stage resumes: rerun the same command with the same `--scratch` after an interruption.
+"""
+import argparse
+import contextlib
+import csv
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--variant", default="cpu", choices=["cpu", "full"])
+  p.add_argument("--datasets", default=DATASETS, help="folder with busi/ and chest_xray_pneumonia/")
+  p.add_argument("--scratch", default="/tmp/vismae_label_efficiency")
+  p.add_argument("--fractions", default="0.1,0.25,0.5,1.0")
+  p.add_argument("--folds", type=int, default=5)
+  p.add_argument("--max_folds", type=int, default=0, help="run only the first N folds (0: all)")
+  p.add_argument("--pretrain_steps", type=int, default=0, help="0: the variant's")
+  p.add_argument("--finetune_epochs", type=float, default=0.0, help="0: the variant's")
+  p.add_argument("--json", default="")
+  return p.parse_args(argv)
+
+
+def link_images(datasets: str, farm: str):
+  """A folder tree ingest reads as US (BUSI) and XR (chest X-ray) without copying pixels."""
+  for name, modality in (("busi", "us"), ("chest_xray_pneumonia", "xr")):
+    with open(os.path.join(datasets, name, "labels.csv"), newline="") as f:
+      for row in csv.DictReader(f):
+        link = os.path.join(farm, modality, row["image"].replace("/", "_"))
+        if not os.path.exists(link):
+          os.makedirs(os.path.dirname(link), exist_ok=True)
+          os.symlink(os.path.join(datasets, name, row["image"]), link)
+
+
+def malignancy_csv(busi: str, path: str) -> str:
+  """BUSI benign (0) vs malignant (1), normal images left out, paths absolute."""
+  with open(os.path.join(busi, "labels.csv"), newline="") as f:
+    rows = [r for r in csv.DictReader(f) if r["class"] != "normal"]
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image", "label"])
+    w.writerows([os.path.join(busi, r["image"]), r["malignant"]] for r in rows)
+  return path
+
+
+def pretrain(args, shards: str, workdir: str) -> str:
+  from vismae_jax import config_lib
+  from vismae_jax.train import loop, pretrain as pretrain_task
+  config = config_lib.pretrain(variant="sample" if args.variant == "cpu" else "")
+  config.data.source, config.data.path = "shards", shards
+  if args.variant == "cpu":
+    config.total_steps = args.pretrain_steps or 3000
+    config.checkpoint_every = 1000
+  else:
+    config.model.in_chans = 1
+    config.batch_size = 256
+    if args.pretrain_steps:
+      config.total_steps = args.pretrain_steps
+  loop.train(pretrain_task.make_task(config, workdir), config, workdir)
+  return workdir
+
+
+def finetune_config(args, kind: str, csv_path: str, pretrained: str):
+  from vismae_jax import config_lib
+  config = config_lib.finetune(kind, variant="cpu" if args.variant == "cpu" else "")
+  if args.variant == "full":
+    config.model.in_chans = 1
+    config.finetune.fill_deeper = kind == "segmentation"
+  config.data.csv = csv_path
+  config.finetune.pretrained = pretrained
+  config.protocol.update(folds=args.folds, max_folds=args.max_folds, compare_random=True,
+                         fractions=tuple(float(f) for f in args.fractions.split(",")))
+  if args.finetune_epochs:
+    config.num_epochs = args.finetune_epochs
+  return config
+
+
+def task_result(summary: dict) -> dict:
+  out = {"metric": summary["metric"], "fractions": summary["fractions"],
+         "pretrained": {}, "random": {}, "p_values": {}}
+  for fraction in summary["fractions"]:
+    entry = summary["by_fraction"][str(fraction)]
+    for init in ("pretrained", "random"):
+      out[init][str(fraction)] = {k: entry[init][k] for k in ("mean", "ci95", "per_fold")}
+    out["p_values"][str(fraction)] = entry.get("p_value")
+  return out
+
+
+def main(argv):
+  args = parse_args(argv)
+  import jax
+  from data_pipelines import ingest
+  from vismae_jax import evaluate
+
+  busi = os.path.join(args.datasets, "busi")
+  if not os.path.exists(os.path.join(busi, "labels.csv")):
+    sys.exit(f"{busi} not found: this benchmark needs the real images (--datasets)")
+  os.makedirs(args.scratch, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", os.path.join(args.scratch, "compile_cache"))
+  log = open(os.path.join(args.scratch, "runs.log"), "a")  # the runs' own closing lines
+  t0 = time.perf_counter()
+  size = 64 if args.variant == "cpu" else 224
+  farm, shards = os.path.join(args.scratch, "images"), os.path.join(args.scratch, "shards")
+  link_images(args.datasets, farm)
+  ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",
+                                    size=size))
+  with contextlib.redirect_stdout(log):
+    pretrained = pretrain(args, shards, os.path.join(args.scratch, "pretrain"))
+
+  tasks = {"busi_seg": ("segmentation", os.path.join(busi, "labels.csv")),
+           "busi_cls": ("classification",
+                        malignancy_csv(busi, os.path.join(args.scratch, "busi_malignancy.csv")))}
+  result = {"variant": args.variant, "image_size": size, "folds": args.folds,
+            "max_folds": args.max_folds}
+  for name, (kind, csv_path) in tasks.items():
+    config = finetune_config(args, kind, csv_path, pretrained)
+    with contextlib.redirect_stdout(log):
+      result[name] = task_result(evaluate.run(config, os.path.join(args.scratch, name)))
+  result["seconds"] = time.perf_counter() - t0
+
+  def line(name):
+    r = result[name]
+    return ", ".join(f"{float(f):.0%} {r['pretrained'][str(f)]['mean']:.3f} vs "
+                     f"{r['random'][str(f)]['mean']:.3f} (p={r['p_values'][str(f)] or 1:.2g})"
+                     for f in r["fractions"])
+  print(f"label_efficiency ({args.variant}, pretrained vs random): BUSI Dice {line('busi_seg')}; "
+        f"malignancy AUC {line('busi_cls')}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

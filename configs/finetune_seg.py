@@ -1,0 +1,16 @@
+r"""python -m vismae_jax.main --config=configs/finetune_seg.py --workdir=DIR \
+    --config.data.csv=../shared/datasets/busi/labels.csv --config.finetune.pretrained=PRETRAIN_DIR
+
+Swin-UNet segmentation fine-tuning, run as a protocol (5-fold CV by default) with a report.
+The release's recipe: encoder depths 2,2,6,2, AdamW lr 1e-3, 150 epochs with 40 warm-up,
+0.4 cross-entropy + 0.6 soft Dice, best checkpoint by validation Dice. Label efficiency:
+`--config.protocol.fractions='(0.1,0.25,0.5,1.0)' --config.protocol.compare_random=True`.
+
+Variants (`configs/finetune_seg.py:VARIANT`): `cpu` (64 px, a 0.2M-parameter model that fits
+the sample pretraining, `configs/generic.py:sample`), `tiny` (tests).
+"""
+from vismae_jax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.finetune("segmentation", variant=arg)
