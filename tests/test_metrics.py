@@ -13,12 +13,13 @@ def test_segmentation_scores_by_hand():
   pred = np.zeros_like(target)
   pred[0, :2, :1] = 1            # 2 predicted, both right
   pred[0, 3, 3] = 1              # and 1 wrong
+  pred[1, 0, 0] = 1              # image 1 has no lesion: a false positive
   scores = metrics.segmentation_scores(pred, target, num_classes=2)
-  np.testing.assert_allclose(scores["dice"][:, 0], [2 * 2 / (3 + 4), 1.0])  # image 1: both empty
-  np.testing.assert_allclose(scores["precision"][:, 0], [2 / 3, 1.0])
-  np.testing.assert_allclose(scores["recall"][:, 0], [2 / 4, 1.0])
+  np.testing.assert_allclose(scores["dice"][:, 0], [2 * 2 / (3 + 4), np.nan])  # nothing to find
+  np.testing.assert_allclose(scores["precision"][:, 0], [2 / 3, 0.0])
+  np.testing.assert_allclose(scores["recall"][:, 0], [2 / 4, np.nan])
   multi = metrics.segmentation_scores(np.array([[[1, 2]]]), np.array([[[1, 1]]]), 3)
-  np.testing.assert_allclose(multi["dice"], [[2 / 3, 0.0]])
+  np.testing.assert_allclose(multi["dice"], [[2 / 3, np.nan]])  # class 2 absent: left out
 
 
 def test_classification_scores_match_sklearn():

@@ -6,7 +6,8 @@ same loop as pretraining, keeps its best checkpoint by validation Dice or AUC, a
 the fold's test cases. A finished run leaves `result.json` and is skipped when the protocol is
 started again, so an interrupted protocol resumes where it stopped.
 
-Statistics: per fraction and initialisation, the mean over folds with a t-interval and the
+Segmentation Dice is the mean over test images that contain the foreground (MONAI's
+ignore_empty: a normal image has nothing to find). Statistics: per fraction and initialisation, the mean over folds with a t-interval and the
 pooled per-case bootstrap CI (1,000 resamples); pretrained against random by a paired t-test
 across folds and, for classification, DeLong's test on the pooled test predictions.
 """
@@ -64,9 +65,11 @@ def score(config, predictions: np.ndarray, examples: dict, indices) -> dict:
   if config.finetune.kind == finetune.SEGMENTATION:
     s = metrics.segmentation_scores(predictions, examples["mask"][indices],
                                     config.finetune.num_classes)
-    per_case = s["dice"].mean(axis=1)
+    dice = s["dice"][~np.all(np.isnan(s["dice"]), axis=1)]  # images with something to find
+    per_case = np.nanmean(dice, axis=1)
     return {"metric": float(per_case.mean()), "per_case": per_case.tolist(),
-            "precision": float(s["precision"].mean()), "recall": float(s["recall"].mean())}
+            "precision": float(np.nanmean(s["precision"])),
+            "recall": float(np.nanmean(s["recall"]))}
   labels = examples["label"][indices]
   s = metrics.classification_scores(labels, predictions)
   return {"metric": float(s["roc_auc"]), "pr_auc": float(s["pr_auc"]),

@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vismae_jax import config_lib, evaluate, parallel
+from vismae_jax import config_lib, evaluate, parallel, transfer
 from vismae_jax.train import loop, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
@@ -43,7 +43,8 @@ def main(argv):
     else:
       raise config_lib.ConfigError(f"config.task={config.task!r}: expected one of "
                                    f"{config_lib.TASKS}")
-  except (config_lib.ConfigError, FloatingPointError, FileNotFoundError) as e:
+  except (config_lib.ConfigError, transfer.TransferError, FloatingPointError,
+          FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

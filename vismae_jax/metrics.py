@@ -9,25 +9,25 @@ from scipy import stats
 from sklearn import metrics as skm
 
 
-def segmentation_scores(pred, target, num_classes: int, eps: float = 1e-7) -> dict:
+def segmentation_scores(pred, target, num_classes: int) -> dict:
   """Per-image, per-foreground-class Dice, precision and recall: arrays (N, num_classes - 1).
 
-  pred, target: (N, H, W) integer label maps. An image where a class is absent from both the
-  prediction and the target scores 1 (nothing to find, nothing found).
+  pred, target: (N, H, W) integer label maps. As MONAI's `ignore_empty`: Dice and recall are
+  NaN where the class is absent from the target (nothing to find: leave the image out of the
+  mean, use np.nanmean), precision is NaN where nothing was predicted. A prediction on an image
+  without the class counts as precision 0.
   """
   pred, target = np.asarray(pred), np.asarray(target)
   out = {"dice": [], "precision": [], "recall": []}
-  for c in range(1, num_classes):
-    p = (pred == c).reshape(len(pred), -1)
-    t = (target == c).reshape(len(target), -1)
-    tp = np.sum(p & t, axis=1).astype(np.float64)
-    n_p, n_t = p.sum(axis=1), t.sum(axis=1)
-    empty = (n_p == 0) & (n_t == 0)
-    out["dice"].append(np.where(empty, 1.0, 2 * tp / np.maximum(n_p + n_t, eps)))
-    out["precision"].append(np.where(n_p == 0, np.where(n_t == 0, 1.0, 0.0), tp / np.maximum(
-        n_p, eps)))
-    out["recall"].append(np.where(n_t == 0, np.where(n_p == 0, 1.0, 0.0), tp / np.maximum(
-        n_t, eps)))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    for c in range(1, num_classes):
+      p = (pred == c).reshape(len(pred), -1)
+      t = (target == c).reshape(len(target), -1)
+      tp = np.sum(p & t, axis=1).astype(np.float64)
+      n_p, n_t = p.sum(axis=1), t.sum(axis=1)
+      out["dice"].append(np.where(n_t == 0, np.nan, 2 * tp / (n_p + n_t)))
+      out["precision"].append(np.where(n_p == 0, np.nan, tp / n_p))
+      out["recall"].append(np.where(n_t == 0, np.nan, tp / n_t))
   return {k: np.stack(v, axis=1) for k, v in out.items()}
 
 

@@ -143,7 +143,7 @@ def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
     if seg:
       scores = metrics.segmentation_scores(predictions, val_examples["mask"],
                                            config.finetune.num_classes)
-      return {metric: float(scores["dice"].mean())}
+      return {metric: float(np.nanmean(scores["dice"]))}
     try:
       return {metric: float(metrics.classification_scores(val_examples["label"],
                                                           predictions)["roc_auc"])}

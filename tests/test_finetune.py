@@ -1,0 +1,70 @@
+"""Fine-tuning end to end on real BUSI images: the protocol, its report, and its errors."""
+import json
+import os
+
+import pytest
+
+from conftest import read_metrics, run_main, shared_dataset
+
+SEG = "configs/finetune_seg.py:tiny"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """A tiny SwinMAE pretrained on the bundled sample (same widths as the tiny fine-tuning)."""
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  run_main(workdir)
+  return workdir
+
+
+def test_fine_tuning_improves_validation_dice_over_its_first_evaluation(tmp_path):
+  csv_path = os.path.join(shared_dataset("busi"), "labels.csv")
+  run_main(str(tmp_path), f"--config.data.csv={csv_path}", "--config.protocol.max_folds=1",
+           "--config.total_steps=250", "--config.checkpoint_every=25", config=SEG)
+  run_dir = os.path.join(str(tmp_path), "runs", "random_labels100_fold0")
+  dice = [m["val_dice"] for m in read_metrics(run_dir) if "val_dice" in m]
+  assert len(dice) == 10 and max(dice[1:]) > dice[0] + 0.03, dice
+  with open(os.path.join(run_dir, "best", "best.json")) as f:
+    assert json.load(f)["val_dice"] == pytest.approx(max(dice))
+
+
+def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretrained):
+  csv_path = os.path.join(shared_dataset("busi"), "labels.csv")
+  workdir = str(tmp_path)
+  args = (f"--config.data.csv={csv_path}", "--config.protocol.max_folds=2",
+          "--config.total_steps=20", f"--config.finetune.pretrained={pretrained}",
+          "--config.finetune.fill_deeper=True", "--config.protocol.compare_random=True")
+  proc = run_main(workdir, *args, config=SEG)
+  assert "Report: json:" in proc.stdout
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  assert report["metric"] == "dice" and report["fractions"] == [1.0]
+  entry = report["by_fraction"]["1.0"]
+  for init in ("pretrained", "random"):
+    assert len(entry[init]["per_fold"]) == 2
+    low, high = entry[init]["ci95"]
+    assert low <= entry[init]["mean"] <= high and 0 <= entry[init]["mean"] <= 1
+  assert entry["p_value"] is not None and 0 <= entry["p_value"] <= 1
+  for name in ("report.csv", "report.md", "label_efficiency.png", "overlays.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  again = run_main(workdir, *args, config=SEG)  # a finished protocol is not trained again
+  assert "Done:" not in again.stdout and "Report: json:" in again.stdout
+
+
+def test_a_checkpoint_that_does_not_fit_fails_with_the_mismatches(tmp_path, pretrained):
+  csv_path = os.path.join(shared_dataset("busi"), "labels.csv")
+  proc = run_main(str(tmp_path), f"--config.data.csv={csv_path}",
+                  f"--config.finetune.pretrained={pretrained}", "--config.model.embed_dim=32",
+                  "--config.model.num_heads=(1,2,2,4)", config=SEG, check=False)
+  assert proc.returncode == 1
+  assert "does not fit the model" in proc.stderr
+  assert "patch_embed.proj.weight: checkpoint (16, 1, 4, 4) vs model (32, 1, 4, 4)" in proc.stderr
+
+
+def test_bad_finetune_config_fails_before_any_work(tmp_path):
+  proc = run_main(str(tmp_path), "--config.data.csv=/nonexistent.csv",
+                  "--config.protocol.fractions=(0.0,1.0)", config=SEG, check=False)
+  assert proc.returncode == 1
+  assert "config.data.csv='/nonexistent.csv' does not exist" in proc.stderr
+  assert "label fractions must be in (0, 1]" in proc.stderr
+  assert not os.listdir(tmp_path)
