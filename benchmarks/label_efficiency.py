@@ -16,8 +16,9 @@ Variants:
 - `cpu`: 64 px grey inputs and the 0.2M-parameter model of `configs/generic.py:sample`
   (embed 16, depths 2,1,1,1, window 4), 3,000 pretraining steps, 60 fine-tuning epochs: about an
   hour on 2 cores.
-- `full`: the paper's models at 224 px (release SwinMAE, Swin-UNet 2,2,6,2 filled from it,
-  Swin classifier), 800 pretraining epochs, the release's fine-tuning recipes: for a GPU.
+- `full`: the paper's models at 224 px with one input channel and bf16 compute (release
+  SwinMAE at batch 256, Swin-UNet 2,2,6,2 filled from it, Swin classifier), 800 pretraining
+  epochs, the release's fine-tuning recipes: for a GPU.
 Every stage resumes: rerun the same command with the same `--scratch` after an interruption.
 """
 import argparse
@@ -78,8 +79,7 @@ def pretrain(args, shards: str, workdir: str) -> str:
     config.total_steps = args.pretrain_steps or 3000
     config.checkpoint_every = 1000
   else:
-    config.model.in_chans = 1
-    config.batch_size = 256
+    config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
     if args.pretrain_steps:
       config.total_steps = args.pretrain_steps
   loop.train(pretrain_task.make_task(config, workdir), config, workdir)
@@ -90,7 +90,7 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
   from vismae_jax import config_lib
   config = config_lib.finetune(kind, variant="cpu" if args.variant == "cpu" else "")
   if args.variant == "full":
-    config.model.in_chans = 1
+    config.model.in_chans, config.dtype = 1, "bfloat16"
     config.finetune.fill_deeper = kind == "segmentation"
   config.data.csv = csv_path
   config.finetune.pretrained = pretrained
