@@ -56,7 +56,7 @@ def link_images(datasets: str, farm: str):
         link = os.path.join(farm, modality, row["image"].replace("/", "_"))
         if not os.path.exists(link):
           os.makedirs(os.path.dirname(link), exist_ok=True)
-          os.symlink(os.path.join(datasets, name, row["image"]), link)
+          os.symlink(os.path.abspath(os.path.join(datasets, name, row["image"])), link)
 
 
 def malignancy_csv(busi: str, path: str) -> str:

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -44,6 +45,7 @@ def parse_args(argv):
                  help="also time the PyTorch step side by side (CPU threads = all cores)")
   p.add_argument("--json", default="", help="write the results here")
   p.add_argument("--profile", default="", help="write a jax.profiler trace of the timed steps here")
+  p.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)  # see step_flops
   return p.parse_args(argv)
 
 
@@ -82,9 +84,17 @@ def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
   return times
 
 
-def step_flops(model, config, tx, schedule, state, batch) -> float:
-  """FLOPs of one training step as XLA counts them on the CPU, whatever the backend."""
+def step_flops(model, config, tx, schedule, state, batch, argv) -> float:
+  """FLOPs of one training step as XLA's CPU cost analysis counts them, whatever the backend.
+
+  Off the CPU, this script runs itself in a CPU-only child with --flops_only on the same shapes.
+  """
   import jax
+  if jax.default_backend() != "cpu":
+    child = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--flops_only"],
+                           env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                           text=True)
+    return float(child.stdout.split()[-1]) if child.returncode == 0 else 0.0
 
   from vismae_jax.train import loop, pretrain
   step = jax.jit(loop.make_train_step(pretrain.make_loss_fn(model, config), tx, schedule))
@@ -122,8 +132,12 @@ def main(argv):
   task = loop.Task(model=model, init_params=lambda rng: pretrain.init_params(model, config, rng),
                    loss_fn=pretrain.make_loss_fn(model, config), dataset=None, num_examples=0)
   init_state = loop.make_state_initializer(tx, config.seed)
-  shardings = parallel.state_shardings(jax.eval_shape(init_state, loop.abstract_params(task)),
-                                       mesh)
+  abstract_state = jax.eval_shape(init_state, loop.abstract_params(task))
+  if args.flops_only:
+    print(step_flops(model, config, tx, schedule, abstract_state, jax.ShapeDtypeStruct(
+        (args.batch, args.image_size, args.image_size), np.uint8), argv))
+    return None
+  shardings = parallel.state_shardings(abstract_state, mesh)
   state = loop.initial_state(task, init_state, shardings, config.seed)
   step = loop.compile_train_step(task, tx, schedule, shardings, mesh)
 
@@ -135,7 +149,7 @@ def main(argv):
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  flops = step_flops(model, config, tx, schedule, state, batch)
+  flops = step_flops(model, config, tx, schedule, state, batch, argv)
 
   times = []
   for i in range(args.warmup + args.steps):
