@@ -114,6 +114,7 @@ def task_result(summary: dict) -> dict:
 
 def main(argv):
   args = parse_args(argv)
+  args.datasets, args.scratch = os.path.abspath(args.datasets), os.path.abspath(args.scratch)
   import jax
   from data_pipelines import ingest
   from vismae_jax import evaluate
