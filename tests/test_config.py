@@ -34,6 +34,23 @@ def test_release_recipe_defaults():
   assert tuple(c.model.depths) == (2, 2, 2, 2) and c.model.window == 7
 
 
+@pytest.mark.parametrize("path,kind,depths,epochs,warmup", [
+    ("finetune_seg.py", "segmentation", (2, 2, 6, 2), 150, 40),
+    ("finetune_cls.py", "classification", (2, 2, 2, 2), 50, 10)])
+def test_finetune_configs_follow_the_release_recipes(path, kind, depths, epochs, warmup, tmp_path):
+  config = load(path)
+  assert config.finetune.kind == kind and tuple(config.model.depths) == depths
+  assert (config.num_epochs, config.optim.warmup_epochs, config.optim.lr) == (epochs, warmup, 1e-3)
+  csv_path = tmp_path / "labels.csv"
+  csv_path.write_text("image,label\na.png,0\n")
+  config.data.csv = str(csv_path)
+  config_lib.validate(config, device_count=8, process_count=1)
+  for variant in ("cpu", "tiny"):
+    small = load(path, variant)
+    small.data.csv = str(csv_path)
+    config_lib.validate(small, device_count=1, process_count=1)
+
+
 def errors_for(device_count=8, process_count=1, **changes):
   config = load("generic.py", "sample")
   for dotted, value in changes.items():
