@@ -197,6 +197,71 @@ class SwinMAE(nn.Module):
     return self.decoder_pred(self.norm_up(x))
 
 
+class SwinEncoder(nn.Module):
+  """Patch embedding and stages `layers.i`; returns the last features and each stage's input."""
+
+  def __init__(self, in_chans, patch_size, embed_dim, depths, num_heads, window, drop_path):
+    super().__init__()
+    n = len(depths)
+    rates = swin.drop_path_rates(depths, drop_path)
+    self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+    self.layers = nn.ModuleList([
+        SwinStage(embed_dim * 2 ** i, depths[i], num_heads[i], window, rates[i],
+                  None if i == n - 1 else "down") for i in range(n)])
+
+  def forward(self, images):
+    x, skips = self.patch_embed(images), []
+    for layer in self.layers:
+      skips.append(x)
+      x = layer(x)
+    return x, skips
+
+
+class SwinUNet(SwinEncoder):
+  """Same arguments and call as vismae_jax.models.unet.SwinUNet: logits (B, H, W, classes)."""
+
+  def __init__(self, num_classes=2, in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2),
+               num_heads=(3, 6, 12, 24), window=7, drop_path=0.1):
+    super().__init__(in_chans, patch_size, embed_dim, depths, num_heads, window, drop_path)
+    n = len(depths)
+    rates = swin.drop_path_rates(depths, drop_path)
+    top = embed_dim * 2 ** (n - 1)
+    self.first_patch_expanding = PatchExpand(top, top // 2)
+    stages = [n - 2 - j for j in range(n - 1)]
+    self.skip_connection_layers = nn.ModuleList([
+        nn.Conv2d(2 * embed_dim * 2 ** s, embed_dim * 2 ** s, 1) for s in stages])
+    self.layers_up = nn.ModuleList([
+        SwinStage(embed_dim * 2 ** s, depths[s], num_heads[s], window, rates[s],
+                  "up" if s > 0 else None) for s in stages])
+    self.norm_up = nn.LayerNorm(embed_dim, eps=LN_EPS)
+    self.final_patch_expanding = PatchExpand(embed_dim, embed_dim, scale=patch_size)
+    self.head = nn.Conv2d(embed_dim, num_classes, 1, bias=False)
+
+  def forward(self, images):
+    x, skips = super().forward(images)
+    x = self.first_patch_expanding(x)
+    for j, (fuse, layer) in enumerate(zip(self.skip_connection_layers, self.layers_up)):
+      x = torch.cat([x, skips[len(skips) - 2 - j]], -1)
+      x = layer(fuse(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    x = self.final_patch_expanding(self.norm_up(x))
+    return self.head(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class SwinClassifier(SwinEncoder):
+  """Same arguments and call as vismae_jax.models.unet.SwinClassifier: logits (B, classes)."""
+
+  def __init__(self, num_classes=2, in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 2, 2),
+               num_heads=(3, 6, 12, 24), window=7, drop_path=0.1):
+    super().__init__(in_chans, patch_size, embed_dim, depths, num_heads, window, drop_path)
+    top = embed_dim * 2 ** (len(depths) - 1)
+    self.norm = nn.LayerNorm(top, eps=LN_EPS)
+    self.head = nn.Linear(top, num_classes)
+
+  def forward(self, images):
+    x, _ = super().forward(images)
+    return self.head(self.norm(x).mean(dim=(1, 2)))
+
+
 def load_numpy_state(model: nn.Module, state: dict) -> nn.Module:
   """Loads {name: numpy array} (torch_names.to_torch output) with strict=True."""
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},

@@ -92,7 +92,9 @@ def from_torch(state: Mapping[str, np.ndarray], params_like: Mapping) -> tuple[d
       value = value.transpose(2, 3, 1, 0)
     if value.shape != tuple(like.shape):
       out[path] = like
-      report["mismatched"].append(f"{name}: file {tuple(value.shape)} vs model {tuple(like.shape)}")
+      model_shape = _to_torch_layout(path, np.empty(like.shape, np.uint8)).shape
+      report["mismatched"].append(
+          f"{name}: file {tuple(np.shape(state[name]))} vs model {tuple(model_shape)}")
       continue
     out[path] = value.astype(like.dtype)
     report["loaded"].append(name)

@@ -1,0 +1,102 @@
+"""PyTorch interchange: UNet and classifier parity, export / import, errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vismae_jax.models import torch_names, unet
+from test_models import read_listing
+
+torch = pytest.importorskip("torch", reason="the [torch] extra is not installed")
+from vismae_jax.convert import torch_export, torch_import, torch_models  # noqa: E402
+
+SMALL = dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 6), drop_path=0.0)
+
+
+def jittered_params(model, image_size, in_chans=3):
+  params = jax.jit(model.init)(jax.random.PRNGKey(2),
+                               jnp.zeros((1, image_size, image_size, in_chans)))["params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
+                                   for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("flax_cls, torch_cls, image_size, out_shape", [
+    (unet.SwinUNet, torch_models.SwinUNet, 320, (2, 320, 320, 3)),  # padded windows
+    (unet.SwinClassifier, torch_models.SwinClassifier, 224, (2, 3))])
+def test_finetune_models_match_in_pytorch(flax_cls, torch_cls, image_size, out_shape):
+  model = flax_cls(num_classes=3, **SMALL)
+  params = jittered_params(model, image_size)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (2, image_size, image_size, 3))
+  expected, state = jax.jit(lambda p, x: model.apply(
+      {"params": p}, x, capture_intermediates=lambda m, _: m.name == "encoder"))(params, images)
+  expected_features = state["intermediates"]["encoder"]["__call__"][0][0]
+  reference = torch_cls(num_classes=3, **SMALL).eval()
+  torch_models.load_numpy_state(reference, torch_names.to_torch(params))
+  with torch.no_grad():
+    x = torch.from_numpy(np.array(images))
+    got = reference(x).numpy()
+    features = torch_models.SwinEncoder.forward(reference, x)[0].numpy()
+  assert got.shape == expected.shape == out_shape
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(features, expected_features, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def release_unet_params():
+  shapes = jax.eval_shape(unet.SwinUNet().init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes["params"])
+
+
+@pytest.fixture(scope="module")
+def exported(release_unet_params, tmp_path_factory):
+  return torch_export.export(release_unet_params, str(tmp_path_factory.mktemp("export")))
+
+
+def test_export_writes_the_published_layout_and_round_trips_bit_exact(exported,
+                                                                      release_unet_params):
+  paths = exported
+  listing = read_listing("keys_seg.txt")
+  for fmt in ("pth", "safetensors"):
+    state = torch_import.load_state(paths[fmt])
+    assert set(state) == set(listing)
+    for name, (shape, dtype) in listing.items():
+      assert state[name].shape == shape and str(state[name].dtype) == dtype, name
+    back = torch_import.load(paths[fmt], release_unet_params)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(release_unet_params)):
+      np.testing.assert_array_equal(a, b)
+  wrapped = torch.load(paths["pth"], weights_only=True)
+  assert list(wrapped) == ["model"]
+  model = torch_models.SwinUNet()
+  model.load_state_dict(wrapped["model"], strict=True)  # the release's own loading
+
+
+def test_import_errors_list_the_differences_and_name_corrupt_files(tmp_path, exported,
+                                                                  release_unet_params):
+  paths = exported
+  state = torch_import.load_state(paths["safetensors"])
+  del state["head.weight"]
+  state["layers.0.blocks.0.attn.qkv.weight"] = state["layers.0.blocks.0.attn.qkv.weight"][:10]
+  state["extra.weight"] = np.zeros(3, np.float32)
+  with pytest.raises(torch_import.CheckpointMismatch) as info:
+    torch_import.to_flax(state, release_unet_params)
+  message = str(info.value)
+  assert "missing: head.weight" in message and "unexpected: extra.weight" in message
+  assert "mis-shaped: layers.0.blocks.0.attn.qkv.weight: file (10, 96) vs model (288, 96)" in (
+      message)
+  bad = tmp_path / "corrupt.pth"
+  bad.write_bytes(open(paths["pth"], "rb").read()[:1000])
+  with pytest.raises(ValueError, match="corrupt.pth: not a readable PyTorch checkpoint"):
+    torch_import.load_state(str(bad))
+
+
+def test_weights_only_loading_refuses_pickled_code(tmp_path):
+  class Payload:
+    def __reduce__(self):
+      return (print, ("this must never run",))
+  path = tmp_path / "evil.pth"
+  torch.save({"model": {"x": torch.zeros(1)}, "code": Payload()}, str(path))
+  with pytest.raises(ValueError, match="evil.pth: not a readable PyTorch checkpoint"):
+    torch_import.load_state(str(path))

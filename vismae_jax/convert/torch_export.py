@@ -1,0 +1,64 @@
+r"""Checkpoints -> PyTorch state dicts in the published VIS-MAE layout.
+
+  python -m vismae_jax.main --config=configs/generic.py --workdir=RUN --config.task=export
+
+writes `RUN/export/model.safetensors` and `RUN/export/model.pth` (`{'model': state_dict}`, the
+release's checkpoint format) from the run's best parameters if it kept any, else its newest
+checkpoint. Names, shapes and dtypes are those of ../shared/reference/keys_*.txt, buffers
+included, so the release's loading code (and vismae_jax.convert.torch_models) accepts them with
+strict=True. Parameters are read on the host one tensor tree at a time (an FSDP checkpoint is
+gathered by Orbax's restore into host arrays), and each tensor is converted and written without
+keeping a second full copy of the model beyond the output.
+"""
+import os
+
+import numpy as np
+
+from vismae_jax import checkpoint
+from vismae_jax.models import torch_names
+from vismae_jax.train import loop
+
+
+def model_kind(params) -> str:
+  if "mask_token" in params:
+    return "swin_mae"
+  return "swin_unet" if "skip_connection_layers_0" in params else "swin_classifier"
+
+
+def run_params(workdir: str):
+  """A run's best parameters (fine-tuning) or its newest checkpoint's (host arrays)."""
+  best = os.path.join(loop.best_dir(workdir), "params")
+  if os.path.isdir(best):
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(best)
+  return checkpoint.load_params(workdir)
+
+
+def export(params, out_dir: str, image_size: int = 224) -> dict:
+  """Writes model.safetensors and model.pth; returns {format: path}."""
+  import safetensors.numpy
+  import torch
+
+  os.makedirs(out_dir, exist_ok=True)
+  state = {k: np.ascontiguousarray(v) for k, v in
+           torch_names.to_torch(params, image_size=image_size).items()}
+  paths = {"safetensors": os.path.join(out_dir, "model.safetensors"),
+           "pth": os.path.join(out_dir, "model.pth")}
+  safetensors.numpy.save_file(state, paths["safetensors"], metadata={
+      "format": "pt", "model": model_kind(params)})
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}}, paths["pth"])
+  return paths
+
+
+def main(config, workdir: str) -> dict:
+  params = run_params(workdir)
+  paths = export(params, os.path.join(workdir, "export"), config.input.image_size)
+  print(f"Exported {model_kind(params)} ({sum(np.size(x) for x in _leaves(params)):,} "
+        "parameters): " + " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
+  return paths
+
+
+def _leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
