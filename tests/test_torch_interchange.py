@@ -100,3 +100,28 @@ def test_weights_only_loading_refuses_pickled_code(tmp_path):
   torch.save({"model": {"x": torch.zeros(1)}, "code": Payload()}, str(path))
   with pytest.raises(ValueError, match="evil.pth: not a readable PyTorch checkpoint"):
     torch_import.load_state(str(path))
+
+
+def test_export_cli_then_fine_tune_from_the_exported_file(tmp_path):
+  import configs.finetune_seg as finetune_seg
+  from conftest import run_main
+  from vismae_jax.train import finetune
+
+  workdir = str(tmp_path / "pretrain")
+  # A tiny SwinMAE trained with parameters sharded over 8 devices, exported by 1 process.
+  run_main(workdir, "--config.mesh.data=1", "--config.mesh.fsdp=8", devices=8)
+  proc = run_main(workdir, "--config.task=export")
+  assert "Exported swin_mae" in proc.stdout
+  pth = tmp_path / "pretrain" / "export" / "model.pth"
+  model = torch_models.SwinMAE(image_size=64, in_chans=1, embed_dim=16, depths=(2, 1, 1, 1),
+                               decoder_depths=(1, 1, 1), num_heads=(1, 1, 2, 2), window=4)
+  model.load_state_dict(torch.load(str(pth), weights_only=True)["model"], strict=True)
+
+  config = finetune_seg.get_config("tiny")
+  config.finetune.pretrained = str(tmp_path / "pretrain" / "export" / "model.safetensors")
+  seg = finetune.build_model(config)
+  target = jax.device_get(finetune.init_params(seg, config, jax.random.PRNGKey(0)))
+  params = finetune.pretrained_params(config, target)
+  np.testing.assert_array_equal(
+      torch_names.to_torch(params)["layers.0.blocks.0.attn.qkv.weight"],
+      model.state_dict()["layers.0.blocks.0.attn.qkv.weight"].numpy())

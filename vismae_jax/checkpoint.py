@@ -38,6 +38,25 @@ def abstract_like(state_shapes, shardings):
                       state_shapes, shardings)
 
 
+def restore_on_host(directory: str, key: str | None = None):
+  """An Orbax checkpoint's arrays (or its `key` subtree only) on this host's CPU.
+
+  The target is built from the checkpoint's own metadata, so whatever topology saved it (FSDP
+  over many hosts and devices) one process reads it, and only the requested subtree is read.
+  """
+  host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(directory).item_metadata
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
+                        tree[key] if key else tree)
+  target = {key: target} if key else target
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  return restored[key] if key else restored
+
+
 def load_params(path: str):
   """Parameters (host arrays) of a run's newest checkpoint, or of one checkpoint step.
 
@@ -54,5 +73,4 @@ def load_params(path: str):
   if not os.path.isdir(state_dir):
     raise FileNotFoundError(f"{path}: no Orbax checkpoint here (expected a workdir with "
                             "checkpoints/<step>/state, or a step folder)")
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(state_dir)["params"]
+  return restore_on_host(state_dir, "params")

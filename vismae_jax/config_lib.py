@@ -13,7 +13,7 @@ import ml_collections
 from data_pipelines import records
 from vismae_jax import preprocess
 
-TASKS = ("pretrain", "finetune")
+TASKS = ("pretrain", "finetune", "export")
 FINETUNE_KINDS = ("segmentation", "classification")
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("shards", "sample")
@@ -109,7 +109,8 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   c.model = dict(in_chans=3, patch_size=4, embed_dim=96,
                  depths=(2, 2, 6, 2) if seg else (2, 2, 2, 2), num_heads=(3, 6, 12, 24),
                  window=7, drop_path=0.1, remat=False)
-  # pretrained: a pretraining workdir (its newest checkpoint) or one checkpoint step directory;
+  # pretrained: a pretraining workdir (its newest checkpoint), one checkpoint step directory, or
+  # a PyTorch checkpoint (.pth / .safetensors: the release's, ours exported, Microsoft Swin-T);
   # empty: random initialisation only.
   c.finetune = dict(kind=kind, num_classes=2, pretrained="", encoder_only=False,
                     fill_deeper=False)
@@ -172,7 +173,7 @@ def validate(config, device_count: int, process_count: int) -> None:
   """Raises ConfigError listing every problem, each with the field and the fix."""
   if config.get("task") not in TASKS:
     raise ConfigError(f"config.task={config.get('task')!r}: expected one of {TASKS}")
-  finetuning = config.task == "finetune"
+  finetuning = "finetune" in config  # a fine-tuning config, whatever its task (export too)
   if finetuning and config.finetune.kind not in FINETUNE_KINDS:
     raise ConfigError(f"config.finetune.kind={config.finetune.kind!r}: expected one of "
                       f"{FINETUNE_KINDS}")
@@ -186,8 +187,9 @@ def validate(config, device_count: int, process_count: int) -> None:
       errors.append(message)
 
   _check_model(config, check)
-  (_check_finetune if finetuning else _check_pretrain)(config, check)
-  _check_run(config, device_count, process_count, check)
+  if config.task != "export":  # exporting needs the model only
+    (_check_finetune if finetuning else _check_pretrain)(config, check)
+    _check_run(config, device_count, process_count, check)
   if errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -253,8 +255,8 @@ def _check_finetune(config, check):
         f"config.finetune.num_classes={f.num_classes}: segmentation counts the background "
         "class too (>= 2)")
   check(not f.pretrained or os.path.exists(f.pretrained),
-        f"config.finetune.pretrained={f.pretrained!r} does not exist: give a pretraining workdir "
-        "or one of its checkpoint step directories")
+        f"config.finetune.pretrained={f.pretrained!r} does not exist: give a pretraining workdir, "
+        "one of its checkpoint step directories, or a .pth / .safetensors file")
   check(bool(config.data.csv) and os.path.exists(config.data.csv),
         f"config.data.csv={config.data.csv!r} does not exist: pass a CSV with image,mask or "
         "image,label columns (see data_pipelines/downstream.py)")

@@ -7,10 +7,12 @@ cluster detection (SLURM, Open MPI, TPU pods); see the README's launch recipes.
 """
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vismae_jax import config_lib, evaluate, parallel, transfer
+from vismae_jax.convert import torch_import
 from vismae_jax.train import loop, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
@@ -40,11 +42,15 @@ def main(argv):
       loop.train(pretrain.make_task(config, _WORKDIR.value), config, _WORKDIR.value)
     elif config.task == "finetune":
       evaluate.run(config, _WORKDIR.value)
+    elif config.task == "export":
+      from vismae_jax.convert import torch_export  # torch is an optional extra
+      config_lib.validate(config, jax.device_count(), jax.process_count())
+      torch_export.main(config, _WORKDIR.value)
     else:
       raise config_lib.ConfigError(f"config.task={config.task!r}: expected one of "
                                    f"{config_lib.TASKS}")
   except (config_lib.ConfigError, transfer.TransferError, FloatingPointError,
-          FileNotFoundError) as e:
+          FileNotFoundError, torch_import.CheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -8,6 +8,8 @@ SwinMAE -> classifier 125); the rest keeps its fresh initialisation. Options:
 - fill_deeper: a target stage deeper than the source's (UNet 2,2,6,2 from MAE 2,2,2,2) takes
   block k from source block k mod (source depth), keeping shifted and plain windows paired, so
   no block starts random.
+The source may also be a published PyTorch checkpoint (the release's `.pth`, a `.safetensors`, a
+Microsoft Swin-T ImageNet checkpoint: same names), read without unpickling code.
 A name present in both with different shapes means the checkpoint does not fit the model: the
 transfer fails listing every mismatch instead of silently training from scratch.
 """
@@ -51,9 +53,14 @@ def transfer(source_params, target_params, *, encoder_only: bool = False,
              fill_deeper: bool = False, source_image_size: int = 224):
   """-> (target params with the transferred tensors, TransferReport).
 
-  source_image_size only sizes the SwinMAE's unused `pos_embed` buffer (it shows as unused).
+  source_params: Flax parameters, or a PyTorch-named state dict (a published checkpoint read
+  by convert.torch_import.load_state). source_image_size only sizes the SwinMAE's unused
+  `pos_embed` buffer (it shows as unused).
   """
-  source = torch_names.to_torch(source_params, image_size=source_image_size)
+  if all(isinstance(k, str) and "." in k for k in source_params):  # already torch-named
+    source = dict(source_params)
+  else:
+    source = torch_names.to_torch(source_params, image_size=source_image_size)
   target = torch_names.to_torch(target_params)
   mismatched = [f"{n}: checkpoint {tuple(source[n].shape)} vs model {tuple(v.shape)}"
                 for n, v in target.items() if n in source and source[n].shape != v.shape]

@@ -6,12 +6,12 @@ writes `RUN/export/model.safetensors` and `RUN/export/model.pth` (`{'model': sta
 release's checkpoint format) from the run's best parameters if it kept any, else its newest
 checkpoint. Names, shapes and dtypes are those of ../shared/reference/keys_*.txt, buffers
 included, so the release's loading code (and vismae_jax.convert.torch_models) accepts them with
-strict=True. Parameters are read on the host one tensor tree at a time (an FSDP checkpoint is
-gathered by Orbax's restore into host arrays), and each tensor is converted and written without
-keeping a second full copy of the model beyond the output.
+strict=True. Only the parameters are read (not the optimizer state), into host memory, from
+checkpoints of any topology (FSDP over many hosts included: see checkpoint.restore_on_host).
 """
 import os
 
+import jax
 import numpy as np
 
 from vismae_jax import checkpoint
@@ -29,9 +29,7 @@ def run_params(workdir: str):
   """A run's best parameters (fine-tuning) or its newest checkpoint's (host arrays)."""
   best = os.path.join(loop.best_dir(workdir), "params")
   if os.path.isdir(best):
-    import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as checkpointer:
-      return checkpointer.restore(best)
+    return checkpoint.restore_on_host(best)
   return checkpoint.load_params(workdir)
 
 
@@ -54,11 +52,7 @@ def export(params, out_dir: str, image_size: int = 224) -> dict:
 def main(config, workdir: str) -> dict:
   params = run_params(workdir)
   paths = export(params, os.path.join(workdir, "export"), config.input.image_size)
-  print(f"Exported {model_kind(params)} ({sum(np.size(x) for x in _leaves(params)):,} "
-        "parameters): " + " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
+  n = sum(np.size(x) for x in jax.tree.leaves(params))
+  print(f"Exported {model_kind(params)} ({n:,} parameters): " +
+        " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
   return paths
-
-
-def _leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)

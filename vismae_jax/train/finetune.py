@@ -118,7 +118,11 @@ class ArraySource:
 def pretrained_params(config, target_params):
   """The configured pretraining checkpoint transferred into `target_params` (host arrays)."""
   f = config.finetune
-  source = checkpoint.load_params(f.pretrained)
+  if f.pretrained.endswith((".pth", ".pt", ".safetensors")):
+    from vismae_jax.convert import torch_import  # published PyTorch weights
+    source = torch_import.load_state(f.pretrained)
+  else:
+    source = checkpoint.load_params(f.pretrained)
   params, report = transfer.transfer(source, target_params, encoder_only=f.encoder_only,
                                      fill_deeper=f.fill_deeper)
   logging.info("weights from %s:\n%s", f.pretrained, report.table())
