@@ -99,3 +99,30 @@ def test_checkpoint_that_does_not_fit_fails_with_the_mismatches():
   with pytest.raises(transfer.TransferError, match=r"patch_embed.proj.weight: checkpoint "
                      r"\(96, 3, 4, 4\) vs model \(48, 3, 4, 4\)"):
     transfer.transfer(source, target)
+
+
+def test_layer_decay_scales_follow_depth():
+  from vismae_jax.train import optim
+  params = random_params(unet.SwinUNet(), 224)
+  scales = optim.layer_decay_scales(params, 0.5)
+  top = 2 + 2 + 6 + 2 + 1
+  assert scales["head"]["kernel"] == 1.0 and scales["patch_embed"]["proj"]["kernel"] == 0.5 ** top
+  assert scales["encoder"]["layers_0"]["blocks_0"]["attn"]["qkv"]["kernel"] == 0.5 ** (top - 1)
+  assert scales["encoder"]["layers_1"]["downsample"]["reduction"]["kernel"] == 0.5 ** (top - 4)
+  assert scales["encoder"]["layers_3"]["blocks_1"]["mlp"]["fc1"]["kernel"] == 0.5
+  assert scales["layers_up_0"]["blocks_0"]["norm1"]["scale"] == 1.0
+
+
+def test_microsoft_swin_t_checkpoint_fills_the_unet_encoder():
+  # A Microsoft Swin-T ImageNet state dict: the same encoder names with depths 2,2,6,2, plus its
+  # own `norm`, `head` and `attn_mask` buffers.
+  cls = unet.SwinClassifier(num_classes=1000, depths=(2, 2, 6, 2))
+  state = torch_names.to_torch(random_params(cls, 224, seed=4))
+  state["layers.0.blocks.1.attn_mask"] = np.zeros((64, 49, 49), np.float32)
+  params, report = transfer.transfer(state, random_params(unet.SwinUNet(), 224),
+                                     encoder_only=True)
+  encoder = [n for n in report.loaded if n.startswith(("patch_embed.", "layers."))]
+  assert len(encoder) == len(report.loaded) == 4 + 3 * 3 + 12 * 14  # stem, mergings, blocks
+  assert {"head.weight", "norm.weight", "layers.0.blocks.1.attn_mask"} <= set(report.unused)
+  np.testing.assert_array_equal(torch_names.to_torch(params)["layers.2.blocks.5.mlp.fc2.weight"],
+                                state["layers.2.blocks.5.mlp.fc2.weight"])

@@ -126,8 +126,10 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   c.eval_batch_size = 32
   c.num_epochs = 150.0 if seg else 50.0
   c.total_steps = 0
+  # layer_decay < 1: layer-wise learning-rate decay (e.g. 0.75; 1: off, as the release).
   c.optim = dict(lr=1e-3, lr_batch_base=0, b1=0.9, b2=0.999, weight_decay=0.05,
-                 decay_norms_biases=True, warmup_epochs=40.0 if seg else 10.0, clip_norm=0.0)
+                 decay_norms_biases=True, warmup_epochs=40.0 if seg else 10.0, clip_norm=0.0,
+                 layer_decay=1.0)
   c.mesh = dict(data=-1, fsdp=1)
   c.dtype = "float32"
   c.log_every = 50
@@ -265,6 +267,8 @@ def _check_finetune(config, check):
   check(0 < p.val_fraction < 1, f"config.protocol.val_fraction={p.val_fraction}: must be in (0, 1)")
   check(all(0 < x <= 1 for x in p.fractions) and len(p.fractions) > 0,
         f"config.protocol.fractions={tuple(p.fractions)}: label fractions must be in (0, 1]")
+  check(0 < config.optim.layer_decay <= 1,
+        f"config.optim.layer_decay={config.optim.layer_decay}: must be in (0, 1] (1: off)")
   check(not p.compare_random or f.pretrained,
         "config.protocol.compare_random needs config.finetune.pretrained to compare against")
 

@@ -3,8 +3,8 @@
 As the release does: every tensor of the target whose PyTorch name and shape match a source
 tensor is copied (buffers counted, so the SwinMAE -> Swin-UNet transfer loads 220 tensors and
 SwinMAE -> classifier 125); the rest keeps its fresh initialisation. Options:
-- encoder_only: copy only the encoder (patch embedding and `layers.*`), e.g. when the decoder
-  was pretrained for another channel count or task;
+- encoder_only: copy only the encoder (patch embedding and `layers.*`), e.g. from an ImageNet
+  Swin-T classifier (its 1000-class head is not ours) or a decoder trained for another task;
 - fill_deeper: a target stage deeper than the source's (UNet 2,2,6,2 from MAE 2,2,2,2) takes
   block k from source block k mod (source depth), keeping shifted and plain windows paired, so
   no block starts random.
@@ -62,15 +62,17 @@ def transfer(source_params, target_params, *, encoder_only: bool = False,
   else:
     source = torch_names.to_torch(source_params, image_size=source_image_size)
   target = torch_names.to_torch(target_params)
+  wanted = lambda n: not encoder_only or n.startswith(("patch_embed.", "layers."))
   mismatched = [f"{n}: checkpoint {tuple(source[n].shape)} vs model {tuple(v.shape)}"
-                for n, v in target.items() if n in source and source[n].shape != v.shape]
+                for n, v in target.items()
+                if wanted(n) and n in source and source[n].shape != v.shape]
   if mismatched:
     raise TransferError("the checkpoint does not fit the model; mismatched tensors:\n  " +
                         "\n  ".join(mismatched))
   depths = _source_depths(source)
   state, loaded, filled = dict(target), [], []
   for name in target:
-    if encoder_only and not name.startswith(("patch_embed.", "layers.")):
+    if not wanted(name):
       continue
     if name in source:
       state[name] = source[name]
