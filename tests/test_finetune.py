@@ -33,7 +33,8 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretr
   workdir = str(tmp_path)
   args = (f"--config.data.csv={csv_path}", "--config.protocol.max_folds=2",
           "--config.total_steps=20", f"--config.finetune.pretrained={pretrained}",
-          "--config.finetune.fill_deeper=True", "--config.protocol.compare_random=True")
+          "--config.finetune.fill_deeper=True", "--config.protocol.compare_random=True",
+          "--config.optim.layer_decay=0.75")
   proc = run_main(workdir, *args, config=SEG)
   assert "Report: json:" in proc.stdout
   with open(os.path.join(workdir, "report.json")) as f:
