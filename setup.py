@@ -31,7 +31,7 @@ setuptools.setup(
         "scikit-learn>=1.5",
     ],
     extras_require={
-        "torch": ["torch>=2.1"],
+        "torch": ["torch>=2.1", "safetensors>=0.8.0"],
         # DICOM / NIfTI readers (with JPEG and JPEG 2000 decoders) and the Beam ingest pipeline.
         "ingest": ["apache-beam>=2.77.0", "pydicom>=3.0.2", "nibabel>=5.4.2", "pylibjpeg>=2.1.0",
                    "pylibjpeg-libjpeg>=2.5.0", "pylibjpeg-openjpeg>=2.6.0"],
