@@ -45,9 +45,12 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretr
     assert len(entry[init]["per_fold"]) == 2
     low, high = entry[init]["ci95"]
     assert low <= entry[init]["mean"] <= high and 0 <= entry[init]["mean"] <= 1
+    assert {"hd95", "precision", "recall"} <= set(entry[init])
   assert entry["p_value"] is not None and 0 <= entry["p_value"] <= 1
   for name in ("report.csv", "report.md", "label_efficiency.png", "overlays.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert "| hd95 |" in f.read()
   again = run_main(workdir, *args, config=SEG)  # a finished protocol is not trained again
   assert "Done:" not in again.stdout and "Report: json:" in again.stdout
 

@@ -22,6 +22,23 @@ def test_segmentation_scores_by_hand():
   np.testing.assert_allclose(multi["dice"], [[2 / 3, np.nan]])  # class 2 absent: left out
 
 
+def test_hausdorff95_by_hand():
+  point = np.zeros((9, 9), bool)
+  point[4, 4] = True
+  other = np.zeros_like(point)
+  other[7, 8] = True
+  assert metrics.hausdorff95(point, other) == pytest.approx(5.0)  # the 3-4-5 triangle
+  square = np.zeros_like(point)
+  square[2:7, 2:7] = True  # 16 boundary pixels: 4 at 2, 8 at sqrt(5), 4 corners at sqrt(8)
+  assert metrics.hausdorff95(square, square) == 0.0
+  assert metrics.hausdorff95(square, point) == pytest.approx(np.sqrt(8))
+  assert metrics.hausdorff95(point, square) == pytest.approx(np.sqrt(8))  # symmetric
+  assert np.isnan(metrics.hausdorff95(square, np.zeros_like(square)))
+  scores = metrics.segmentation_scores(np.stack([square, point]).astype(int),
+                                       np.stack([point, point]).astype(int), num_classes=2)
+  np.testing.assert_allclose(scores["hd95"][:, 0], [np.sqrt(8), 0.0])
+
+
 def test_classification_scores_match_sklearn():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 3, 200)

@@ -7,9 +7,11 @@ the fold's test cases. A finished run leaves `result.json` and is skipped when t
 started again, so an interrupted protocol resumes where it stopped.
 
 Segmentation Dice is the mean over test images that contain the foreground (MONAI's
-ignore_empty: a normal image has nothing to find). Statistics: per fraction and initialisation, the mean over folds with a t-interval and the
-pooled per-case bootstrap CI (1,000 resamples); pretrained against random by a paired t-test
-across folds and, for classification, DeLong's test on the pooled test predictions.
+ignore_empty: a normal image has nothing to find); HD95, precision and recall (segmentation) and
+PR AUC (classification) are reported beside the main metric. Statistics: per fraction and
+initialisation, the mean over folds with a t-interval and the pooled per-case bootstrap CI (1,000
+resamples); pretrained against random by a paired t-test across folds and, for classification,
+DeLong's test on the pooled test predictions.
 """
 import csv
 import json
@@ -24,6 +26,8 @@ from vismae_jax import config_lib, figures, metrics
 from vismae_jax.train import finetune, loop
 
 INITS = ("pretrained", "random")
+# Reported beside the main metric (means over folds); the first also in the CSV / Markdown.
+SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
 
 
 def load_examples(table: downstream.Table, size: int) -> dict:
@@ -60,6 +64,11 @@ def protocol_splits(config, table: downstream.Table):
   return out
 
 
+def _nanmean(values) -> float:
+  values = np.asarray(values, float)
+  return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
 def score(config, predictions: np.ndarray, examples: dict, indices) -> dict:
   """Metrics of one run on its test cases, and the per-case values the statistics pool."""
   if config.finetune.kind == finetune.SEGMENTATION:
@@ -68,8 +77,7 @@ def score(config, predictions: np.ndarray, examples: dict, indices) -> dict:
     dice = s["dice"][~np.all(np.isnan(s["dice"]), axis=1)]  # images with something to find
     per_case = np.nanmean(dice, axis=1)
     return {"metric": float(per_case.mean()), "per_case": per_case.tolist(),
-            "precision": float(np.nanmean(s["precision"])),
-            "recall": float(np.nanmean(s["recall"]))}
+            **{k: _nanmean(s[k]) for k in SECONDARY[True]}}
   labels = examples["label"][indices]
   s = metrics.classification_scores(labels, predictions)
   return {"metric": float(s["roc_auc"]), "pr_auc": float(s["pr_auc"]),
@@ -119,7 +127,8 @@ def summarize(config, results: list[dict]) -> dict:
         pooled = metrics.bootstrap_ci(
             lambda l, p: metrics.classification_scores(l, p)["roc_auc"], labels, probs)
       entry[init] = {"mean": mean, "ci95": [low, high], "per_fold": values,
-                     "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]]}
+                     "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]],
+                     **{k: _nanmean([r[k] for r in runs]) for k in SECONDARY[seg]}}
     if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
       a, b = ([r["metric"] for r in rows[i]] for i in INITS)
       entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
@@ -143,12 +152,13 @@ def write_report(config, workdir: str, summary: dict) -> dict:
   with open(paths["json"], "w") as f:
     json.dump(summary, f, indent=1)
   name = summary["metric"]
+  second = SECONDARY[config.finetune.kind == finetune.SEGMENTATION][0]
   lines = [f"| labels | init | {name} (mean over folds) | 95% CI | pooled 95% CI (bootstrap) | "
-           "p (paired t) |", "| --- | --- | --- | --- | --- | --- |"]
+           f"p (paired t) | {second} |", "| --- | --- | --- | --- | --- | --- | --- |"]
   with open(paths["csv"], "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["fraction", "init", "mean", "ci_low", "ci_high", "pooled", "pooled_ci_low",
-                "pooled_ci_high", "p_value", "per_fold"])
+                "pooled_ci_high", "p_value", second, "per_fold"])
     for fraction in summary["fractions"]:
       entry = summary["by_fraction"][str(fraction)]
       for init in INITS:
@@ -156,11 +166,12 @@ def write_report(config, workdir: str, summary: dict) -> dict:
           continue
         e, p = entry[init], entry.get("p_value")
         w.writerow([fraction, init, e["mean"], *e["ci95"], e["pooled"],
-                    *e["pooled_bootstrap_ci95"], p, " ".join(f"{v:.4f}" for v in e["per_fold"])])
+                    *e["pooled_bootstrap_ci95"], p, e[second],
+                    " ".join(f"{v:.4f}" for v in e["per_fold"])])
         p_text = "" if p is None or init != "pretrained" else f"{p:.3g}"
         lines.append(f"| {fraction:.0%} | {init} | {e['mean']:.4f} | {e['ci95'][0]:.4f}-"
                      f"{e['ci95'][1]:.4f} | {e['pooled_bootstrap_ci95'][0]:.4f}-"
-                     f"{e['pooled_bootstrap_ci95'][1]:.4f} | {p_text} |")
+                     f"{e['pooled_bootstrap_ci95'][1]:.4f} | {p_text} | {e[second]:.4f} |")
   with open(paths["markdown"], "w") as f:
     f.write(f"# {config.finetune.kind} fine-tuning: {name}\n\n" + "\n".join(lines) + "\n")
   figures.label_efficiency_curve(summary, paths["curve"])
