@@ -5,7 +5,7 @@ dropped, so the encoder sees the full token grid (as in the release). Positions 
 the relative position bias: the release's sin-cos `pos_embed` is never added, so it is not a
 parameter here (the PyTorch export writes it back as a buffer).
 """
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -61,29 +61,14 @@ def masked_mse(pred, images, token_mask, patch: int, norm_pix_loss: bool = False
   return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-class SwinMAE(nn.Module):
+class SwinMAE(swin.SwinBackbone):
   """Swin encoder on the masked token grid + mirrored Swin decoder predicting pixel patches."""
-  in_chans: int = 3
-  patch_size: int = 4
-  embed_dim: int = 96
-  depths: Sequence[int] = (2, 2, 2, 2)
   decoder_depths: Sequence[int] = (2, 2, 2)
-  num_heads: Sequence[int] = (3, 6, 12, 24)
-  window: int = 7
-  drop_path: float = 0.1
-  remat: bool = False
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, token_mask, deterministic: bool = True):
     """images (B, H, W, in_chans) float; token_mask (B, H/p, W/p) bool -> (B, H/p, W/p, p*p*C)."""
-    x = swin.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images)
-    mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
-    x = jnp.where(token_mask[..., None], mask_token.astype(x.dtype), x)
-
-    x, _ = swin.SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window,
-                            self.drop_path, pad=True, remat=self.remat, dtype=self.dtype,
-                            name="encoder")(x, deterministic)
+    x, _ = self.encode(images, deterministic, token_mask)
 
     n = len(self.depths)
     # Decoder stage j mirrors encoder stage n-2-j and takes the drop-path rates it would have.

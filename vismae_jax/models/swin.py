@@ -307,3 +307,34 @@ class SwinEncoder(nn.Module):
                     resample=None if last else "down", pad=self.pad, remat=self.remat,
                     dtype=self.dtype, name=f"layers_{i}")(x, deterministic)
     return x, skips
+
+
+class SwinBackbone(nn.Module):
+  """The encoder hyper-parameters and stem that SwinMAE, Swin-UNet and the classifier share.
+
+  One definition keeps the three models' `patch_embed` / `encoder` names and shapes identical,
+  which is what lets a pretraining checkpoint transfer by name. Subclasses add their heads and
+  call `encode` from their compact `__call__`.
+  """
+  in_chans: int = 3
+  patch_size: int = 4
+  embed_dim: int = 96
+  depths: Sequence[int] = (2, 2, 2, 2)
+  num_heads: Sequence[int] = (3, 6, 12, 24)
+  window: int = 7
+  drop_path: float = 0.1
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def encode(self, images, deterministic: bool, token_mask=None):
+    """Patch embedding (masked tokens replaced by a learned `mask_token`), then the encoder.
+
+    Returns the encoder's (features, skips).
+    """
+    x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images)
+    if token_mask is not None:
+      mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
+      x = jnp.where(token_mask[..., None], mask_token.astype(x.dtype), x)
+    return SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window, self.drop_path,
+                       pad=True, remat=self.remat, dtype=self.dtype, name="encoder")(
+                           x, deterministic)

@@ -4,7 +4,7 @@ Both reuse the SwinMAE's building blocks under the same names, so a pretraining 
 transfers by name and shape (vismae_jax/transfer.py) and exports to the published layout with
 the same name map (models/torch_names.py).
 """
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,30 +16,19 @@ def _conv1x1(features: int, name: str, dtype, use_bias: bool):
   return nn.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype, name=name)
 
 
-class SwinUNet(nn.Module):
+class SwinUNet(swin.SwinBackbone):
   """Swin encoder, mirrored Swin decoder with 1x1-fused skips, 4x expansion, 1x1 head.
 
   Decoder stage j mirrors encoder stage n-2-j: concatenate that stage's input on channels, fuse
   2C -> C with `skip_connection_layers_j`, run as many blocks as the encoder stage, upsample.
   """
-  num_classes: int = 2
-  in_chans: int = 3
-  patch_size: int = 4
-  embed_dim: int = 96
   depths: Sequence[int] = (2, 2, 6, 2)
-  num_heads: Sequence[int] = (3, 6, 12, 24)
-  window: int = 7
-  drop_path: float = 0.1
-  remat: bool = False
-  dtype: Any = jnp.float32
+  num_classes: int = 2
 
   @nn.compact
   def __call__(self, images, deterministic: bool = True):
     """images (B, H, W, in_chans) -> logits (B, H, W, num_classes) float32."""
-    x = swin.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images)
-    x, skips = swin.SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window,
-                                self.drop_path, pad=True, remat=self.remat, dtype=self.dtype,
-                                name="encoder")(x, deterministic)
+    x, skips = self.encode(images, deterministic)
     rates = swin.drop_path_rates(self.depths, self.drop_path)
     x = swin.PatchExpand(x.shape[-1] // 2, 2, self.dtype, name="first_patch_expanding")(x)
     n = len(self.depths)
@@ -59,7 +48,7 @@ class SwinUNet(nn.Module):
     return logits.astype(jnp.float32)
 
 
-class SwinClassifier(nn.Module):
+class SwinClassifier(swin.SwinBackbone):
   """Swin encoder, LayerNorm, global average pool, linear head.
 
   The release's classifier has no window padding; at 224 px every grid (56, 28, 14, 7) is a
@@ -67,22 +56,10 @@ class SwinClassifier(nn.Module):
   sizes (the CPU variants) are padded like the UNet instead of failing.
   """
   num_classes: int = 2
-  in_chans: int = 3
-  patch_size: int = 4
-  embed_dim: int = 96
-  depths: Sequence[int] = (2, 2, 2, 2)
-  num_heads: Sequence[int] = (3, 6, 12, 24)
-  window: int = 7
-  drop_path: float = 0.1
-  remat: bool = False
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, deterministic: bool = True):
     """images (B, H, W, in_chans) -> logits (B, num_classes) float32."""
-    x = swin.PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images)
-    x, _ = swin.SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window,
-                            self.drop_path, pad=True, remat=self.remat, dtype=self.dtype,
-                            name="encoder")(x, deterministic)
+    x, _ = self.encode(images, deterministic)
     x = swin.layer_norm("norm", self.dtype)(x).mean(axis=(1, 2))
     return swin.dense(self.num_classes, "head", self.dtype)(x).astype(jnp.float32)
