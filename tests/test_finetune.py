@@ -19,8 +19,10 @@ def pretrained(tmp_path_factory):
 
 def test_fine_tuning_improves_validation_dice_over_its_first_evaluation(tmp_path):
   csv_path = os.path.join(shared_dataset("busi"), "labels.csv")
+  # 0.01 epochs is under one step: min_steps sets the length (250 steps, 10 evaluations).
   run_main(str(tmp_path), f"--config.data.csv={csv_path}", "--config.protocol.max_folds=1",
-           "--config.total_steps=250", "--config.checkpoint_every=25", config=SEG)
+           "--config.total_steps=0", "--config.num_epochs=0.01", "--config.min_steps=250",
+           "--config.checkpoint_every=25", config=SEG)
   run_dir = os.path.join(str(tmp_path), "runs", "random_labels100_fold0")
   dice = [m["val_dice"] for m in read_metrics(run_dir) if "val_dice" in m]
   assert len(dice) == 10 and max(dice[1:]) > dice[0] + 0.03, dice
@@ -67,8 +69,10 @@ def test_a_checkpoint_that_does_not_fit_fails_with_the_mismatches(tmp_path, pret
 
 def test_bad_finetune_config_fails_before_any_work(tmp_path):
   proc = run_main(str(tmp_path), "--config.data.csv=/nonexistent.csv",
-                  "--config.protocol.fractions=(0.0,1.0)", config=SEG, check=False)
+                  "--config.protocol.fractions=(0.0,1.0)", "--config.min_steps=-1", config=SEG,
+                  check=False)
   assert proc.returncode == 1
   assert "config.data.csv='/nonexistent.csv' does not exist" in proc.stderr
   assert "label fractions must be in (0, 1]" in proc.stderr
+  assert "config.min_steps=-1: must be >= 0" in proc.stderr
   assert not os.listdir(tmp_path)

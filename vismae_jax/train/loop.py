@@ -168,7 +168,8 @@ def train(task: Task, config, workdir: str) -> dict:
 
   # Optimiser and schedule.
   steps_per_epoch = task.num_examples / config.batch_size
-  total_steps = config.total_steps or max(1, int(config.num_epochs * steps_per_epoch))
+  total_steps = config.total_steps or max(1, config.get("min_steps", 0),
+                                          int(config.num_epochs * steps_per_epoch))
   schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = optim.make_optimizer(config, schedule)
   init_state = make_state_initializer(tx, config.seed)
