@@ -45,6 +45,9 @@ def parse_args(argv):
   p.add_argument("--folds", type=int, default=5)
   p.add_argument("--max_folds", type=int, default=0, help="run only the first N folds (0: all)")
   p.add_argument("--pretrain_steps", type=int, default=0, help="0: the variant's")
+  p.add_argument("--pretrain_batch", type=int, default=0,
+                 help="global pretraining batch (0: the variant's, 16 or 256); smaller for "
+                      "accelerators with less memory")
   p.add_argument("--finetune_epochs", type=float, default=0.0, help="0: the variant's")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
@@ -79,12 +82,11 @@ def pretrain(args, shards: str, workdir: str) -> str:
   config.data.source, config.data.path = "shards", shards
   config.data.mixture.update(US=1.0, XR=1.0)
   if args.variant == "cpu":
-    config.total_steps = args.pretrain_steps or 6000
-    config.checkpoint_every = 1000
+    config.total_steps, config.checkpoint_every = 6000, 1000
   else:
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
-    if args.pretrain_steps:
-      config.total_steps = args.pretrain_steps
+  config.total_steps = args.pretrain_steps or config.total_steps
+  config.batch_size = args.pretrain_batch or config.batch_size
   loop.train(pretrain_task.make_task(config, workdir), config, workdir)
   return workdir
 
