@@ -13,7 +13,7 @@ r"""The paper's central claim on open data: self-pretraining helps most when lab
    paired t-test p-value.
 
 Variants:
-- `cpu`: 64 px grey inputs and the 0.2M-parameter model of `configs/generic.py:sample`
+- `cpu`: 64 px grey inputs and the 0.42M-parameter SwinMAE of `configs/generic.py:sample`
   (embed 16, depths 2,1,1,1, window 4), 6,000 pretraining steps of batch 16, the fine-tuning
   `cpu` variant (segmentation 30 epochs, classification 40 with layer-wise lr decay 0.65, each
   run at least 400 steps): about an hour on 2 cores.
@@ -21,7 +21,8 @@ Variants:
   SwinMAE at batch 256, Swin-UNet 2,2,6,2 filled from it, Swin classifier), 800 pretraining
   epochs, the release's fine-tuning recipes: for a GPU.
 Pretraining draws ultrasound and X-ray images equally (`data.mixture`), so that the 780 BUSI
-images are not drowned by the 3,957 chest X-rays. Every stage resumes: rerun the same command with the same `--scratch` after an interruption.
+images are not drowned by the 3,957 chest X-rays. Every stage resumes: rerun the same command
+with the same `--scratch` after an interruption.
 """
 import argparse
 import contextlib

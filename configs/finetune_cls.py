@@ -7,8 +7,8 @@ AdamW lr 1e-3, 50 epochs with 10 warm-up, cross-entropy, best checkpoint by vali
 Multi-label CSVs (`label` as `0|1|...`) train with sigmoid + binary cross-entropy:
 `--config.finetune.num_classes=14` for the NIH chest X-ray findings.
 
-Variants (`configs/finetune_cls.py:VARIANT`): `cpu` (64 px, a 0.2M-parameter model that fits
-the sample pretraining, `configs/generic.py:sample`), `tiny` (tests).
+Variants (`configs/finetune_cls.py:VARIANT`): `cpu` (64 px, a 0.31M-parameter classifier
+that fits the sample pretraining, `configs/generic.py:sample`), `tiny` (tests).
 """
 from vismae_jax import config_lib
 

@@ -6,8 +6,8 @@ The release's recipe: encoder depths 2,2,6,2, AdamW lr 1e-3, 150 epochs with 40 
 0.4 cross-entropy + 0.6 soft Dice, best checkpoint by validation Dice. Label efficiency:
 `--config.protocol.fractions='(0.1,0.25,0.5,1.0)' --config.protocol.compare_random=True`.
 
-Variants (`configs/finetune_seg.py:VARIANT`): `cpu` (64 px, a 0.2M-parameter model that fits
-the sample pretraining, `configs/generic.py:sample`), `tiny` (tests).
+Variants (`configs/finetune_seg.py:VARIANT`): `cpu` (64 px, a 0.44M-parameter Swin-UNet that
+fits the sample pretraining, `configs/generic.py:sample`), `tiny` (tests).
 """
 from vismae_jax import config_lib
 

@@ -6,6 +6,7 @@ array directly onto its sharding (no host copy of the full model first).
 """
 import os
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -45,8 +46,9 @@ def restore_on_host(directory: str, key: str | None = None):
   over many hosts and devices) one process reads it, and only the requested subtree is read.
   """
   host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(directory).item_metadata
+  # The handler's metadata, not the checkpointer's: an item folder has no step metadata and the
+  # checkpointer would warn about it.
+  tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory))
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
                         tree[key] if key else tree)
   target = {key: target} if key else target
