@@ -39,6 +39,7 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretr
           "--config.optim.layer_decay=0.75")
   proc = run_main(workdir, *args, config=SEG)
   assert "Report: json:" in proc.stdout
+  assert "segmentation runs: 100%" in proc.stderr and "| 4/4 [" in proc.stderr  # progress
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)
   assert report["metric"] == "dice" and report["fractions"] == [1.0]

@@ -19,6 +19,7 @@ import os
 
 import jax
 import numpy as np
+import tqdm
 from absl import logging
 
 from data_pipelines import downstream, splits
@@ -188,17 +189,23 @@ def run(config, workdir: str) -> dict:
   examples = load_examples(table, config.input.image_size)
   inits = INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
       ("pretrained",) if config.finetune.pretrained else ("random",))
+  plan = [(fold, fraction, init, subset, val, test)
+          for fold, train, val, test in protocol_splits(config, table)
+          for fraction, subset in splits.label_fractions(
+              train, stratification_labels(table), tuple(config.protocol.fractions),
+              seed=config.seed + fold).items()
+          for init in inits]
   results = []
-  for fold, train, val, test in protocol_splits(config, table):
-    subsets = splits.label_fractions(train, stratification_labels(table),
-                                     tuple(config.protocol.fractions), seed=config.seed + fold)
-    for fraction, subset in subsets.items():
-      for init in inits:
-        name = f"{init}_labels{round(fraction * 100):03d}_fold{fold}"
-        logging.info("run %s: %d train, %d val, %d test cases", name, len(subset), len(val),
-                     len(test))
-        result = run_one(config, name, workdir, examples, subset, val, test, init)
-        results.append({**result, "fold": fold, "fraction": fraction})
+  # The protocol's progress (runs done, rate, ETA) on stderr; a long protocol is many runs.
+  bar = tqdm.tqdm(plan, desc=f"{config.finetune.kind} runs", unit="run",
+                  disable=jax.process_index() != 0)
+  for fold, fraction, init, subset, val, test in bar:
+    name = f"{init}_labels{round(fraction * 100):03d}_fold{fold}"
+    logging.info("run %s: %d train, %d val, %d test cases", name, len(subset), len(val),
+                 len(test))
+    result = run_one(config, name, workdir, examples, subset, val, test, init)
+    results.append({**result, "fold": fold, "fraction": fraction})
+    bar.set_postfix_str(f"{name}: {result['metric']:.3f}")
   summary = summarize(config, results)
   if jax.process_index() == 0:
     paths = write_report(config, workdir, summary)
