@@ -78,7 +78,7 @@ class SwinMAE(swin.SwinBackbone):
     for j, depth in enumerate(self.decoder_depths):
       stage = n - 2 - j
       x = swin.SwinStage(self.embed_dim * 2 ** stage, depth, self.num_heads[stage], self.window,
-                         rates[stage], resample="up" if stage > 0 else None, pad=True,
+                         rates[stage], resample="up" if stage > 0 else None,
                          remat=self.remat, dtype=self.dtype,
                          name=f"layers_up_{j}")(x, deterministic)
     x = swin.layer_norm("norm_up", self.dtype)(x)

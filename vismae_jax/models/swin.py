@@ -152,8 +152,8 @@ class SwinBlock(nn.Module):
   """Pre-norm (shifted-)window attention + MLP block.
 
   Feature maps that are not multiples of the window are zero-padded at bottom/right and
-  cropped after (`pad=True`, the UNet and MAE); the shift stays on even when the map is a single
-  window, as in the release.
+  cropped after (320 px inputs); the shift stays on even when the map is a single window, as in
+  the release.
   """
   dim: int
   num_heads: int
@@ -161,7 +161,6 @@ class SwinBlock(nn.Module):
   shift: int
   drop_path: float = 0.0
   mlp_ratio: float = 4.0
-  pad: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -169,10 +168,8 @@ class SwinBlock(nn.Module):
     _, h, w, _ = x.shape
     shortcut = x
     x = layer_norm("norm1", self.dtype)(x)
-    hp, wp = h, w
-    if self.pad:
-      hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
-      x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
+    x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
     mask = None
     if self.shift:
       x = jnp.roll(x, (-self.shift, -self.shift), axis=(1, 2))
@@ -257,7 +254,6 @@ class SwinStage(nn.Module):
   window: int
   drop_paths: Sequence[float]
   resample: Optional[str] = None
-  pad: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
 
@@ -267,7 +263,7 @@ class SwinStage(nn.Module):
     for i in range(self.depth):
       x = block_cls(self.dim, self.num_heads, self.window,
                     shift=0 if i % 2 == 0 else self.window // 2, drop_path=self.drop_paths[i],
-                    pad=self.pad, dtype=self.dtype, name=f"blocks_{i}")(x, deterministic)
+                    dtype=self.dtype, name=f"blocks_{i}")(x, deterministic)
     if self.resample == "down":
       x = PatchMerging(self.dim, self.dtype, name="downsample")(x)
     elif self.resample == "up":
@@ -292,7 +288,6 @@ class SwinEncoder(nn.Module):
   num_heads: Sequence[int] = (3, 6, 12, 24)
   window: int = 7
   drop_path: float = 0.1
-  pad: bool = True
   remat: bool = False
   dtype: Dtype = jnp.float32
 
@@ -304,7 +299,7 @@ class SwinEncoder(nn.Module):
       skips.append(x)
       last = i == len(self.depths) - 1
       x = SwinStage(self.embed_dim * 2 ** i, depth, self.num_heads[i], self.window, rates[i],
-                    resample=None if last else "down", pad=self.pad, remat=self.remat,
+                    resample=None if last else "down", remat=self.remat,
                     dtype=self.dtype, name=f"layers_{i}")(x, deterministic)
     return x, skips
 
@@ -336,5 +331,5 @@ class SwinBackbone(nn.Module):
       mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
       x = jnp.where(token_mask[..., None], mask_token.astype(x.dtype), x)
     return SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window, self.drop_path,
-                       pad=True, remat=self.remat, dtype=self.dtype, name="encoder")(
+                       remat=self.remat, dtype=self.dtype, name="encoder")(
                            x, deterministic)
