@@ -97,8 +97,9 @@ def step_flops(model, config, tx, schedule, state, batch, argv) -> float:
     return float(child.stdout.split()[-1]) if child.returncode == 0 else 0.0
 
   from vismae_jax.train import loop, pretrain
-  step = jax.jit(loop.make_train_step(pretrain.make_loss_fn(model, config), tx, schedule))
-  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+  step = jax.jit(loop.make_train_step(pretrain.make_loss_fn(model, config), tx))
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        (state, batch, schedule))
   cost = step.trace(*shapes).lower(lowering_platforms=("cpu",)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0)) if cost else 0.0
@@ -126,8 +127,9 @@ def main(argv):
 
   mesh = parallel.make_mesh(config.mesh)
   total = args.warmup + args.steps + 1
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=1.0, total_steps=total)
-  tx = optim.make_optimizer(config, schedule)
+  schedule = jax.device_put(optim.schedule(config, steps_per_epoch=1.0, total_steps=total),
+                            parallel.replicated(mesh))
+  tx = optim.make_optimizer(config)
   model = pretrain.build_model(config)
   task = loop.Task(model=model, init_params=lambda rng: pretrain.init_params(model, config, rng),
                    loss_fn=pretrain.make_loss_fn(model, config), dataset=None, num_examples=0)
@@ -139,7 +141,7 @@ def main(argv):
     return None
   shardings = parallel.state_shardings(abstract_state, mesh)
   state = loop.initial_state(task, init_state, shardings, config.seed)
-  step = loop.compile_train_step(task, tx, schedule, shardings, mesh)
+  step = loop.compile_train_step(task, tx, shardings, mesh)
 
   rng = np.random.default_rng(0)
   local = rng.integers(0, 256, (args.batch // jax.process_count(), args.image_size,
@@ -147,7 +149,7 @@ def main(argv):
   batch = parallel.global_batch(local, parallel.batch_sharding(mesh))
 
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(state, batch, schedule).compile()
   compile_s = time.perf_counter() - t0
   flops = step_flops(model, config, tx, schedule, state, batch, argv)
 
@@ -156,7 +158,7 @@ def main(argv):
     if args.profile and i == args.warmup:
       jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
     t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, schedule)
     jax.block_until_ready(metrics["loss"])
     if i >= args.warmup:
       times.append(time.perf_counter() - t0)

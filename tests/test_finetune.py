@@ -77,3 +77,29 @@ def test_bad_finetune_config_fails_before_any_work(tmp_path):
   assert "label fractions must be in (0, 1]" in proc.stderr
   assert "config.min_steps=-1: must be >= 0" in proc.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_the_runs_of_a_protocol_share_one_trace_of_the_step_and_of_predict(tmp_path):
+  """Runs differ in data and length only (the schedule is an argument): one trace serves all."""
+  import jax
+  from vismae_jax import config_lib, evaluate
+
+  traced = []
+
+  def listener(event, duration, fun_name="", **kwargs):
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+      traced.append(fun_name)
+
+  config = config_lib.finetune("segmentation", "tiny")
+  config.data.csv = os.path.join(shared_dataset("busi"), "labels.csv")
+  config.protocol.update(max_folds=2, fractions=(0.5, 1.0))
+  config.total_steps, config.min_steps, config.num_epochs = 0, 0, 0.05  # 1 step at 50%, 3 at 100%
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    summary = evaluate.run(config, str(tmp_path))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  steps = {json.load(open(os.path.join(tmp_path, "runs", run, "best", "best.json")))["step"]
+           for run in os.listdir(os.path.join(tmp_path, "runs"))}
+  assert len(steps) == 2 and len(summary["by_fraction"]["1.0"]["random"]["per_fold"]) == 2
+  assert traced.count("step") == 1 and traced.count("predict") == 1, traced

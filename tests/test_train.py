@@ -144,3 +144,28 @@ def test_bfloat16_compute_and_remat_agree_with_float32():
   cosine = optax.tree_utils.tree_vdot(bf16_grads, grads) / (
       optax.tree.norm(bf16_grads) * optax.tree.norm(grads))
   assert cosine > 0.99, cosine
+
+
+def test_schedule_as_data_matches_optax_adamw_with_its_schedule():
+  """The step's unit-rate AdamW times optim.learning_rate is optax.adamw with the schedule."""
+  import configs.generic as generic
+  from vismae_jax.train import optim
+
+  config = generic.get_config("tiny")
+  config.optim.update(lr=3e-3, warmup_epochs=2.0)
+  schedule = optim.schedule(config, steps_per_epoch=5.0, total_steps=40)
+  reference = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, 40, end_value=0.0)
+  steps = np.arange(45)
+  np.testing.assert_allclose(jax.vmap(lambda s: optim.learning_rate(s, schedule))(steps),
+                             jax.vmap(reference)(steps), rtol=1e-5, atol=1e-9)
+
+  params = {"w": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}
+  tx, ref_tx = optim.make_optimizer(config), optax.adamw(reference, b1=0.9, b2=0.95,
+                                                         weight_decay=0.05)
+  state, ref_state = tx.init(params), ref_tx.init(params)
+  for step in range(12):
+    grads = {"w": np.cos(params["w"] * (step + 1))}
+    updates, state = tx.update(grads, state, params)
+    ref_updates, ref_state = ref_tx.update(grads, ref_state, params)
+    np.testing.assert_allclose(optax.tree.scale(optim.learning_rate(step, schedule), updates)["w"],
+                               ref_updates["w"], rtol=1e-5, atol=1e-9)

@@ -94,8 +94,8 @@ def run_one(config, name: str, workdir: str, examples: dict, train, val, test, i
   task = finetune.make_task(config, examples, train, val, init)
   loop.train(task, config, out_dir)
   params = task.best_params(out_dir)
-  predictions = finetune.predict_all(jax.jit(finetune.make_predict_fn(task.model, config)),
-                                     params, {k: v[test] for k, v in examples.items()},
+  predictions = finetune.predict_all(finetune.functions(config).predict, params,
+                                     {k: v[test] for k, v in examples.items()},
                                      config.eval_batch_size)
   result = {"name": name, "init": init, "test": np.asarray(test).tolist(),
             "train_size": len(train), **score(config, predictions, examples, test)}

@@ -79,6 +79,10 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, BATCH_SPEC)
 
 
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
 def global_batch(local_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """This host's rows -> one global jax.Array spanning every process."""
   return jax.make_array_from_process_local_data(sharding, local_batch)

@@ -5,9 +5,14 @@ min-max to [0, 1] (the release's fine-tuning input), channel replication, augmen
 step's key. Losses: 0.4 cross-entropy + 0.6 soft Dice over the foreground classes for
 segmentation; cross-entropy (softmax) or binary cross-entropy (multi-label) for classification.
 """
+import dataclasses
+import functools
+from typing import Any, Callable
+
 import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -102,6 +107,33 @@ def predict_all(predict, params, examples: dict, batch: int) -> np.ndarray:
   return np.concatenate(outputs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Functions:
+  """A fine-tuning config's model and the functions that the loop and the evaluation jit."""
+  model: Any
+  init_params: Callable  # rng -> random parameters
+  loss_fn: Callable      # (params, batch, rng) -> loss
+  predict: Callable      # jitted (params, batch) -> label maps or class probabilities
+
+
+def functions(config) -> Functions:
+  """The model and functions of `config`, built once per process and config.
+
+  Why: JAX caches traces and compilations per function object. Tracing and compiling the cpu
+  Swin-UNet's initialisation, step and prediction takes about 30 s on 2 cores, longer than a
+  10%-label run trains; the runs of a protocol share one config and so one set of functions.
+  """
+  return _functions(ml_collections.FrozenConfigDict(config))
+
+
+@functools.lru_cache(maxsize=4)
+def _functions(config: ml_collections.FrozenConfigDict) -> Functions:
+  model = build_model(config)
+  return Functions(model=model, init_params=lambda rng: init_params(model, config, rng),
+                   loss_fn=make_loss_fn(model, config),
+                   predict=jax.jit(make_predict_fn(model, config)))
+
+
 class ArraySource:
   """Random access over in-memory arrays: example i is {name: array[i]}."""
 
@@ -131,7 +163,7 @@ def pretrained_params(config, target_params):
 
 def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
   """Fine-tuning on examples[train], validated on examples[val] at every checkpoint."""
-  model = build_model(config)
+  fns = functions(config)
   seg = config.finetune.kind == SEGMENTATION
   keep = {k: v for k, v in examples.items() if seg or k != "mask"}
   arrays = {k: v[np.asarray(train)] for k, v in keep.items()}
@@ -139,11 +171,10 @@ def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
   dataset = dataset.batch(config.batch_size // jax.process_count(), drop_remainder=True)[
       jax.process_index()::jax.process_count()]
   val_examples = {k: v[np.asarray(val)] for k, v in keep.items()}
-  predict = jax.jit(make_predict_fn(model, config))
   metric = "val_dice" if seg else "val_auc"
 
   def validate(params, step):
-    predictions = predict_all(predict, params, val_examples, config.eval_batch_size)
+    predictions = predict_all(fns.predict, params, val_examples, config.eval_batch_size)
     if seg:
       scores = metrics.segmentation_scores(predictions, val_examples["mask"],
                                            config.finetune.num_classes)
@@ -154,12 +185,11 @@ def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
     except ValueError:  # a validation split with one class only
       return {metric: float("nan")}
 
-  init_fn = lambda rng: init_params(model, config, rng)
   initial = None
   if init == "pretrained":
     initial = lambda: pretrained_params(config, jax.device_get(
-        jax.jit(init_fn)(jax.random.split(jax.random.PRNGKey(config.seed))[0])))
-  task = loop.Task(model=model, init_params=init_fn, loss_fn=make_loss_fn(model, config),
+        jax.jit(fns.init_params)(jax.random.split(jax.random.PRNGKey(config.seed))[0])))
+  task = loop.Task(model=fns.model, init_params=fns.init_params, loss_fn=fns.loss_fn,
                    dataset=dataset, num_examples=len(train), initial_params=initial,
                    on_checkpoint=validate, best_metric=metric)
   task.best_params = lambda workdir: loop.restore_best(workdir, loop.abstract_params(task))

@@ -2,10 +2,14 @@
 
 A task (pretrain.make_task, finetune.make_task) supplies the model, its initial parameters, the
 loss and this host's batches; everything else is shared. The step is a pure function
-`step(state, batch) -> (state, metrics)` whose randomness is `fold_in(state.rng, state.step)`,
-so a resumed run replays an uninterrupted one exactly.
+`step(state, batch, schedule) -> (state, metrics)` whose randomness is
+`fold_in(state.rng, state.step)`, so a resumed run replays an uninterrupted one exactly. The
+learning-rate schedule is an argument (optim.schedule), not a constant of the compiled step, and
+the step functions are cached per (loss, optimizer): the runs of a fine-tuning protocol, which
+differ only in data and length, trace and compile the step once.
 """
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -40,18 +44,21 @@ class Task:
   outputs: dict = dataclasses.field(default_factory=dict)  # {what: path} for the closing line
 
 
-def make_train_step(loss_fn, tx, schedule):
-  def step(state, batch):
+@functools.lru_cache(maxsize=8)
+def make_train_step(loss_fn, tx):
+  """step(state, batch, schedule) of `loss_fn` under `tx`: one function object per pair."""
+  def step(state, batch, schedule):
     rng = jax.random.fold_in(state["rng"], state["step"])
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    lr = optim.learning_rate(state["step"], schedule)
     new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
-                     params=optax.apply_updates(state["params"], updates))
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                       "learning_rate": schedule(state["step"])}
+                     params=optax.apply_updates(state["params"], optax.tree.scale(lr, updates)))
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
   return step
 
 
+@functools.lru_cache(maxsize=8)
 def make_state_initializer(tx, seed: int):
   """params -> the step-0 train state (jit it with out_shardings)."""
   train_rng = jax.random.split(jax.random.PRNGKey(seed))[1]
@@ -77,10 +84,11 @@ def abstract_params(task: Task):
   return jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
 
 
-def compile_train_step(task: Task, tx, schedule, state_shardings, mesh):
-  """The jitted, sharded, state-donating step."""
-  return jax.jit(make_train_step(task.loss_fn, tx, schedule),
-                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+def compile_train_step(task: Task, tx, state_shardings, mesh):
+  """The jitted, sharded, state-donating step(state, batch, schedule)."""
+  return jax.jit(make_train_step(task.loss_fn, tx),
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh),
+                               parallel.replicated(mesh)),
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
@@ -170,8 +178,9 @@ def train(task: Task, config, workdir: str) -> dict:
   steps_per_epoch = task.num_examples / config.batch_size
   total_steps = config.total_steps or max(1, config.get("min_steps", 0),
                                           int(config.num_epochs * steps_per_epoch))
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
-  tx = optim.make_optimizer(config, schedule)
+  tx = optim.make_optimizer(config)
+  schedule = jax.tree.map(lambda x: parallel.global_batch(x, parallel.replicated(mesh)),
+                          optim.schedule(config, steps_per_epoch, total_steps))
   init_state = make_state_initializer(tx, config.seed)
   abstract_state = jax.eval_shape(init_state, abstract_params(task))
   shardings = parallel.state_shardings(abstract_state, mesh)
@@ -191,7 +200,7 @@ def train(task: Task, config, workdir: str) -> dict:
                task.num_examples, config.batch_size, per_host_batch, total_steps,
                n_params / 1e6, dict(mesh.shape))
 
-  train_step = compile_train_step(task, tx, schedule, shardings, mesh)
+  train_step = compile_train_step(task, tx, shardings, mesh)
   start = int(state["step"])
   logger = _Logger(workdir, total_steps, start, config.batch_size)
   best_so_far = _best_record(workdir)
@@ -219,7 +228,7 @@ def train(task: Task, config, workdir: str) -> dict:
   for step in range(start + 1, total_steps + 1):
     batch = jax.tree.map(lambda x: parallel.global_batch(x, batch_sharding),
                          next(data_iterator))
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, batch, schedule)
     pending.append(metrics)
     is_last = step == total_steps
     if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:

@@ -1,5 +1,16 @@
-"""AdamW with linear warm-up and a half-cycle cosine to zero, stepped every iteration."""
+"""AdamW with linear warm-up and a half-cycle cosine to zero, stepped every iteration.
+
+The schedule is data, not code: `schedule()` gives its peak and lengths as numbers that the train
+step takes as an argument and `learning_rate()` reads. The compiled step therefore does not
+depend on a run's length, and the many runs of a fine-tuning protocol share one compilation.
+The optimizer itself works at unit learning rate; the step scales its update.
+"""
+import functools
+
 import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
 
 
@@ -11,10 +22,26 @@ def peak_learning_rate(config) -> float:
   return lr
 
 
-def learning_rate_schedule(config, steps_per_epoch: float, total_steps: int) -> optax.Schedule:
+def schedule(config, steps_per_epoch: float, total_steps: int) -> dict:
+  """{peak, warmup_steps, total_steps} of a run, as arrays for the train step."""
   warmup = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total_steps)
-  return optax.warmup_cosine_decay_schedule(0.0, peak_learning_rate(config), warmup,
-                                            max(total_steps, warmup + 1), end_value=0.0)
+  return {"peak": np.float32(peak_learning_rate(config)), "warmup_steps": np.int32(warmup),
+          "total_steps": np.int32(max(total_steps, warmup + 1))}
+
+
+def learning_rate(step, schedule: dict):
+  """Linear warm-up from 0 to the peak, then a half cosine to 0 at total_steps.
+
+  The curve of optax.warmup_cosine_decay_schedule(0, peak, warmup, total, end_value=0), with
+  every length a traced value.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  warmup = schedule["warmup_steps"].astype(jnp.float32)
+  total = schedule["total_steps"].astype(jnp.float32)
+  peak = schedule["peak"]
+  progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+  return jnp.where(step < warmup, peak * step / jnp.maximum(warmup, 1.0),
+                   0.5 * peak * (1.0 + jnp.cos(jnp.pi * progress)))
 
 
 def decay_mask(params):
@@ -49,11 +76,19 @@ def layer_decay_scales(params, decay: float):
   return jax.tree.map(lambda i: decay ** (top - i), ids)
 
 
-def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """AdamW; with optim.layer_decay < 1 (fine-tuning) each update is scaled by its depth's
-  factor, as in BEiT / MAE fine-tuning, so pretrained early layers move least."""
-  o = config.optim
-  tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW at unit learning rate (the step multiplies by `learning_rate`); with
+  optim.layer_decay < 1 (fine-tuning) each update is scaled by its depth's factor, as in BEiT /
+  MAE fine-tuning, so pretrained early layers move least.
+
+  One object per optimizer recipe, so that runs with the same recipe reuse one traced step.
+  """
+  return _optimizer(ml_collections.FrozenConfigDict(config.optim))
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer(o: ml_collections.FrozenConfigDict) -> optax.GradientTransformation:
+  tx = optax.adamw(1.0, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                    mask=None if o.decay_norms_biases else decay_mask)
   if o.get("layer_decay", 1.0) < 1.0:
     def scale(updates, state, params=None):

@@ -9,7 +9,6 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from data_pipelines import pretrain_input, records, sample
 from vismae_jax import augment, config_lib, figures, parallel, preprocess
@@ -112,7 +111,7 @@ def make_task(config, workdir: str) -> loop.Task:
   pictures = figure_batch(data_dir, config)
   figure_path = os.path.join(workdir, "reconstructions.png")
   mesh = parallel.make_mesh(config.mesh)
-  replicated = NamedSharding(mesh, P())
+  replicated = parallel.replicated(mesh)
   draw = jax.jit(lambda params, images: reconstruct(
       model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)
 
