@@ -145,7 +145,7 @@ def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
   """`cpu`: 64 px models for 2-core machines (Swin-UNet 0.44M, classifier 0.31M parameters).
 
   cpu shortens the schedules (segmentation 30 epochs, classification 40, at least 400 steps) so
-  that the 80 runs of the label-efficiency protocol take about 80 minutes on 2 cores, and
+  that the 80 runs of the label-efficiency protocol take about an hour on 2 cores, and
   classification uses layer-wise lr decay 0.65, which kept more of the pretrained encoder
   (2-fold check: AUC 0.80 vs 0.76 at 100% of the labels).
   """
