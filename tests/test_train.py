@@ -67,15 +67,19 @@ def test_two_processes_match_one(tmp_path):
   steps = ["--config.total_steps=3", "--config.log_every=1"]
   run_main(str(tmp_path / "one"), *steps)
   workdir, port = str(tmp_path / "two"), free_port()
+  # Output to files, not pipes: a process blocked on a full pipe that nobody reads yet would
+  # stall the other at its first collective.
+  logs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]
   procs = [subprocess.Popen(
       main_command(workdir, *steps, "--config.mesh.data=2", "--config.mesh.fsdp=2",
                    f"--coordinator_address=localhost:{port}", "--num_processes=2",
                    f"--process_id={i}"),
-      cwd=ROOT, env=main_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=main_env(devices=2), stdout=logs[i], stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+  for p, log in zip(procs, logs):
+    p.wait(timeout=600)
+    log.seek(0)
+    assert p.returncode == 0, log.read()[-3000:]
   np.testing.assert_allclose(losses(workdir), losses(tmp_path / "one"), rtol=2e-5)
   assert os.path.exists(os.path.join(workdir, "checkpoints", "3", "state"))
 
