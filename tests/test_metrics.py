@@ -18,6 +18,10 @@ def test_segmentation_scores_by_hand():
   np.testing.assert_allclose(scores["dice"][:, 0], [2 * 2 / (3 + 4), np.nan])  # nothing to find
   np.testing.assert_allclose(scores["precision"][:, 0], [2 / 3, 0.0])
   np.testing.assert_allclose(scores["recall"][:, 0], [2 / 4, np.nan])
+  without_distances = metrics.segmentation_scores(pred, target, num_classes=2, hd95=False)
+  assert without_distances.keys() == {"dice", "precision", "recall"}
+  for name, values in without_distances.items():
+    np.testing.assert_array_equal(values, scores[name])
   multi = metrics.segmentation_scores(np.array([[[1, 2]]]), np.array([[[1, 1]]]), 3)
   np.testing.assert_allclose(multi["dice"], [[2 / 3, np.nan]])  # class 2 absent: left out
 

@@ -177,7 +177,7 @@ def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
     predictions = predict_all(fns.predict, params, val_examples, config.eval_batch_size)
     if seg:
       scores = metrics.segmentation_scores(predictions, val_examples["mask"],
-                                           config.finetune.num_classes)
+                                           config.finetune.num_classes, hd95=False)
       return {metric: float(np.nanmean(scores["dice"]))}
     try:
       return {metric: float(metrics.classification_scores(val_examples["label"],
