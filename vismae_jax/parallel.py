@@ -40,6 +40,12 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
     return
   logging.info("process %d of %d, %d local of %d devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.default_backend() == "cpu":
+    # Only process 0 reads and writes JAX's persistent compilation cache: on a rerun it loads
+    # its executables while the others compile, and the first cross-process collective fails
+    # once Gloo has waited its fixed 30 s (jax 0.10). Every process compiles instead.
+    jax.config.update("jax_enable_compilation_cache", False)
+    logging.info("persistent compilation cache off: CPU processes must compile in step")
 
 
 def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
