@@ -20,6 +20,9 @@ Variants:
 - `full`: the paper's models at 224 px with one input channel and bf16 compute (release
   SwinMAE at batch 256, Swin-UNet 2,2,6,2 filled from it, Swin classifier), 800 pretraining
   epochs, the release's fine-tuning recipes: for a GPU.
+- `tiny`: the configs' `tiny` variants (cpu models, 20 pretraining and 40 fine-tuning steps): a
+  check that every stage runs and the JSON is complete, in about two minutes; the numbers mean
+  nothing.
 Pretraining draws ultrasound and X-ray images equally (`data.mixture`), so that the 780 BUSI
 images are not drowned by the 3,957 chest X-rays. Every stage resumes: rerun the same command
 with the same `--scratch` after an interruption.
@@ -35,11 +38,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+# The config variants (configs/*.py:<variant>) that each benchmark variant starts from.
+PRETRAIN_VARIANT = {"cpu": "sample", "full": "", "tiny": "tiny"}
+FINETUNE_VARIANT = {"cpu": "cpu", "full": "", "tiny": "tiny"}
 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--variant", default="cpu", choices=["cpu", "full"])
+  p.add_argument("--variant", default="cpu", choices=list(PRETRAIN_VARIANT))
   p.add_argument("--datasets", default=DATASETS, help="folder with busi/ and chest_xray_pneumonia/")
   p.add_argument("--scratch", default="/tmp/vismae_label_efficiency")
   p.add_argument("--fractions", default="0.1,0.25,0.5,1.0")
@@ -79,12 +85,12 @@ def malignancy_csv(busi: str, path: str) -> str:
 def pretrain(args, shards: str, workdir: str) -> str:
   from vismae_jax import config_lib
   from vismae_jax.train import loop, pretrain as pretrain_task
-  config = config_lib.pretrain(variant="sample" if args.variant == "cpu" else "")
+  config = config_lib.pretrain(variant=PRETRAIN_VARIANT[args.variant])
   config.data.source, config.data.path = "shards", shards
   config.data.mixture.update(US=1.0, XR=1.0)
   if args.variant == "cpu":
     config.total_steps, config.checkpoint_every = 6000, 1000
-  else:
+  elif args.variant == "full":
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
   config.total_steps = args.pretrain_steps or config.total_steps
   config.batch_size = args.pretrain_batch or config.batch_size
@@ -94,7 +100,7 @@ def pretrain(args, shards: str, workdir: str) -> str:
 
 def finetune_config(args, kind: str, csv_path: str, pretrained: str):
   from vismae_jax import config_lib
-  config = config_lib.finetune(kind, variant="cpu" if args.variant == "cpu" else "")
+  config = config_lib.finetune(kind, variant=FINETUNE_VARIANT[args.variant])
   if args.variant == "full":
     config.model.in_chans, config.dtype = 1, "bfloat16"
     config.finetune.fill_deeper = kind == "segmentation"
@@ -132,7 +138,7 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.scratch, "compile_cache"))
   log = open(os.path.join(args.scratch, "runs.log"), "a")  # the runs' own closing lines
   t0 = time.perf_counter()
-  size = 64 if args.variant == "cpu" else 224
+  size = 224 if args.variant == "full" else 64
   farm, shards = os.path.join(args.scratch, "images"), os.path.join(args.scratch, "shards")
   link_images(args.datasets, farm)
   ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",

@@ -1,12 +1,13 @@
 """Benchmarks keep their contract: one summary line and the documented JSON fields."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, main_env
+from conftest import ROOT, main_env, shared_dataset
 
 TRAIN_THROUGHPUT_FIELDS = {"img_per_s", "step_s_median", "batch", "image_size", "dtype",
                            "devices", "backend"}
@@ -49,3 +50,43 @@ def test_data_throughput_prints_one_line_and_writes_json(tmp_path):
   assert DATA_THROUGHPUT_FIELDS <= set(result)
   assert result["grain_img_per_s"] > 0 and result["png_img_per_s"] > 0
   assert result["ingest_runs"][0]["files"] == 20 and result["ingest_files_per_s"] > 0
+
+
+def subset_datasets(root, every: dict) -> str:
+  """../shared/datasets cut down to every n-th row of each labels.csv, images linked."""
+  for name, n in every.items():
+    source = shared_dataset(name)
+    os.makedirs(root / name)
+    with open(os.path.join(source, "labels.csv")) as f:
+      lines = f.readlines()
+    (root / name / "labels.csv").write_text("".join([lines[0], *lines[1::n]]))
+    for folder in ("images", "masks"):
+      if os.path.isdir(os.path.join(source, folder)):
+        os.symlink(os.path.join(source, folder), root / name / folder)
+  return str(root)
+
+
+def test_label_efficiency_prints_one_line_and_writes_the_documented_json(tmp_path):
+  """Every stage (ingest, pretraining, both protocols) on a sixth of BUSI: about 2.5 minutes."""
+  if not importlib.util.find_spec("apache_beam"):
+    pytest.skip("ingest needs the [ingest] extra")
+  datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
+  out = tmp_path / "le.json"
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/label_efficiency.py", "--variant=tiny", "--max_folds=2",
+       "--fractions=1.0", f"--datasets={datasets}", f"--scratch={tmp_path / 'scratch'}",
+       f"--json={out}"],
+      cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [line for line in proc.stdout.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("label_efficiency (tiny, pretrained vs random)")
+  result = json.loads(out.read_text())
+  assert result["variant"] == "tiny" and result["image_size"] == 64
+  for task, metric in (("busi_seg", "dice"), ("busi_cls", "roc_auc")):
+    r = result[task]
+    assert r["metric"] == metric and r["fractions"] == [1.0]
+    for init in ("pretrained", "random"):
+      entry = r[init]["1.0"]
+      assert len(entry["per_fold"]) == 2 and all(0 <= v <= 1 for v in entry["per_fold"])
+      assert entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1]
+    assert 0 <= r["p_values"]["1.0"] <= 1
