@@ -149,7 +149,8 @@ def main(argv):
   batch = parallel.global_batch(local, parallel.batch_sharding(mesh))
 
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch, schedule).compile()
+  with jax.set_mesh(mesh):  # as loop.train traces it
+    compiled = step.lower(state, batch, schedule).compile()
   compile_s = time.perf_counter() - t0
   flops = step_flops(model, config, tx, schedule, state, batch, argv)
 

@@ -25,10 +25,14 @@ def main_env(devices: int = 1):
 
 
 def run_main(workdir, *overrides, devices=1, config="configs/generic.py:tiny", check=True,
-             timeout=600):
-  """Runs `python -m vismae_jax.main` to completion; returns the CompletedProcess."""
-  proc = subprocess.run(main_command(workdir, *overrides, config=config), cwd=ROOT,
-                        env=main_env(devices), capture_output=True, text=True, timeout=timeout)
+             timeout=600, cache=True):
+  """Runs `python -m vismae_jax.main` to completion; returns the CompletedProcess.
+
+  cache=False compiles everything afresh, so that the compiler's warnings are in its stderr.
+  """
+  env = dict(main_env(devices), **({} if cache else {"JAX_ENABLE_COMPILATION_CACHE": "false"}))
+  proc = subprocess.run(main_command(workdir, *overrides, config=config), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return proc

@@ -3,7 +3,8 @@
 The same code runs on one CPU, eight local devices and many hosts: nothing here assumes
 process_count() == 1. Batches are split over every device (the `data` and `fsdp` axes);
 parameters and optimizer state are replicated, or with an `fsdp` axis > 1 sharded along
-their largest dimension that the axis divides (big_vision's FSDP rule).
+their largest dimension that the axis divides (big_vision's FSDP rule), activations then pinned
+to the batch layout (constrain_batch).
 """
 import os
 
@@ -79,6 +80,22 @@ def state_shardings(abstract_state, mesh):
   fsdp_size = mesh.shape["fsdp"]
   return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp_size)),
                       abstract_state)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """`x` split along its first (batch) dimension over every device of the mesh in context.
+
+  Why: with FSDP the parameters are sharded along feature dimensions, and XLA's sharding
+  propagation carries that layout into the activations, then undoes it around reshapes by
+  gathering whole tensors ("involuntary full rematerialization"). The models pin their block
+  outputs to the batch layout with this. A no-op without FSDP (replicated parameters need no
+  help), where no mesh is set (`jax.set_mesh`: the training step sets one) or where the batch
+  does not split evenly.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.shape.get("fsdp", 1) == 1 or x.shape[0] % mesh.size:
+    return x
+  return jax.lax.with_sharding_constraint(x, BATCH_SPEC)
 
 
 def batch_sharding(mesh) -> NamedSharding:

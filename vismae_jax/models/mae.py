@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vismae_jax import parallel
 from vismae_jax.models import swin
 
 
@@ -83,4 +84,4 @@ class SwinMAE(swin.SwinBackbone):
                          name=f"layers_up_{j}")(x, deterministic)
     x = swin.layer_norm("norm_up", self.dtype)(x)
     pred = swin.dense(self.patch_size ** 2 * self.in_chans, "decoder_pred", self.dtype)(x)
-    return pred.astype(jnp.float32)
+    return parallel.constrain_batch(pred.astype(jnp.float32))

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vismae_jax import parallel
+
 LN_EPS = 1e-6
 # Between-region entries of the shifted-window mask: the release uses -100, not -inf.
 SHIFT_MASK_VALUE = -100.0
@@ -184,7 +186,7 @@ class SwinBlock(nn.Module):
     x = shortcut + DropPath(self.drop_path)(x, deterministic)
     y = Mlp(self.dim, int(self.dim * self.mlp_ratio), self.dtype,
             name="mlp")(layer_norm("norm2", self.dtype)(x))
-    return x + DropPath(self.drop_path)(y, deterministic)
+    return parallel.constrain_batch(x + DropPath(self.drop_path)(y, deterministic))
 
 
 def _torch_default_bias_init(fan_in):
@@ -210,7 +212,7 @@ class PatchEmbed(nn.Module):
                 dtype=self.dtype, name="proj",
                 kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
                 bias_init=_torch_default_bias_init(fan_in))(x)
-    return layer_norm("norm", self.dtype)(x)
+    return parallel.constrain_batch(layer_norm("norm", self.dtype)(x))
 
 
 class PatchMerging(nn.Module):
@@ -223,7 +225,8 @@ class PatchMerging(nn.Module):
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                         axis=-1)
     x = layer_norm("norm", self.dtype)(x)
-    return dense(2 * self.dim, "reduction", self.dtype, use_bias=False)(x)
+    x = dense(2 * self.dim, "reduction", self.dtype, use_bias=False)(x)
+    return parallel.constrain_batch(x)
 
 
 class PatchExpand(nn.Module):
@@ -239,7 +242,7 @@ class PatchExpand(nn.Module):
     x = dense(s * s * self.out_dim, "expand", self.dtype, use_bias=False)(x)
     x = x.reshape(b, h, w, s, s, self.out_dim).transpose(0, 1, 3, 2, 4, 5)
     x = x.reshape(b, h * s, w * s, self.out_dim)
-    return layer_norm("norm", self.dtype)(x)
+    return parallel.constrain_batch(layer_norm("norm", self.dtype)(x))
 
 
 class SwinStage(nn.Module):

@@ -228,7 +228,8 @@ def train(task: Task, config, workdir: str) -> dict:
   for step in range(start + 1, total_steps + 1):
     batch = jax.tree.map(lambda x: parallel.global_batch(x, batch_sharding),
                          next(data_iterator))
-    state, metrics = train_step(state, batch, schedule)
+    with jax.set_mesh(mesh):  # the models pin activations to the batch layout (FSDP)
+      state, metrics = train_step(state, batch, schedule)
     pending.append(metrics)
     is_last = step == total_steps
     if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
