@@ -46,7 +46,8 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
     # its executables while the others compile, and the first cross-process collective fails
     # once Gloo has waited its fixed 30 s (jax 0.10). Every process compiles instead.
     jax.config.update("jax_enable_compilation_cache", False)
-    logging.info("persistent compilation cache off: CPU processes must compile in step")
+    logging.info("persistent compilation cache off: every CPU process compiles, so that all "
+                 "reach the first collective together")
 
 
 def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
