@@ -8,12 +8,16 @@ tasks, 0/1 flags separated by `|` (e.g. the 14 NIH chest X-ray findings). Option
 release_fold_tables), and (b) any folder + CSV, which tfds_builders turns into a TFDS dataset.
 
 `ExampleSource` reads and letterboxes examples on demand: a random-access source for grain.
+A row whose image or mask cannot be read (missing, corrupt, a mask of another size than its
+image) raises `UnreadableExample` naming the file; `load_readable` leaves such rows out and
+lists them, so that one bad file among thousands does not stop a protocol.
 """
 import csv
 import dataclasses
 import os
 
 import numpy as np
+import tqdm
 from PIL import Image
 
 from data_pipelines import readers
@@ -83,6 +87,10 @@ def load_mask(path: str, size: int) -> np.ndarray:
   return readers.letterbox(mask, size, Image.NEAREST)
 
 
+class UnreadableExample(Exception):
+  """A row whose image or mask cannot be used; the message names the file and the problem."""
+
+
 class ExampleSource:
   """Random-access examples {"image", "label"[, "mask"]} at size x size, uint8 pixels."""
 
@@ -94,8 +102,36 @@ class ExampleSource:
 
   def __getitem__(self, i):
     i = int(i)
-    example = {"image": load_image(self.table.images[i], self.size),
-               "label": self.table.labels[i]}
-    if self.table.masks is not None:
-      example["mask"] = load_mask(self.table.masks[i], self.size)
+    path = self.table.images[i]
+    try:
+      example = {"image": load_image(path, self.size), "label": self.table.labels[i]}
+      if self.table.masks is not None:
+        path = self.table.masks[i]
+        with Image.open(self.table.images[i]) as img, Image.open(path) as mask:
+          if img.size != mask.size:
+            raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} pixels, its image "
+                             f"{img.size[0]}x{img.size[1]}")
+        example["mask"] = load_mask(path, self.size)
+    except Exception as e:  # whatever the decoder raises (OSError, SyntaxError, ...)
+      raise UnreadableExample(f"{path}: {e or type(e).__name__}") from e
     return example
+
+
+def load_readable(table: Table, size: int) -> tuple[dict, np.ndarray, list[dict]]:
+  """Every readable example in memory, letterboxed (fine-tuning sets are small).
+
+  Returns the stacked examples, the indices of their rows in `table`, and the rows left out as
+  {"line": CSV line number, "problem": message naming the file}. Fails when no row is readable,
+  which is a wrong path rather than a bad file.
+  """
+  source, rows, kept, skipped = ExampleSource(table, size), [], [], []
+  for i in tqdm.trange(len(table), desc="reading examples", unit="image", leave=False):
+    try:
+      rows.append(source[i])
+      kept.append(i)
+    except UnreadableExample as e:
+      skipped.append({"line": i + 2, "problem": str(e)})  # line 1 is the header
+  if not rows:
+    raise ValueError(f"none of the {len(table)} rows could be read; the first: "
+                     f"{skipped[0]['problem']}")
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, np.array(kept), skipped

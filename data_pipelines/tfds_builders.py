@@ -8,6 +8,7 @@ files, so `tfds.data_source(...)` (or `load_source` below) feeds grain with rand
 TensorFlow. Features: `image`, `label` (class index, or multi-label flags), `mask` when the CSV
 has one, `patient_key` (hashed as in ingest when the CSV has one, else the image's own key),
 `fold` (-1 when absent). Splits come from the CSV's `split` column, else everything is `train`.
+A row whose image or mask cannot be read is left out with a warning naming the file.
 """
 import argparse
 import os
@@ -15,6 +16,7 @@ import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data_pipelines import downstream, records
 
@@ -59,7 +61,11 @@ class FolderCsv(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, table, indices):
     source = downstream.ExampleSource(table, self.builder_config.size)
     for i in indices:
-      example = source[i]
+      try:
+        example = source[i]
+      except downstream.UnreadableExample as e:
+        logging.warning("%s line %d left out: %s", self.builder_config.csv_path, i + 2, e)
+        continue
       patient = table.groups[i] if table.groups is not None else table.images[i]
       example["patient_key"] = records.salted_hash(str(patient), self.builder_config.salt)
       example["fold"] = int(table.folds[i]) if table.folds is not None else -1

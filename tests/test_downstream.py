@@ -86,6 +86,43 @@ def test_read_table_multilabel_and_errors(tmp_path):
     downstream.read_table(str(tmp_path / "bad.csv"))
 
 
+def write_png(path, array):
+  from PIL import Image
+  Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+def test_unreadable_rows_are_left_out_and_listed_by_file(tmp_path):
+  write_png(tmp_path / "good.png", np.random.default_rng(0).integers(0, 256, (48, 40)))
+  write_png(tmp_path / "good_mask.png", np.pad(np.full((8, 8), 255), ((20, 20), (16, 16))))
+  write_png(tmp_path / "wide_mask.png", np.zeros((48, 41)))
+  with open(tmp_path / "good.png", "rb") as f:
+    (tmp_path / "truncated.png").write_bytes(f.read()[:1000])  # of ~2 KB of noise
+  (tmp_path / "text.png").write_text("not an image")
+  (tmp_path / "labels.csv").write_text(
+      "image,mask\ngood.png,good_mask.png\nmissing.png,good_mask.png\ntruncated.png,good_mask.png\n"
+      "text.png,good_mask.png\ngood.png,wide_mask.png\ngood.png,good_mask.png\n")
+  table = downstream.read_table(str(tmp_path / "labels.csv"))
+  examples, readable, skipped = downstream.load_readable(table, 32)
+  np.testing.assert_array_equal(readable, [0, 5])
+  assert examples["image"].shape == examples["mask"].shape == (2, 32, 32)
+  assert examples["mask"].sum() > 0
+  assert [row["line"] for row in skipped] == [3, 4, 5, 6]
+  problems = [row["problem"] for row in skipped]
+  assert "missing.png" in problems[0] and "No such file" in problems[0]
+  assert problems[1].startswith(str(tmp_path / "truncated.png") + ":")
+  assert "text.png" in problems[2] and "cannot identify image file" in problems[2]
+  assert problems[3] == f"{tmp_path / 'wide_mask.png'}: the mask is 41x48 pixels, its image 40x48"
+  pytest.importorskip("tensorflow_datasets")
+  from data_pipelines import tfds_builders  # the TFDS builder leaves the same rows out
+  source = tfds_builders.load_source("bad_rows", str(tmp_path / "labels.csv"),
+                                     str(tmp_path / "tfds"), size=32)
+  assert len(source) == 2
+  np.testing.assert_array_equal(source[1]["mask"], examples["mask"][1])
+  (tmp_path / "none.csv").write_text("image,label\nmissing.png,0\ntext.png,1\n")
+  with pytest.raises(ValueError, match="none of the 2 rows could be read; the first: .*missing"):
+    downstream.load_readable(downstream.read_table(str(tmp_path / "none.csv")), 32)
+
+
 def test_tfds_builders_for_busi_and_chest_xray(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   from data_pipelines import tfds_builders

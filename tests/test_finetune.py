@@ -1,4 +1,5 @@
 """Fine-tuning end to end on real BUSI images: the protocol, its report, and its errors."""
+import csv
 import json
 import os
 
@@ -30,9 +31,26 @@ def test_fine_tuning_improves_validation_dice_over_its_first_evaluation(tmp_path
     assert json.load(f)["val_dice"] == pytest.approx(max(dice))
 
 
+def busi_with_bad_rows(folder) -> str:
+  """BUSI's CSV (paths made absolute) with a truncated image and a missing mask appended."""
+  busi = shared_dataset("busi")
+  with open(os.path.join(busi, "labels.csv"), newline="") as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    row["image"], row["mask"] = (os.path.join(busi, row[k]) for k in ("image", "mask"))
+  with open(rows[0]["image"], "rb") as f:
+    (folder / "truncated.png").write_bytes(f.read()[:5000])
+  rows += [{**rows[0], "image": "truncated.png"}, {**rows[1], "mask": "missing_mask.png"}]
+  with open(folder / "labels.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, rows[0].keys())
+    writer.writeheader()
+    writer.writerows(rows)
+  return str(folder / "labels.csv")
+
+
 def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretrained):
-  csv_path = os.path.join(shared_dataset("busi"), "labels.csv")
-  workdir = str(tmp_path)
+  csv_path = busi_with_bad_rows(tmp_path)
+  workdir = str(tmp_path / "protocol")
   args = (f"--config.data.csv={csv_path}", "--config.protocol.max_folds=2",
           "--config.total_steps=20", f"--config.finetune.pretrained={pretrained}",
           "--config.finetune.fill_deeper=True", "--config.protocol.compare_random=True",
@@ -54,6 +72,11 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretr
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   with open(os.path.join(workdir, "report.md")) as f:
     assert "| hd95 |" in f.read()
+  # The two bad rows are left out, named in the log and listed in the report.
+  assert [row["line"] for row in report["skipped_rows"]] == [782, 783]
+  assert "truncated.png: image file is truncated" in report["skipped_rows"][0]["problem"]
+  assert "missing_mask.png" in report["skipped_rows"][1]["problem"]
+  assert "2 of 782 rows of" in proc.stderr and "line 783 left out" in proc.stderr
   again = run_main(workdir, *args, config=SEG)  # a finished protocol is not trained again
   assert "Done:" not in again.stdout and "Report: json:" in again.stdout
 

@@ -31,13 +31,6 @@ INITS = ("pretrained", "random")
 SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
 
 
-def load_examples(table: downstream.Table, size: int) -> dict:
-  """Every example of the table in memory, letterboxed: fine-tuning sets are small."""
-  source = downstream.ExampleSource(table, size)
-  rows = [source[i] for i in range(len(source))]
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
 def stratification_labels(table: downstream.Table) -> np.ndarray:
   """Class per case for stratified splits (multi-label: the first positive flag, or none)."""
   labels = table.labels
@@ -173,6 +166,9 @@ def write_report(config, workdir: str, summary: dict) -> dict:
         lines.append(f"| {fraction:.0%} | {init} | {e['mean']:.4f} | {e['ci95'][0]:.4f}-"
                      f"{e['ci95'][1]:.4f} | {e['pooled_bootstrap_ci95'][0]:.4f}-"
                      f"{e['pooled_bootstrap_ci95'][1]:.4f} | {p_text} | {e[second]:.4f} |")
+  if summary["skipped_rows"]:
+    lines.append(f"\n{len(summary['skipped_rows'])} rows of {config.data.csv} could not be read "
+                 "and were left out (`skipped_rows` in report.json).")
   with open(paths["markdown"], "w") as f:
     f.write(f"# {config.finetune.kind} fine-tuning: {name}\n\n" + "\n".join(lines) + "\n")
   figures.label_efficiency_curve(summary, paths["curve"])
@@ -186,7 +182,13 @@ def run(config, workdir: str) -> dict:
   if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
   table = downstream.read_table(config.data.csv)
-  examples = load_examples(table, config.input.image_size)
+  examples, readable, skipped = downstream.load_readable(table, config.input.image_size)
+  table = table.subset(readable)
+  for row in skipped[:5]:
+    logging.warning("%s line %d left out: %s", config.data.csv, row["line"], row["problem"])
+  if skipped:
+    logging.warning("%d of %d rows of %s left out (unreadable); the report lists them",
+                    len(skipped), len(skipped) + len(table), config.data.csv)
   inits = INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
       ("pretrained",) if config.finetune.pretrained else ("random",))
   plan = [(fold, fraction, init, subset, val, test)
@@ -206,7 +208,7 @@ def run(config, workdir: str) -> dict:
     result = run_one(config, name, workdir, examples, subset, val, test, init)
     results.append({**result, "fold": fold, "fraction": fraction})
     bar.set_postfix_str(f"{name}: {result['metric']:.3f}")
-  summary = summarize(config, results)
+  summary = {**summarize(config, results), "skipped_rows": skipped}
   if jax.process_index() == 0:
     paths = write_report(config, workdir, summary)
     if config.finetune.kind == finetune.SEGMENTATION:  # the most labels, pretrained if run
