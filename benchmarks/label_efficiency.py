@@ -16,7 +16,7 @@ Variants:
 - `cpu`: 64 px grey inputs and the 0.42M-parameter SwinMAE of `configs/generic.py:sample`
   (embed 16, depths 2,1,1,1, window 4, 8 px mask units), 6,000 pretraining steps of batch 16,
   the fine-tuning `cpu` variant (segmentation 30 epochs, classification 40 with layer-wise lr
-  decay 0.65, each run at least 400 steps): about 70 minutes on 2 cores (the README has the results).
+  decay 0.65, each run at least 400 steps): an hour on 2 cores (the README has the results).
 - `full`: the paper's models at 224 px with one input channel and bf16 compute (release
   SwinMAE at batch 256, Swin-UNet 2,2,6,2 filled from it, Swin classifier), 800 pretraining
   epochs, the release's fine-tuning recipes: for a GPU.
