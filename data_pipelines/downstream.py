@@ -75,16 +75,10 @@ def release_fold_tables(folder: str, fold: int) -> dict[str, Table]:
           for split in ("train", "val", "test")}
 
 
-def load_image(path: str, size: int) -> np.ndarray:
+def read_grey(path: str) -> np.ndarray:
+  """(H, W) uint8 pixels at the file's resolution."""
   with Image.open(path) as img:
-    return readers.letterbox(np.asarray(img.convert("L")), size)
-
-
-def load_mask(path: str, size: int) -> np.ndarray:
-  """0/1 uint8 mask letterboxed with nearest neighbours, aligned with load_image."""
-  with Image.open(path) as img:
-    mask = (np.asarray(img.convert("L")) > 127).astype(np.uint8)
-  return readers.letterbox(mask, size, Image.NEAREST)
+    return np.asarray(img.convert("L"))
 
 
 class UnreadableExample(Exception):
@@ -104,14 +98,16 @@ class ExampleSource:
     i = int(i)
     path = self.table.images[i]
     try:
-      example = {"image": load_image(path, self.size), "label": self.table.labels[i]}
+      image = read_grey(path)
+      example = {"image": readers.letterbox(image, self.size), "label": self.table.labels[i]}
       if self.table.masks is not None:
         path = self.table.masks[i]
-        with Image.open(self.table.images[i]) as img, Image.open(path) as mask:
-          if img.size != mask.size:
-            raise ValueError(f"the mask is {mask.size[0]}x{mask.size[1]} pixels, its image "
-                             f"{img.size[0]}x{img.size[1]}")
-        example["mask"] = load_mask(path, self.size)
+        mask = (read_grey(path) > 127).astype(np.uint8)
+        if mask.shape != image.shape:
+          raise ValueError(f"the mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
+                           f"{image.shape[1]}x{image.shape[0]}")
+        # Nearest neighbours keep the mask 0/1 and aligned with the letterboxed image.
+        example["mask"] = readers.letterbox(mask, self.size, Image.NEAREST)
     except Exception as e:  # whatever the decoder raises (OSError, SyntaxError, ...)
       raise UnreadableExample(f"{path}: {e or type(e).__name__}") from e
     return example
