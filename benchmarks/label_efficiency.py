@@ -11,6 +11,8 @@ r"""The paper's central claim on open data: self-pretraining helps most when lab
 3. Print one summary line; `--json` writes, for `busi_seg` (Dice) and `busi_cls` (ROC AUC), the
    fractions and per fraction each initialisation's mean, 95% CI and per-fold values, plus the
    paired t-test p-value.
+`--tasks=busi_cls` runs one task only; `--freeze_encoder` trains only what follows the encoder
+(linear probing), which measures the pretrained representation itself against random features.
 
 Variants:
 - `cpu`: 64 px grey inputs and the 0.42M-parameter SwinMAE of `configs/generic.py:sample`
@@ -41,6 +43,7 @@ DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
 # The config variants (configs/*.py:<variant>) that each benchmark variant starts from.
 PRETRAIN_VARIANT = {"cpu": "sample", "full": "", "tiny": "tiny"}
 FINETUNE_VARIANT = {"cpu": "cpu", "full": "", "tiny": "tiny"}
+TASKS = ("busi_seg", "busi_cls")
 
 
 def parse_args(argv):
@@ -56,6 +59,10 @@ def parse_args(argv):
                  help="global pretraining batch (0: the variant's, 16 or 256); smaller for "
                       "accelerators with less memory")
   p.add_argument("--finetune_epochs", type=float, default=0.0, help="0: the variant's")
+  p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of "
+                 + ", ".join(TASKS))
+  p.add_argument("--freeze_encoder", action="store_true",
+                 help="train only what follows the encoder (linear probing of the classifier)")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -106,6 +113,7 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
     config.finetune.fill_deeper = kind == "segmentation"
   config.data.csv = csv_path
   config.finetune.pretrained = pretrained
+  config.finetune.freeze_encoder = args.freeze_encoder
   config.protocol.update(folds=args.folds, max_folds=args.max_folds, compare_random=True,
                          fractions=tuple(float(f) for f in args.fractions.split(",")))
   if args.finetune_epochs:
@@ -126,6 +134,9 @@ def task_result(summary: dict) -> dict:
 
 def main(argv):
   args = parse_args(argv)
+  names = args.tasks.split(",")
+  if set(names) - set(TASKS):
+    sys.exit(f"--tasks={args.tasks}: expected a comma-separated subset of {', '.join(TASKS)}")
   args.datasets, args.scratch = os.path.abspath(args.datasets), os.path.abspath(args.scratch)
   import jax
   from data_pipelines import ingest
@@ -150,8 +161,9 @@ def main(argv):
            "busi_cls": ("classification",
                         malignancy_csv(busi, os.path.join(args.scratch, "busi_malignancy.csv")))}
   result = {"variant": args.variant, "image_size": size, "folds": args.folds,
-            "max_folds": args.max_folds}
-  for name, (kind, csv_path) in tasks.items():
+            "max_folds": args.max_folds, "freeze_encoder": args.freeze_encoder}
+  for name in names:
+    kind, csv_path = tasks[name]
     config = finetune_config(args, kind, csv_path, pretrained)
     with contextlib.redirect_stdout(log):
       result[name] = task_result(evaluate.run(config, os.path.join(args.scratch, name)))
@@ -162,8 +174,10 @@ def main(argv):
     return ", ".join(f"{float(f):.0%} {r['pretrained'][str(f)]['mean']:.3f} vs "
                      f"{r['random'][str(f)]['mean']:.3f} (p={r['p_values'][str(f)] or 1:.2g})"
                      for f in r["fractions"])
-  print(f"label_efficiency ({args.variant}, pretrained vs random): BUSI Dice {line('busi_seg')}; "
-        f"malignancy AUC {line('busi_cls')}")
+  titles = {"busi_seg": "BUSI Dice", "busi_cls": "malignancy AUC"}
+  probe = ", frozen encoders" if args.freeze_encoder else ""
+  print(f"label_efficiency ({args.variant}{probe}, pretrained vs random): "
+        + "; ".join(f"{titles[n]} {line(n)}" for n in names))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)

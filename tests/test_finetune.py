@@ -81,6 +81,34 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretr
   assert "Done:" not in again.stdout and "Report: json:" in again.stdout
 
 
+def test_freeze_encoder_trains_only_what_follows_the_encoder(tmp_path, pretrained):
+  """Linear probing from the command line: the classifier's encoder ends as it was loaded."""
+  import jax
+  import numpy as np
+  from vismae_jax import checkpoint, config_lib
+  from vismae_jax.models import torch_names
+  from vismae_jax.train import finetune
+  csv_path = os.path.join(shared_dataset("busi"), "labels.csv")  # label: 3 classes
+  run_main(str(tmp_path), f"--config.data.csv={csv_path}", "--config.finetune.num_classes=3",
+           f"--config.finetune.pretrained={pretrained}", "--config.finetune.freeze_encoder=True",
+           "--config.protocol.max_folds=1", "--config.total_steps=20",
+           config="configs/finetune_cls.py:tiny")
+  source = torch_names.to_torch(checkpoint.load_params(pretrained), image_size=64)
+  tuned = torch_names.to_torch(checkpoint.load_params(
+      os.path.join(str(tmp_path), "runs", "pretrained_labels100_fold0")))
+  encoder = [n for n in tuned if n.startswith(("patch_embed.", "layers.")) and n in source]
+  assert len(encoder) > 20
+  for name in encoder:
+    np.testing.assert_array_equal(tuned[name], source[name], err_msg=name)
+  # The head learnt: it moved away from the random initialisation the run started from.
+  config = config_lib.finetune("classification", "tiny")
+  config.finetune.num_classes = 3
+  init = finetune.functions(config).init_params(
+      jax.random.split(jax.random.PRNGKey(config.seed))[0])
+  initial = torch_names.to_torch(jax.device_get(init))
+  assert np.abs(tuned["head.weight"] - initial["head.weight"]).max() > 1e-3
+
+
 def test_a_checkpoint_that_does_not_fit_fails_with_the_mismatches(tmp_path, pretrained):
   csv_path = os.path.join(shared_dataset("busi"), "labels.csv")
   proc = run_main(str(tmp_path), f"--config.data.csv={csv_path}",

@@ -101,16 +101,20 @@ def test_checkpoint_that_does_not_fit_fails_with_the_mismatches():
     transfer.transfer(source, target)
 
 
-def test_layer_decay_scales_follow_depth():
+def test_update_scales_follow_depth_and_freeze_the_encoder():
   from vismae_jax.train import optim
   params = random_params(unet.SwinUNet(), 224)
-  scales = optim.layer_decay_scales(params, 0.5)
+  scales = optim.update_scales(params, 0.5)
   top = 2 + 2 + 6 + 2 + 1
   assert scales["head"]["kernel"] == 1.0 and scales["patch_embed"]["proj"]["kernel"] == 0.5 ** top
   assert scales["encoder"]["layers_0"]["blocks_0"]["attn"]["qkv"]["kernel"] == 0.5 ** (top - 1)
   assert scales["encoder"]["layers_1"]["downsample"]["reduction"]["kernel"] == 0.5 ** (top - 4)
   assert scales["encoder"]["layers_3"]["blocks_1"]["mlp"]["fc1"]["kernel"] == 0.5
   assert scales["layers_up_0"]["blocks_0"]["norm1"]["scale"] == 1.0
+  frozen = optim.update_scales(params, freeze_encoder=True)
+  assert frozen["patch_embed"]["proj"]["kernel"] == 0.0
+  assert frozen["encoder"]["layers_3"]["blocks_1"]["mlp"]["fc1"]["kernel"] == 0.0
+  assert frozen["layers_up_0"]["blocks_0"]["norm1"]["scale"] == frozen["head"]["kernel"] == 1.0
 
 
 def test_microsoft_swin_t_checkpoint_fills_the_unet_encoder():

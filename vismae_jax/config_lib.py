@@ -115,9 +115,10 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
                  window=7, drop_path=0.1, remat=False)
   # pretrained: a pretraining workdir (its newest checkpoint), one checkpoint step directory, or
   # a PyTorch checkpoint (.pth / .safetensors: the release's, ours exported, Microsoft Swin-T);
-  # empty: random initialisation only.
+  # empty: random initialisation only. freeze_encoder: only what follows the encoder trains
+  # (linear probing of the classifier; the Swin-UNet's decoder), the representation test of MAE.
   c.finetune = dict(kind=kind, num_classes=2, pretrained="", encoder_only=False,
-                    fill_deeper=False)
+                    fill_deeper=False, freeze_encoder=False)
   c.input = dict(image_size=224, hflip=True)
   # data.csv: image,mask or image,label columns (data_pipelines/downstream.py).
   c.data = dict(csv="", workers=0)

@@ -70,29 +70,36 @@ def layer_ids(params) -> tuple[dict, int]:
   return jax.tree_util.tree_map_with_path(lambda path, _: layer(path), params), top
 
 
-def layer_decay_scales(params, decay: float):
-  """decay^(top - depth) per parameter: the head learns at the full rate, the stem slowest."""
+def update_scales(params, layer_decay: float = 1.0, freeze_encoder: bool = False):
+  """The factor on each parameter's update: layer_decay^(top - depth), so that the head learns at
+  the full rate and the stem slowest; with freeze_encoder, 0 below the top: the patch embedding
+  and the encoder stay as loaded (linear probing of a classifier, a frozen-encoder Swin-UNet)."""
   ids, top = layer_ids(params)
-  return jax.tree.map(lambda i: decay ** (top - i), ids)
+  return jax.tree.map(lambda i: 0.0 if freeze_encoder and i < top else layer_decay ** (top - i),
+                      ids)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW at unit learning rate (the step multiplies by `learning_rate`); with
-  optim.layer_decay < 1 (fine-tuning) each update is scaled by its depth's factor, as in BEiT /
-  MAE fine-tuning, so pretrained early layers move least.
+  """AdamW at unit learning rate (the step multiplies by `learning_rate`). In fine-tuning each
+  update may be scaled by its depth (`update_scales`): optim.layer_decay < 1, as in BEiT / MAE
+  fine-tuning, so that pretrained early layers move least; finetune.freeze_encoder, so that they
+  do not move at all.
 
   One object per optimizer recipe, so that runs with the same recipe reuse one traced step.
   """
-  return _optimizer(ml_collections.FrozenConfigDict(config.optim))
+  freeze_encoder = bool(config.get("finetune", {}).get("freeze_encoder", False))
+  return _optimizer(ml_collections.FrozenConfigDict(config.optim), freeze_encoder)
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer(o: ml_collections.FrozenConfigDict) -> optax.GradientTransformation:
+def _optimizer(o: ml_collections.FrozenConfigDict,
+               freeze_encoder: bool) -> optax.GradientTransformation:
   tx = optax.adamw(1.0, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                    mask=None if o.decay_norms_biases else decay_mask)
-  if o.get("layer_decay", 1.0) < 1.0:
+  layer_decay = o.get("layer_decay", 1.0)
+  if layer_decay < 1.0 or freeze_encoder:
     def scale(updates, state, params=None):
-      scales = layer_decay_scales(updates, o.layer_decay)
+      scales = update_scales(updates, layer_decay, freeze_encoder)
       return jax.tree.map(lambda u, s: u * s, updates, scales), state
     tx = optax.chain(tx, optax.GradientTransformation(lambda _: optax.EmptyState(), scale))
   if o.clip_norm > 0:
