@@ -12,7 +12,8 @@ r"""The paper's central claim on open data: self-pretraining helps most when lab
    fractions and per fraction each initialisation's mean, 95% CI and per-fold values, plus the
    paired t-test p-value.
 `--tasks=busi_cls` runs one task only; `--freeze_encoder` trains only what follows the encoder
-(linear probing), which measures the pretrained representation itself against random features.
+(linear probing; in `<scratch>/busi_cls_frozen`), which measures the pretrained representation
+itself against random features.
 
 Variants:
 - `cpu`: 64 px grey inputs and the 0.42M-parameter SwinMAE of `configs/generic.py:sample`
@@ -166,7 +167,8 @@ def main(argv):
     kind, csv_path = tasks[name]
     config = finetune_config(args, kind, csv_path, pretrained)
     with contextlib.redirect_stdout(log):
-      result[name] = task_result(evaluate.run(config, os.path.join(args.scratch, name)))
+      result[name] = task_result(evaluate.run(
+          config, os.path.join(args.scratch, name + ("_frozen" if args.freeze_encoder else ""))))
   result["seconds"] = time.perf_counter() - t0
 
   def line(name):

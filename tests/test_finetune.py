@@ -79,6 +79,11 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretr
   assert "2 of 782 rows of" in proc.stderr and "line 783 left out" in proc.stderr
   again = run_main(workdir, *args, config=SEG)  # a finished protocol is not trained again
   assert "Done:" not in again.stdout and "Report: json:" in again.stdout
+  # Another recipe in the same workdir fails instead of reporting the old runs.
+  other = run_main(workdir, *args, "--config.finetune.freeze_encoder=True", config=SEG,
+                   check=False)
+  assert other.returncode == 1 and "holds runs of another config" in other.stderr
+  assert "finetune.freeze_encoder=True here, False there" in other.stderr
 
 
 def test_freeze_encoder_trains_only_what_follows_the_encoder(tmp_path, pretrained):

@@ -4,7 +4,8 @@ against random initialisation, and the report (JSON, CSV, Markdown with CIs, fig
 For every (fold, fraction, initialisation) one fine-tuning run trains in `runs/<name>/` with the
 same loop as pretraining, keeps its best checkpoint by validation Dice or AUC, and is scored on
 the fold's test cases. A finished run leaves `result.json` and is skipped when the protocol is
-started again, so an interrupted protocol resumes where it stopped.
+started again, so an interrupted protocol resumes where it stopped; the workdir keeps the config
+(`protocol_config.json`) and refuses to resume under a different recipe.
 
 Segmentation Dice is the mean over test images that contain the foreground (MONAI's
 ignore_empty: a normal image has nothing to find); HD95, precision and recall (segmentation) and
@@ -17,6 +18,7 @@ import csv
 import json
 import os
 
+import flax
 import jax
 import numpy as np
 import tqdm
@@ -29,6 +31,10 @@ from vismae_jax.train import finetune, loop
 INITS = ("pretrained", "random")
 # Reported beside the main metric (means over folds); the first also in the CSV / Markdown.
 SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
+# Settings that may change between invocations on one workdir: they choose which runs to do, or
+# how to run them, not what a run computes.
+RESUMABLE_CHANGES = ("protocol.max_folds", "protocol.fractions", "protocol.compare_random",
+                     "data.workers", "eval_batch_size", "log_every")
 
 
 def stratification_labels(table: downstream.Table) -> np.ndarray:
@@ -170,15 +176,42 @@ def write_report(config, workdir: str, summary: dict) -> dict:
     lines.append(f"\n{len(summary['skipped_rows'])} rows of {config.data.csv} could not be read "
                  "and were left out (`skipped_rows` in report.json).")
   with open(paths["markdown"], "w") as f:
-    f.write(f"# {config.finetune.kind} fine-tuning: {name}\n\n" + "\n".join(lines) + "\n")
+    how = "with frozen encoders" if config.finetune.freeze_encoder else "fine-tuning"
+    f.write(f"# {config.finetune.kind} {how}: {name}\n\n" + "\n".join(lines) + "\n")
   figures.label_efficiency_curve(summary, paths["curve"])
   return paths
+
+
+def check_same_config(config, workdir: str):
+  """Finished runs in `workdir` are reused only under the config that trained them.
+
+  Why: a rerun resumes by run name, so a changed recipe (frozen encoders, other epochs, other
+  weights) in an old workdir would silently report the old runs. It fails instead, naming the
+  settings that differ; only those in RESUMABLE_CHANGES, which choose runs, may change.
+  """
+  path = os.path.join(workdir, "protocol_config.json")
+  flat = lambda c: {k: v for k, v in flax.traverse_util.flatten_dict(c, sep=".").items()
+                    if k not in RESUMABLE_CHANGES}
+  now = flat(json.loads(config.to_json()))
+  if os.path.exists(path):
+    with open(path) as f:
+      before = flat(json.load(f))
+    differ = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if differ:
+      raise config_lib.ConfigError(
+          f"{workdir} holds runs of another config ({path}): "
+          + "; ".join(f"{k}={now.get(k)!r} here, {before.get(k)!r} there" for k in differ)
+          + ". Use a new workdir, or that config.")
+  elif jax.process_index() == 0:
+    with open(path, "w") as f:
+      f.write(config.to_json(indent=1))
 
 
 def run(config, workdir: str) -> dict:
   """The whole protocol of `config`; returns the summary (also written as the report)."""
   config_lib.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
+  check_same_config(config, workdir)
   if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
   table = downstream.read_table(config.data.csv)
