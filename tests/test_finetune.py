@@ -82,7 +82,7 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, pretr
   # Another recipe in the same workdir fails instead of reporting the old runs.
   other = run_main(workdir, *args, "--config.finetune.freeze_encoder=True", config=SEG,
                    check=False)
-  assert other.returncode == 1 and "holds runs of another config" in other.stderr
+  assert other.returncode == 1 and "was made with another config" in other.stderr
   assert "finetune.freeze_encoder=True here, False there" in other.stderr
 
 

@@ -103,7 +103,13 @@ def test_sigkill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
   assert proc.returncode == -signal.SIGKILL
   assert not os.path.exists(os.path.join(workdir, "checkpoints", "40"))
 
-  resumed = run_main(workdir, *schedule)
+  # Another model in this workdir fails before any work, naming what differs.
+  other = run_main(workdir, *schedule, "--config.model.embed_dim=32", check=False)
+  assert other.returncode == 1 and "was made with another config" in other.stderr
+  assert "model.embed_dim=32 here, 16 there" in other.stderr
+  assert "mismatch" not in other.stderr  # not Orbax's restore error
+
+  resumed = run_main(workdir, *schedule, "--config.keep_checkpoints=5")  # may change
   assert "resumed from step" in resumed.stderr
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                final_params(workdir, 40), final_params(str(tmp_path / "straight"), 40))

@@ -34,6 +34,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
   return restored["state"]
 
 
+def saved_config(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """The config (a dict) that the checkpoint at `step` was saved under."""
+  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
 def abstract_like(state_shapes, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state_shapes, shardings)

@@ -6,8 +6,10 @@ The defaults here double as the schema: a key that they do not define is a typo,
 `validate()` rejects it before any work, together with every inconsistent value.
 """
 import difflib
+import json
 import os
 
+import flax
 import ml_collections
 
 from data_pipelines import records
@@ -175,6 +177,25 @@ def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
 
 def finetune(kind: str, variant: str = "") -> ml_collections.ConfigDict:
   return apply_finetune_variant(finetune_defaults(kind), variant or "")
+
+
+def check_unchanged(config, saved: dict, may_change: tuple, where: str) -> None:
+  """Raises ConfigError naming every setting of `config` that differs from `saved` (the config,
+  as a dict, that `where` was made with), except those under the `may_change` prefixes.
+
+  Why: a workdir is resumed by rerunning its command; under a changed recipe it would silently
+  mix two runs, or fail deep inside the checkpoint restore.
+  """
+  def flat(c):
+    return {k: v for k, v in flax.traverse_util.flatten_dict(c, sep=".").items()
+            if not any(k == m or k.startswith(m + ".") for m in may_change)}
+  now, before = flat(json.loads(config.to_json())), flat(json.loads(json.dumps(saved)))
+  differ = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+  if differ:
+    raise ConfigError(
+        f"{where} was made with another config: "
+        + "; ".join(f"{k}={now.get(k)!r} here, {before.get(k)!r} there" for k in differ)
+        + ". Use a new workdir, or that config.")
 
 
 def _unknown_keys(config, defaults, prefix=""):

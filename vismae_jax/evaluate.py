@@ -18,7 +18,6 @@ import csv
 import json
 import os
 
-import flax
 import jax
 import numpy as np
 import tqdm
@@ -190,18 +189,10 @@ def check_same_config(config, workdir: str):
   settings that differ; only those in RESUMABLE_CHANGES, which choose runs, may change.
   """
   path = os.path.join(workdir, "protocol_config.json")
-  flat = lambda c: {k: v for k, v in flax.traverse_util.flatten_dict(c, sep=".").items()
-                    if k not in RESUMABLE_CHANGES}
-  now = flat(json.loads(config.to_json()))
   if os.path.exists(path):
     with open(path) as f:
-      before = flat(json.load(f))
-    differ = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
-    if differ:
-      raise config_lib.ConfigError(
-          f"{workdir} holds runs of another config ({path}): "
-          + "; ".join(f"{k}={now.get(k)!r} here, {before.get(k)!r} there" for k in differ)
-          + ". Use a new workdir, or that config.")
+      config_lib.check_unchanged(config, json.load(f), RESUMABLE_CHANGES,
+                                 f"the protocol in {workdir} ({path})")
   elif jax.process_index() == 0:
     with open(path, "w") as f:
       f.write(config.to_json(indent=1))

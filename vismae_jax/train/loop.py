@@ -30,6 +30,14 @@ from vismae_jax import checkpoint, config_lib, parallel
 from vismae_jax.train import optim
 
 
+# Settings a run may be resumed under with other values: where and how it runs, how often it
+# reports, and how long it trains (a longer schedule continues from the checkpoint); not what a
+# step computes. protocol.*: which runs a fine-tuning protocol does (evaluate checks the rest).
+RESUMABLE_CHANGES = ("mesh", "data.workers", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "figure_images", "eval_batch_size", "total_steps", "num_epochs", "min_steps",
+                     "protocol")
+
+
 @dataclasses.dataclass
 class Task:
   """What the loop needs from a task."""
@@ -192,6 +200,8 @@ def train(task: Task, config, workdir: str) -> dict:
   if latest is None:
     state = initial_state(task, init_state, shardings, config.seed)
   else:
+    config_lib.check_unchanged(config, checkpoint.saved_config(mngr, latest), RESUMABLE_CHANGES,
+                               f"checkpoint {latest} in {mngr.directory}")
     state = checkpoint.restore(mngr, latest, checkpoint.abstract_like(abstract_state, shardings),
                                data_iterator)
     logging.info("resumed from step %d in %s", latest, mngr.directory)
