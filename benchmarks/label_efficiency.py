@@ -11,7 +11,8 @@ r"""The paper's central claim on open data: self-pretraining helps most when lab
 3. Print one summary line; `--json` writes, for `busi_seg` (Dice) and `busi_cls` (ROC AUC), the
    fractions and per fraction each initialisation's mean, 95% CI and per-fold values, plus the
    paired t-test p-value.
-`--tasks=busi_cls` runs one task only; `--freeze_encoder` trains only what follows the encoder
+`--tasks=busi_cls` runs one task only; `--repeats=3` trains each fold three times with different
+seeds and averages them (the per-fold values are then those means); `--freeze_encoder` trains only what follows the encoder
 (linear probing; in `<scratch>/busi_cls_frozen`), which measures the pretrained representation
 itself against random features.
 
@@ -59,6 +60,8 @@ def parse_args(argv):
   p.add_argument("--pretrain_batch", type=int, default=0,
                  help="global pretraining batch (0: the variant's, 16 or 256); smaller for "
                       "accelerators with less memory")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="fine-tuning runs per fold and fraction with different seeds, averaged")
   p.add_argument("--finetune_epochs", type=float, default=0.0, help="0: the variant's")
   p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of "
                  + ", ".join(TASKS))
@@ -116,6 +119,7 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
   config.finetune.pretrained = pretrained
   config.finetune.freeze_encoder = args.freeze_encoder
   config.protocol.update(folds=args.folds, max_folds=args.max_folds, compare_random=True,
+                         repeats=args.repeats,
                          fractions=tuple(float(f) for f in args.fractions.split(",")))
   if args.finetune_epochs:
     config.num_epochs = args.finetune_epochs
@@ -162,7 +166,8 @@ def main(argv):
            "busi_cls": ("classification",
                         malignancy_csv(busi, os.path.join(args.scratch, "busi_malignancy.csv")))}
   result = {"variant": args.variant, "image_size": size, "folds": args.folds,
-            "max_folds": args.max_folds, "freeze_encoder": args.freeze_encoder}
+            "max_folds": args.max_folds, "repeats": args.repeats,
+            "freeze_encoder": args.freeze_encoder}
   for name in names:
     kind, csv_path = tasks[name]
     config = finetune_config(args, kind, csv_path, pretrained)

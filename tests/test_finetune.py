@@ -136,9 +136,11 @@ def test_bad_finetune_config_fails_before_any_work(tmp_path):
 
 
 def test_the_runs_of_a_protocol_share_one_trace_of_the_step_and_of_predict(tmp_path):
-  """Runs differ in data and length only (the schedule is an argument): one trace serves all."""
+  """Runs differ in data, length and seed only (the schedule is an argument): one trace serves
+  all. Each fold's repeats are averaged."""
   import jax
-  from vismae_jax import config_lib, evaluate
+  import numpy as np
+  from vismae_jax import checkpoint, config_lib, evaluate
 
   traced = []
 
@@ -148,7 +150,7 @@ def test_the_runs_of_a_protocol_share_one_trace_of_the_step_and_of_predict(tmp_p
 
   config = config_lib.finetune("segmentation", "tiny")
   config.data.csv = os.path.join(shared_dataset("busi"), "labels.csv")
-  config.protocol.update(max_folds=2, fractions=(0.5, 1.0))
+  config.protocol.update(max_folds=2, fractions=(0.5, 1.0), repeats=2)
   config.total_steps, config.min_steps, config.num_epochs = 0, 0, 0.05  # 1 step at 50%, 3 at 100%
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
@@ -158,4 +160,12 @@ def test_the_runs_of_a_protocol_share_one_trace_of_the_step_and_of_predict(tmp_p
   steps = {json.load(open(os.path.join(tmp_path, "runs", run, "best", "best.json")))["step"]
            for run in os.listdir(os.path.join(tmp_path, "runs"))}
   assert len(steps) == 2 and len(summary["by_fraction"]["1.0"]["random"]["per_fold"]) == 2
+  for fold in range(2):
+    runs = [os.path.join(tmp_path, "runs", f"random_labels100_fold{fold}{suffix}")
+            for suffix in ("", "_seed1")]
+    seeds = [checkpoint.saved_config(checkpoint.manager(r, 1), 3)["seed"] for r in runs]
+    assert seeds == [0, 1]
+    metrics = [json.load(open(os.path.join(r, "result.json")))["metric"] for r in runs]
+    assert summary["by_fraction"]["1.0"]["random"]["per_fold"][fold] == pytest.approx(
+        np.mean(metrics))
   assert traced.count("step") == 1 and traced.count("predict") == 1, traced

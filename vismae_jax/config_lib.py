@@ -126,9 +126,11 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   c.data = dict(csv="", workers=0)
   # kind: kfold (by patient where the CSV has patient_key) or fixed (72/8/20). Inside each
   # fold val_fraction of the training cases validate (best checkpoint); fractions are the
-  # label fractions to train on; compare_random also fine-tunes from random initialisation.
+  # label fractions to train on; compare_random also fine-tunes from random initialisation;
+  # repeats: runs per (fold, fraction, initialisation) with seeds seed, seed + 1, ... (new
+  # layers, data order, augmentation; the splits stay), averaged within the fold.
   c.protocol = dict(kind="kfold", folds=5, max_folds=0, folds_from_csv=False, val_fraction=0.1,
-                    fractions=(1.0,), compare_random=False)
+                    fractions=(1.0,), compare_random=False, repeats=1)
   c.batch_size = 32 if seg else 48
   c.eval_batch_size = 32
   c.num_epochs = 150.0 if seg else 50.0
@@ -304,6 +306,7 @@ def _check_finetune(config, check):
   check(0 < p.val_fraction < 1, f"config.protocol.val_fraction={p.val_fraction}: must be in (0, 1)")
   check(all(0 < x <= 1 for x in p.fractions) and len(p.fractions) > 0,
         f"config.protocol.fractions={tuple(p.fractions)}: label fractions must be in (0, 1]")
+  check(p.repeats >= 1, f"config.protocol.repeats={p.repeats}: need at least 1 run per fold")
   check(0 < config.optim.layer_decay <= 1,
         f"config.optim.layer_decay={config.optim.layer_decay}: must be in (0, 1] (1: off)")
   check(not p.compare_random or f.pretrained,

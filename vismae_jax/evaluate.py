@@ -1,18 +1,21 @@
 """Fine-tuning protocols: k-fold cross-validation or a fixed split, label fractions, pretrained
 against random initialisation, and the report (JSON, CSV, Markdown with CIs, figures).
 
-For every (fold, fraction, initialisation) one fine-tuning run trains in `runs/<name>/` with the
-same loop as pretraining, keeps its best checkpoint by validation Dice or AUC, and is scored on
-the fold's test cases. A finished run leaves `result.json` and is skipped when the protocol is
-started again, so an interrupted protocol resumes where it stopped; the workdir keeps the config
-(`protocol_config.json`) and refuses to resume under a different recipe.
+For every (fold, fraction, initialisation) one fine-tuning run, or `protocol.repeats` runs with
+different seeds, trains in `runs/<name>/` with the same loop as pretraining, keeps its best
+checkpoint by validation Dice or AUC, and is scored on the fold's test cases. A finished run
+leaves `result.json` and is skipped when the protocol is started again, so an interrupted
+protocol resumes where it stopped; the workdir keeps the config (`protocol_config.json`) and
+refuses to resume under a different recipe.
 
 Segmentation Dice is the mean over test images that contain the foreground (MONAI's
 ignore_empty: a normal image has nothing to find); HD95, precision and recall (segmentation) and
-PR AUC (classification) are reported beside the main metric. Statistics: per fraction and
-initialisation, the mean over folds with a t-interval and the pooled per-case bootstrap CI (1,000
-resamples); pretrained against random by a paired t-test across folds and, for classification,
-DeLong's test on the pooled test predictions.
+PR AUC (classification) are reported beside the main metric. Repeats are averaged within their
+fold (the metrics, and the per-case Dice or probabilities that the pooled statistics use), so
+that training noise does not hide a difference between initialisations. Statistics: per
+fraction and initialisation, the mean over folds with a t-interval and the pooled per-case
+bootstrap CI (1,000 resamples); pretrained against random by a paired t-test across folds and,
+for classification, DeLong's test on the pooled test predictions.
 """
 import csv
 import json
@@ -33,7 +36,7 @@ SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
 # Settings that may change between invocations on one workdir: they choose which runs to do, or
 # how to run them, not what a run computes.
 RESUMABLE_CHANGES = ("protocol.max_folds", "protocol.fractions", "protocol.compare_random",
-                     "data.workers", "eval_batch_size", "log_every")
+                     "protocol.repeats", "data.workers", "eval_batch_size", "log_every")
 
 
 def stratification_labels(table: downstream.Table) -> np.ndarray:
@@ -103,6 +106,25 @@ def run_one(config, name: str, workdir: str, examples: dict, train, val, test, i
     with open(result_path, "w") as f:
       json.dump(result, f)
   return result
+
+
+def average_repeats(results: list[dict]) -> list[dict]:
+  """One result per (fold, fraction, initialisation): its repeats' metrics and per-case values
+  (Dice, predicted probabilities) averaged, their metrics kept as `repeat_metrics`."""
+  groups = {}
+  for r in results:
+    groups.setdefault((r["fold"], r["fraction"], r["init"]), []).append(r)
+  averaged = []
+  for runs in groups.values():
+    merged = {**runs[0], "repeat_metrics": [r["metric"] for r in runs]}
+    for key in ("metric", *SECONDARY[True], *SECONDARY[False]):
+      if key in runs[0]:
+        merged[key] = _nanmean([r[key] for r in runs])
+    for key in ("per_case", "probs"):
+      if key in runs[0]:
+        merged[key] = np.mean([r[key] for r in runs], axis=0).tolist()
+    averaged.append(merged)
+  return averaged
 
 
 def summarize(config, results: list[dict]) -> dict:
@@ -215,24 +237,29 @@ def run(config, workdir: str) -> dict:
                     len(skipped), len(skipped) + len(table), config.data.csv)
   inits = INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
       ("pretrained",) if config.finetune.pretrained else ("random",))
-  plan = [(fold, fraction, init, subset, val, test)
+  plan = [(fold, fraction, init, repeat, subset, val, test)
           for fold, train, val, test in protocol_splits(config, table)
           for fraction, subset in splits.label_fractions(
               train, stratification_labels(table), tuple(config.protocol.fractions),
               seed=config.seed + fold).items()
-          for init in inits]
+          for init in inits
+          for repeat in range(config.protocol.repeats)]
   results = []
   # The protocol's progress (runs done, rate, ETA) on stderr; a long protocol is many runs.
   bar = tqdm.tqdm(plan, desc=f"{config.finetune.kind} runs", unit="run",
                   disable=jax.process_index() != 0)
-  for fold, fraction, init, subset, val, test in bar:
-    name = f"{init}_labels{round(fraction * 100):03d}_fold{fold}"
+  for fold, fraction, init, repeat, subset, val, test in bar:
+    # Repeat 0 is the run of a single-repeat protocol, so that adding repeats reuses it.
+    name = f"{init}_labels{round(fraction * 100):03d}_fold{fold}" + (
+        f"_seed{repeat}" if repeat else "")
     logging.info("run %s: %d train, %d val, %d test cases", name, len(subset), len(val),
                  len(test))
-    result = run_one(config, name, workdir, examples, subset, val, test, init)
+    run_config = config.copy_and_resolve_references()
+    run_config.seed = config.seed + repeat  # new layers, data order, augmentation; not splits
+    result = run_one(run_config, name, workdir, examples, subset, val, test, init)
     results.append({**result, "fold": fold, "fraction": fraction})
     bar.set_postfix_str(f"{name}: {result['metric']:.3f}")
-  summary = {**summarize(config, results), "skipped_rows": skipped}
+  summary = {**summarize(config, average_repeats(results)), "skipped_rows": skipped}
   if jax.process_index() == 0:
     paths = write_report(config, workdir, summary)
     if config.finetune.kind == finetune.SEGMENTATION:  # the most labels, pretrained if run

@@ -122,8 +122,10 @@ def functions(config) -> Functions:
   Why: JAX caches traces and compilations per function object. Tracing and compiling the cpu
   Swin-UNet's initialisation, step and prediction takes about 30 s on 2 cores, longer than a
   10%-label run trains; the runs of a protocol share one config and so one set of functions.
+  The seed is left out of the key: it chooses the data order and the initial values, which reach
+  these functions as arguments, so a protocol's repeats (other seeds) share them too.
   """
-  return _functions(ml_collections.FrozenConfigDict(config))
+  return _functions(ml_collections.FrozenConfigDict({**config.to_dict(), "seed": 0}))
 
 
 @functools.lru_cache(maxsize=4)
