@@ -117,6 +117,28 @@ def test_update_scales_follow_depth_and_freeze_the_encoder():
   assert frozen["layers_up_0"]["blocks_0"]["norm1"]["scale"] == frozen["head"]["kernel"] == 1.0
 
 
+def test_a_frozen_encoder_gets_no_gradient_and_no_backward_pass():
+  from vismae_jax import config_lib
+  from vismae_jax.train import finetune
+  batch = {"image": np.random.default_rng(0).integers(0, 255, (8, 64, 64), np.uint8),
+           "label": np.arange(8) % 2}
+  flops = {}
+  for frozen in (False, True):
+    config = config_lib.finetune("classification", "tiny")
+    config.finetune.freeze_encoder = frozen
+    fns = finetune.functions(config)
+    params = fns.init_params(jax.random.PRNGKey(0))
+    grad = jax.jit(jax.grad(fns.loss_fn)).lower(params, batch, jax.random.PRNGKey(1)).compile()
+    flops[frozen] = grad.cost_analysis()["flops"]
+    grads = grad(params, batch, jax.random.PRNGKey(1))
+    encoder = [np.abs(g).max() for k in ("patch_embed", "encoder")
+               for g in jax.tree.leaves(grads[k])]
+    assert (max(encoder) == 0) == frozen
+    assert np.abs(grads["head"]["kernel"]).max() > 0
+  # Without the encoder's backward pass a step is little more than the forward pass (0.34x).
+  assert flops[True] < 0.5 * flops[False], flops
+
+
 def test_microsoft_swin_t_checkpoint_fills_the_unet_encoder():
   # A Microsoft Swin-T ImageNet state dict: the same encoder names with depths 2,2,6,2, plus its
   # own `norm`, `head` and `attn_mask` buffers.

@@ -19,7 +19,7 @@ from absl import logging
 
 from vismae_jax import augment, checkpoint, metrics, preprocess, transfer
 from vismae_jax.models import unet
-from vismae_jax.train import loop
+from vismae_jax.train import loop, optim
 
 SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
 
@@ -72,6 +72,8 @@ def classification_loss(logits, labels):
 
 def make_loss_fn(model, config):
   def loss_fn(params, batch, rng):
+    if config.finetune.freeze_encoder:
+      params = optim.stop_encoder_gradient(params)
     input_rng, drop_rng = jax.random.split(rng)
     x, masks = model_inputs(config, batch, input_rng, train=True)
     logits = model.apply({"params": params}, x, deterministic=False,

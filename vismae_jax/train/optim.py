@@ -49,6 +49,10 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+# The parameters that finetune.freeze_encoder keeps as loaded: the patch embedding and encoder.
+ENCODER = ("patch_embed", "encoder")
+
+
 def layer_ids(params) -> tuple[dict, int]:
   """Depth of every parameter for layer-wise decay: the patch embedding 0, encoder block k
   (counted over all stages) k + 1, a stage's patch merging with its last block, everything
@@ -61,7 +65,7 @@ def layer_ids(params) -> tuple[dict, int]:
     names = [getattr(p, "key", str(p)) for p in path]
     if names[0] == "patch_embed":
       return 0
-    if names[0] != "encoder":
+    if names[0] not in ENCODER:
       return top
     stage = int(names[1].split("_")[1])
     done = sum(depths[:stage])
@@ -77,6 +81,13 @@ def update_scales(params, layer_decay: float = 1.0, freeze_encoder: bool = False
   ids, top = layer_ids(params)
   return jax.tree.map(lambda i: 0.0 if freeze_encoder and i < top else layer_decay ** (top - i),
                       ids)
+
+
+def stop_encoder_gradient(params):
+  """`params` with the ENCODER's behind stop_gradient: their gradient is zero by construction,
+  so XLA leaves the encoder's backward pass out of the step (a frozen encoder's update scale of
+  0 alone would still compute it; the scale stays, or weight decay would shrink the weights)."""
+  return {k: jax.lax.stop_gradient(v) if k in ENCODER else v for k, v in params.items()}
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
