@@ -166,6 +166,7 @@ def test_the_runs_of_a_protocol_share_one_trace_of_the_step_and_of_predict(tmp_p
     seeds = [checkpoint.saved_config(checkpoint.manager(r, 1), 3)["seed"] for r in runs]
     assert seeds == [0, 1]
     metrics = [json.load(open(os.path.join(r, "result.json")))["metric"] for r in runs]
-    assert summary["by_fraction"]["1.0"]["random"]["per_fold"][fold] == pytest.approx(
-        np.mean(metrics))
+    random = summary["by_fraction"]["1.0"]["random"]
+    assert random["per_fold_repeats"][fold] == pytest.approx(metrics)
+    assert random["per_fold"][fold] == pytest.approx(np.mean(metrics))
   assert traced.count("step") == 1 and traced.count("predict") == 1, traced

@@ -130,7 +130,8 @@ def average_repeats(results: list[dict]) -> list[dict]:
 def summarize(config, results: list[dict]) -> dict:
   """Per fraction: each initialisation's fold values, mean with CI, pooled bootstrap CI, tests."""
   seg = config.finetune.kind == finetune.SEGMENTATION
-  summary = {"metric": "dice" if seg else "roc_auc", "fractions": [], "by_fraction": {}}
+  summary = {"metric": "dice" if seg else "roc_auc", "repeats": config.protocol.repeats,
+             "fractions": [], "by_fraction": {}}
   for fraction in sorted({r["fraction"] for r in results}):
     rows = {init: sorted((r for r in results if r["fraction"] == fraction and r["init"] == init),
                          key=lambda r: r["fold"]) for init in INITS}
@@ -148,6 +149,7 @@ def summarize(config, results: list[dict]) -> dict:
         pooled = metrics.bootstrap_ci(
             lambda l, p: metrics.classification_scores(l, p)["roc_auc"], labels, probs)
       entry[init] = {"mean": mean, "ci95": [low, high], "per_fold": values,
+                     "per_fold_repeats": [r["repeat_metrics"] for r in runs],
                      "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]],
                      **{k: _nanmean([r[k] for r in runs]) for k in SECONDARY[seg]}}
     if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
@@ -198,7 +200,9 @@ def write_report(config, workdir: str, summary: dict) -> dict:
                  "and were left out (`skipped_rows` in report.json).")
   with open(paths["markdown"], "w") as f:
     how = "with frozen encoders" if config.finetune.freeze_encoder else "fine-tuning"
-    f.write(f"# {config.finetune.kind} {how}: {name}\n\n" + "\n".join(lines) + "\n")
+    repeats = summary["repeats"]
+    seeds = f" (each fold the mean of {repeats} seeds)" if repeats > 1 else ""
+    f.write(f"# {config.finetune.kind} {how}: {name}{seeds}\n\n" + "\n".join(lines) + "\n")
   figures.label_efficiency_curve(summary, paths["curve"])
   return paths
 
