@@ -14,7 +14,8 @@ r"""The paper's central claim on open data: self-pretraining helps most when lab
 `--tasks=busi_cls` runs one task only; `--repeats=3` trains each fold three times with different
 seeds and averages them (the per-fold values are then those means); `--freeze_encoder` trains only what follows the encoder
 (linear probing; in `<scratch>/busi_cls_frozen`), which measures the pretrained representation
-itself against random features.
+itself against random features; `--probe_first=0.25` holds the encoders for the first quarter
+of each run and then fine-tunes everything (LP-FT; in `<scratch>/busi_cls_probe0.25`).
 
 Variants:
 - `cpu`: 64 px grey inputs and the 0.42M-parameter SwinMAE of `configs/generic.py:sample`
@@ -67,6 +68,8 @@ def parse_args(argv):
                  + ", ".join(TASKS))
   p.add_argument("--freeze_encoder", action="store_true",
                  help="train only what follows the encoder (linear probing of the classifier)")
+  p.add_argument("--probe_first", type=float, default=0.0,
+                 help="LP-FT: train only what follows the encoder for this share of each run first")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -118,6 +121,7 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
   config.data.csv = csv_path
   config.finetune.pretrained = pretrained
   config.finetune.freeze_encoder = args.freeze_encoder
+  config.finetune.probe_first = args.probe_first
   config.protocol.update(folds=args.folds, max_folds=args.max_folds, compare_random=True,
                          repeats=args.repeats,
                          fractions=tuple(float(f) for f in args.fractions.split(",")))
@@ -167,13 +171,15 @@ def main(argv):
                         malignancy_csv(busi, os.path.join(args.scratch, "busi_malignancy.csv")))}
   result = {"variant": args.variant, "image_size": size, "folds": args.folds,
             "max_folds": args.max_folds, "repeats": args.repeats,
-            "freeze_encoder": args.freeze_encoder}
+            "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first}
+  # Each recipe its own protocol workdir beside the plain fine-tuning one.
+  recipe = ("_frozen" if args.freeze_encoder else "") + (
+      f"_probe{args.probe_first:g}" if args.probe_first else "")
   for name in names:
     kind, csv_path = tasks[name]
     config = finetune_config(args, kind, csv_path, pretrained)
     with contextlib.redirect_stdout(log):
-      result[name] = task_result(evaluate.run(
-          config, os.path.join(args.scratch, name + ("_frozen" if args.freeze_encoder else ""))))
+      result[name] = task_result(evaluate.run(config, os.path.join(args.scratch, name + recipe)))
   result["seconds"] = time.perf_counter() - t0
 
   def line(name):
@@ -182,8 +188,9 @@ def main(argv):
                      f"{r['random'][str(f)]['mean']:.3f} (p={r['p_values'][str(f)] or 1:.2g})"
                      for f in r["fractions"])
   titles = {"busi_seg": "BUSI Dice", "busi_cls": "malignancy AUC"}
-  probe = ", frozen encoders" if args.freeze_encoder else ""
-  print(f"label_efficiency ({args.variant}{probe}, pretrained vs random): "
+  how = (", frozen encoders" if args.freeze_encoder else "") + (
+      f", the first {args.probe_first:.0%} frozen" if args.probe_first else "")
+  print(f"label_efficiency ({args.variant}{how}, pretrained vs random): "
         + "; ".join(f"{titles[n]} {line(n)}" for n in names))
   if args.json:
     with open(args.json, "w") as f:

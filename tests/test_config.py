@@ -92,6 +92,20 @@ def test_unknown_keys_are_rejected_with_a_suggestion():
     config_lib.validate(config, 1, 1)
 
 
+def test_a_changed_setting_is_named_and_a_setting_added_since_counts_as_its_default():
+  config = config_lib.finetune("classification", "cpu")
+  saved = config.to_dict()
+  del saved["finetune"]["probe_first"]  # a workdir from before the setting existed
+  config_lib.check_unchanged(config, saved, ("mesh",), "old")
+  config.mesh.data = 2  # may change
+  config_lib.check_unchanged(config, saved, ("mesh",), "old")
+  config.finetune.probe_first, config.num_epochs = 0.25, 7.0
+  with pytest.raises(config_lib.ConfigError, match=r"old was made with another config: "
+                     r"finetune.probe_first=0.25 here, 0.0 there; num_epochs=7.0 here, 40.0 "
+                     r"there\. Use a new workdir"):
+    config_lib.check_unchanged(config, saved, ("mesh",), "old")
+
+
 def test_cli_fails_before_any_work(tmp_path):
   workdir = tmp_path / "run"
   proc = run_main(str(workdir), "--config.input.image_size=100", check=False)

@@ -126,12 +126,14 @@ def test_a_checkpoint_that_does_not_fit_fails_with_the_mismatches(tmp_path, pret
 
 def test_bad_finetune_config_fails_before_any_work(tmp_path):
   proc = run_main(str(tmp_path), "--config.data.csv=/nonexistent.csv",
-                  "--config.protocol.fractions=(0.0,1.0)", "--config.min_steps=-1", config=SEG,
-                  check=False)
+                  "--config.protocol.fractions=(0.0,1.0)", "--config.min_steps=-1",
+                  "--config.finetune.freeze_encoder=True", "--config.finetune.probe_first=0.5",
+                  config=SEG, check=False)
   assert proc.returncode == 1
   assert "config.data.csv='/nonexistent.csv' does not exist" in proc.stderr
   assert "label fractions must be in (0, 1]" in proc.stderr
   assert "config.min_steps=-1: must be >= 0" in proc.stderr
+  assert "config.finetune.probe_first=0.5: must be in [0, 1), and 0 with freeze_encoder" in proc.stderr
   assert not os.listdir(tmp_path)
 
 

@@ -139,6 +139,33 @@ def test_a_frozen_encoder_gets_no_gradient_and_no_backward_pass():
   assert flops[True] < 0.5 * flops[False], flops
 
 
+def test_probe_first_holds_the_encoder_while_the_head_trains_then_releases_it():
+  from vismae_jax import config_lib
+  from vismae_jax.train import finetune, loop, optim
+  config = config_lib.finetune("classification", "tiny")
+  config.finetune.probe_first = 0.2
+  fns = finetune.functions(config)
+  tx = optim.make_optimizer(config)
+  state = loop.make_state_initializer(tx, 0)(fns.init_params(jax.random.PRNGKey(0)))
+  schedule = optim.schedule(config, steps_per_epoch=2.0, total_steps=10)
+  assert schedule["probe_steps"] == 2
+  step = jax.jit(loop.make_train_step(fns.loss_fn, tx))
+  batch = {"image": np.random.default_rng(0).integers(0, 255, (8, 64, 64), np.uint8),
+           "label": np.arange(8) % 2}
+
+  def moved(a, b, part):
+    return max(np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a["params"][part]),
+                                                   jax.tree.leaves(b["params"][part])))
+  start = jax.tree.map(np.asarray, state)
+  for _ in range(2):
+    state, _ = step(state, batch, schedule)
+  assert moved(state, start, "encoder") == moved(state, start, "patch_embed") == 0
+  assert moved(state, start, "head") > 0
+  held = jax.tree.map(np.asarray, state)
+  state, _ = step(state, batch, schedule)
+  assert moved(state, held, "encoder") > 0 and moved(state, held, "patch_embed") > 0
+
+
 def test_microsoft_swin_t_checkpoint_fills_the_unet_encoder():
   # A Microsoft Swin-T ImageNet state dict: the same encoder names with depths 2,2,6,2, plus its
   # own `norm`, `head` and `attn_mask` buffers.

@@ -119,8 +119,11 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   # a PyTorch checkpoint (.pth / .safetensors: the release's, ours exported, Microsoft Swin-T);
   # empty: random initialisation only. freeze_encoder: only what follows the encoder trains
   # (linear probing of the classifier; the Swin-UNet's decoder), the representation test of MAE.
+  # probe_first: LP-FT, the patch embedding and encoder held for that share of the run's steps
+  # (0 to 1, so that min_steps stretches it too) while what follows them trains, then everything
+  # trains (layer_decay still applies).
   c.finetune = dict(kind=kind, num_classes=2, pretrained="", encoder_only=False,
-                    fill_deeper=False, freeze_encoder=False)
+                    fill_deeper=False, freeze_encoder=False, probe_first=0.0)
   c.input = dict(image_size=224, hflip=True)
   # data.csv: image,mask or image,label columns (data_pipelines/downstream.py).
   c.data = dict(csv="", workers=0)
@@ -191,7 +194,10 @@ def check_unchanged(config, saved: dict, may_change: tuple, where: str) -> None:
   def flat(c):
     return {k: v for k, v in flax.traverse_util.flatten_dict(c, sep=".").items()
             if not any(k == m or k.startswith(m + ".") for m in may_change)}
-  now, before = flat(json.loads(config.to_json())), flat(json.loads(json.dumps(saved)))
+  # Settings added since `saved` was written count as their defaults, which keep the old behaviour.
+  now = flat(json.loads(config.to_json()))
+  before = {**flat(json.loads(defaults_of(config).to_json())),
+            **flat(json.loads(json.dumps(saved)))}
   differ = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
   if differ:
     raise ConfigError(
@@ -210,6 +216,13 @@ def _unknown_keys(config, defaults, prefix=""):
       yield from _unknown_keys(config[key], defaults[key], f"{prefix}{key}.")
 
 
+def defaults_of(config) -> ml_collections.ConfigDict:
+  """The defaults of `config`'s kind of run: fine-tuning (of its kind) or pretraining."""
+  if "finetune" in config:
+    return finetune_defaults(config.finetune.kind)
+  return pretrain_defaults()
+
+
 def validate(config, device_count: int, process_count: int) -> None:
   """Raises ConfigError listing every problem, each with the field and the fix."""
   if config.get("task") not in TASKS:
@@ -218,8 +231,7 @@ def validate(config, device_count: int, process_count: int) -> None:
   if finetuning and config.finetune.kind not in FINETUNE_KINDS:
     raise ConfigError(f"config.finetune.kind={config.finetune.kind!r}: expected one of "
                       f"{FINETUNE_KINDS}")
-  defaults = finetune_defaults(config.finetune.kind) if finetuning else pretrain_defaults()
-  errors = list(_unknown_keys(config, defaults))
+  errors = list(_unknown_keys(config, defaults_of(config)))
   if errors:  # the checks below assume the known keys
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
@@ -307,6 +319,9 @@ def _check_finetune(config, check):
   check(all(0 < x <= 1 for x in p.fractions) and len(p.fractions) > 0,
         f"config.protocol.fractions={tuple(p.fractions)}: label fractions must be in (0, 1]")
   check(p.repeats >= 1, f"config.protocol.repeats={p.repeats}: need at least 1 run per fold")
+  check(0 <= f.probe_first < 1 and not (f.probe_first and f.freeze_encoder),
+        f"config.finetune.probe_first={f.probe_first}: must be in [0, 1), and 0 with "
+        "freeze_encoder (a frozen encoder is held for the whole run)")
   check(0 < config.optim.layer_decay <= 1,
         f"config.optim.layer_decay={config.optim.layer_decay}: must be in (0, 1] (1: off)")
   check(not p.compare_random or f.pretrained,

@@ -199,7 +199,10 @@ def write_report(config, workdir: str, summary: dict) -> dict:
     lines.append(f"\n{len(summary['skipped_rows'])} rows of {config.data.csv} could not be read "
                  "and were left out (`skipped_rows` in report.json).")
   with open(paths["markdown"], "w") as f:
-    how = "with frozen encoders" if config.finetune.freeze_encoder else "fine-tuning"
+    probe = config.finetune.probe_first
+    how = ("with frozen encoders" if config.finetune.freeze_encoder else
+           f"fine-tuning, the first {probe:.0%} with frozen encoders (LP-FT)" if probe
+           else "fine-tuning")
     repeats = summary["repeats"]
     seeds = f" (each fold the mean of {repeats} seeds)" if repeats > 1 else ""
     f.write(f"# {config.finetune.kind} {how}: {name}{seeds}\n\n" + "\n".join(lines) + "\n")

@@ -60,8 +60,10 @@ def make_train_step(loss_fn, tx):
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     lr = optim.learning_rate(state["step"], schedule)
+    updates = optim.hold_encoder(optax.tree.scale(lr, updates),
+                                 state["step"] < schedule["probe_steps"])
     new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
-                     params=optax.apply_updates(state["params"], optax.tree.scale(lr, updates)))
+                     params=optax.apply_updates(state["params"], updates))
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
   return step
 

@@ -23,10 +23,16 @@ def peak_learning_rate(config) -> float:
 
 
 def schedule(config, steps_per_epoch: float, total_steps: int) -> dict:
-  """{peak, warmup_steps, total_steps} of a run, as arrays for the train step."""
+  """{peak, warmup_steps, total_steps, probe_steps} of a run, as arrays for the train step.
+
+  probe_steps (finetune.probe_first of the run; 0 in pretraining) is how long the encoder is held
+  (`hold_encoder`) while what follows it trains.
+  """
   warmup = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total_steps)
+  probe = config.get("finetune", {}).get("probe_first", 0.0)
   return {"peak": np.float32(peak_learning_rate(config)), "warmup_steps": np.int32(warmup),
-          "total_steps": np.int32(max(total_steps, warmup + 1))}
+          "total_steps": np.int32(max(total_steps, warmup + 1)),
+          "probe_steps": np.int32(int(round(probe * total_steps)))}
 
 
 def learning_rate(step, schedule: dict):
@@ -88,6 +94,17 @@ def stop_encoder_gradient(params):
   so XLA leaves the encoder's backward pass out of the step (a frozen encoder's update scale of
   0 alone would still compute it; the scale stays, or weight decay would shrink the weights)."""
   return {k: jax.lax.stop_gradient(v) if k in ENCODER else v for k, v in params.items()}
+
+
+def hold_encoder(updates, hold):
+  """`updates` with the ENCODER's zeroed while `hold` (a traced bool) is true.
+
+  Why: LP-FT (Kumar et al., ICLR 2022): a head fitted to the pretrained features before the
+  encoder moves distorts those features less than one that starts random, which matters most
+  when labels are few. Being data, `hold` leaves one compiled step for every probe length.
+  """
+  keep = jnp.where(hold, 0.0, 1.0)
+  return {k: optax.tree.scale(keep, v) if k in ENCODER else v for k, v in updates.items()}
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
