@@ -101,7 +101,8 @@ def test_checkpoint_that_does_not_fit_fails_with_the_mismatches():
     transfer.transfer(source, target)
 
 
-def test_update_scales_follow_depth_and_freeze_the_encoder():
+def test_update_scales_follow_depth_and_a_frozen_encoder_is_held_all_run():
+  from vismae_jax import config_lib
   from vismae_jax.train import optim
   params = random_params(unet.SwinUNet(), 224)
   scales = optim.update_scales(params, 0.5)
@@ -111,10 +112,12 @@ def test_update_scales_follow_depth_and_freeze_the_encoder():
   assert scales["encoder"]["layers_1"]["downsample"]["reduction"]["kernel"] == 0.5 ** (top - 4)
   assert scales["encoder"]["layers_3"]["blocks_1"]["mlp"]["fc1"]["kernel"] == 0.5
   assert scales["layers_up_0"]["blocks_0"]["norm1"]["scale"] == 1.0
-  frozen = optim.update_scales(params, freeze_encoder=True)
-  assert frozen["patch_embed"]["proj"]["kernel"] == 0.0
-  assert frozen["encoder"]["layers_3"]["blocks_1"]["mlp"]["fc1"]["kernel"] == 0.0
-  assert frozen["layers_up_0"]["blocks_0"]["norm1"]["scale"] == frozen["head"]["kernel"] == 1.0
+  config = config_lib.finetune("segmentation", "tiny")
+  config.finetune.freeze_encoder = True
+  assert optim.schedule(config, steps_per_epoch=3.0, total_steps=40)["probe_steps"] == 40
+  config.finetune.freeze_encoder, config.finetune.probe_first = False, 0.25
+  assert optim.schedule(config, steps_per_epoch=3.0, total_steps=40)["probe_steps"] == 10
+  assert optim.schedule(config_lib.pretrain(variant="tiny"), 3.0, 40)["probe_steps"] == 0
 
 
 def test_a_frozen_encoder_gets_no_gradient_and_no_backward_pass():

@@ -25,11 +25,13 @@ def peak_learning_rate(config) -> float:
 def schedule(config, steps_per_epoch: float, total_steps: int) -> dict:
   """{peak, warmup_steps, total_steps, probe_steps} of a run, as arrays for the train step.
 
-  probe_steps (finetune.probe_first of the run; 0 in pretraining) is how long the encoder is held
-  (`hold_encoder`) while what follows it trains.
+  probe_steps is how long the encoder is held (`hold_encoder`) while what follows it trains:
+  finetune.probe_first of the run (LP-FT), all of it with finetune.freeze_encoder (linear
+  probing), none in pretraining.
   """
   warmup = min(int(round(config.optim.warmup_epochs * steps_per_epoch)), total_steps)
-  probe = config.get("finetune", {}).get("probe_first", 0.0)
+  finetune = config.get("finetune", {})
+  probe = 1.0 if finetune.get("freeze_encoder", False) else finetune.get("probe_first", 0.0)
   return {"peak": np.float32(peak_learning_rate(config)), "warmup_steps": np.int32(warmup),
           "total_steps": np.int32(max(total_steps, warmup + 1)),
           "probe_steps": np.int32(int(round(probe * total_steps)))}
@@ -80,26 +82,25 @@ def layer_ids(params) -> tuple[dict, int]:
   return jax.tree_util.tree_map_with_path(lambda path, _: layer(path), params), top
 
 
-def update_scales(params, layer_decay: float = 1.0, freeze_encoder: bool = False):
+def update_scales(params, layer_decay: float):
   """The factor on each parameter's update: layer_decay^(top - depth), so that the head learns at
-  the full rate and the stem slowest; with freeze_encoder, 0 below the top: the patch embedding
-  and the encoder stay as loaded (linear probing of a classifier, a frozen-encoder Swin-UNet)."""
+  the full rate and the stem slowest."""
   ids, top = layer_ids(params)
-  return jax.tree.map(lambda i: 0.0 if freeze_encoder and i < top else layer_decay ** (top - i),
-                      ids)
+  return jax.tree.map(lambda i: layer_decay ** (top - i), ids)
 
 
 def stop_encoder_gradient(params):
   """`params` with the ENCODER's behind stop_gradient: their gradient is zero by construction,
-  so XLA leaves the encoder's backward pass out of the step (a frozen encoder's update scale of
-  0 alone would still compute it; the scale stays, or weight decay would shrink the weights)."""
+  so XLA leaves the encoder's backward pass out of the step (holding the encoder alone would
+  still compute it; the hold stays, or weight decay would shrink the weights)."""
   return {k: jax.lax.stop_gradient(v) if k in ENCODER else v for k, v in params.items()}
 
 
 def hold_encoder(updates, hold):
-  """`updates` with the ENCODER's zeroed while `hold` (a traced bool) is true.
+  """`updates` (weight decay included) with the ENCODER's zeroed while `hold` (a traced bool)
+  is true: for a whole run in linear probing, for its start in LP-FT.
 
-  Why: LP-FT (Kumar et al., ICLR 2022): a head fitted to the pretrained features before the
+  Why LP-FT (Kumar et al., ICLR 2022): a head fitted to the pretrained features before the
   encoder moves distorts those features less than one that starts random, which matters most
   when labels are few. Being data, `hold` leaves one compiled step for every probe length.
   """
@@ -110,24 +111,22 @@ def hold_encoder(updates, hold):
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW at unit learning rate (the step multiplies by `learning_rate`). In fine-tuning each
   update may be scaled by its depth (`update_scales`): optim.layer_decay < 1, as in BEiT / MAE
-  fine-tuning, so that pretrained early layers move least; finetune.freeze_encoder, so that they
-  do not move at all.
+  fine-tuning, so that pretrained early layers move least (a frozen encoder is the schedule's
+  `probe_steps`, not the optimizer's).
 
   One object per optimizer recipe, so that runs with the same recipe reuse one traced step.
   """
-  freeze_encoder = bool(config.get("finetune", {}).get("freeze_encoder", False))
-  return _optimizer(ml_collections.FrozenConfigDict(config.optim), freeze_encoder)
+  return _optimizer(ml_collections.FrozenConfigDict(config.optim))
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer(o: ml_collections.FrozenConfigDict,
-               freeze_encoder: bool) -> optax.GradientTransformation:
+def _optimizer(o: ml_collections.FrozenConfigDict) -> optax.GradientTransformation:
   tx = optax.adamw(1.0, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                    mask=None if o.decay_norms_biases else decay_mask)
   layer_decay = o.get("layer_decay", 1.0)
-  if layer_decay < 1.0 or freeze_encoder:
+  if layer_decay < 1.0:
     def scale(updates, state, params=None):
-      scales = update_scales(updates, layer_decay, freeze_encoder)
+      scales = update_scales(updates, layer_decay)
       return jax.tree.map(lambda u, s: u * s, updates, scales), state
     tx = optax.chain(tx, optax.GradientTransformation(lambda _: optax.EmptyState(), scale))
   if o.clip_norm > 0:
