@@ -1,5 +1,5 @@
 r"""python -m vismae_jax.main --config=configs/finetune_seg.py --workdir=DIR \
-    --config.data.csv=../shared/datasets/busi/labels.csv --config.finetune.pretrained=PRETRAIN_DIR
+    --config.data.csv=LABELS_CSV --config.finetune.pretrained=PRETRAIN_DIR
 
 Swin-UNet segmentation fine-tuning, run as a protocol (5-fold CV by default) with a report.
 The release's recipe: encoder depths 2,2,6,2, AdamW lr 1e-3, 150 epochs with 40 warm-up,

@@ -1,4 +1,5 @@
-"""Labelled datasets for fine-tuning: image + mask (segmentation), image + label(s) (classification).
+"""Labelled datasets for fine-tuning: image + mask (segmentation), image + label(s)
+(classification).
 
 A dataset is a CSV whose `image` column (and `mask` column, for segmentation) holds paths
 relative to the CSV's folder, and whose `label` column holds a class index or, for multi-label

@@ -2,8 +2,9 @@
 
 A dataset directory holds `shard-NNNNN.array_record` files, `index.csv` (one row per record, in
 global order: shard, offset, modality and the de-identified keys) and `dataset.json` (the shard
-list, counts per modality and pixel statistics). data_pipelines.ingest writes them. The global position of a record is its row in
-`index.csv`, which is also its index in an ArrayRecordDataSource over the manifest's shards.
+list, counts per modality and pixel statistics). data_pipelines.ingest writes them. The global
+position of a record is its row in `index.csv`, which is also its index in an
+ArrayRecordDataSource over the manifest's shards.
 """
 import csv
 import json

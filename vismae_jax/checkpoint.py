@@ -1,25 +1,51 @@
-"""Orbax checkpoints of a whole run: train state, data-iterator position and config.
+"""Orbax checkpoints of a whole run: train state, data-iterator position, config, and the best.
 
-Saves are asynchronous and keep the newest `keep` steps. A step directory appears only once it
-is complete, so a run killed mid-save resumes from the previous one. Restoring places every
-array directly onto its sharding (no host copy of the full model first).
+Saves are asynchronous. A manager keeps the newest `keep` steps for resuming and, for a run
+that validates (fine-tuning), also the step that scored best on its validation metric:
+Orbax's own preservation policies, with the score stored beside each step. A step folder
+appears only once it is complete, so a run killed mid-save resumes from the previous one.
+Restoring places every array directly onto its sharding (no host copy of the full model first).
 """
+import math
 import os
 
-from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers
 
 
-def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True))
+def _score(best_metric: str):
+  """The ranking of checkpoints by `best_metric`; an undefined score (NaN: e.g. a one-class
+  validation AUC) ranks below every defined one."""
+  def score(metrics):
+    value = float(metrics[best_metric])
+    return -math.inf if math.isnan(value) else value
+  return score
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, config) -> None:
-  mngr.save(step, args=ocp.args.Composite(
+def _options(keep: int | None, best_metric: str, **kwargs) -> ocp.CheckpointManagerOptions:
+  policies = [checkpoint_managers.LatestN(n=keep)]
+  if best_metric:
+    policies.append(checkpoint_managers.BestN(get_metric_fn=_score(best_metric), n=1,
+                                              keep_checkpoints_without_metrics=False))
+  return ocp.CheckpointManagerOptions(
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+      best_fn=_score(best_metric) if best_metric else None, best_mode="max", **kwargs)
+
+
+def manager(workdir: str, keep: int, best_metric: str = "") -> ocp.CheckpointManager:
+  """Checkpoints of the run in `workdir`: the newest `keep`, plus the best by `best_metric`."""
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=_options(keep, best_metric,
+                                                enable_async_checkpointing=True))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, config,
+         metrics: dict | None = None) -> None:
+  """Saves everything a resume needs; `metrics` ({best_metric: value}) ranks the step."""
+  mngr.save(step, metrics=metrics, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(data_iterator),
       config=ocp.args.JsonSave(config.to_dict())))
@@ -64,20 +90,40 @@ def restore_on_host(directory: str, key: str | None = None):
   return restored[key] if key else restored
 
 
-def load_params(path: str):
-  """Parameters (host arrays) of a run's newest checkpoint, or of one checkpoint step.
+def chosen_step(workdir: str, best_metric: str = "") -> tuple[str, int | None]:
+  """(checkpoints folder, step): the best step by `best_metric` where the run kept one, else
+  the newest; step None when there is none."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return directory, None
+  mngr = ocp.CheckpointManager(directory, options=_options(None, best_metric, create=False))
+  return directory, (mngr.best_step() if best_metric else None) or mngr.latest_step()
 
-  `path` is a workdir, its `checkpoints/` folder, or a step folder inside it. Only the saved
-  arrays are read (Orbax metadata), never pickles.
+
+def load_params(path: str, best_metric: str = ""):
+  """Parameters (host arrays) of a run (see `chosen_step`) or of one of its step folders.
+
+  Only the saved arrays are read (Orbax metadata), never pickles.
   """
   path = os.path.abspath(path)
-  for candidate in (os.path.join(path, "checkpoints"), path):
-    if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
-      steps = sorted(int(d) for d in os.listdir(candidate) if d.isdigit())
-      path = os.path.join(candidate, str(steps[-1]))
-      break
-  state_dir = os.path.join(path, "state")
-  if not os.path.isdir(state_dir):
+  if os.path.basename(path) == "checkpoints":
+    path = os.path.dirname(path)
+  step_dir = path
+  if not os.path.isdir(os.path.join(path, "state")):
+    directory, step = chosen_step(path, best_metric)
+    step_dir = os.path.join(directory, str(step))
+  if not os.path.isdir(os.path.join(step_dir, "state")):
     raise FileNotFoundError(f"{path}: no Orbax checkpoint here (expected a workdir with "
                             "checkpoints/<step>/state, or a step folder)")
-  return restore_on_host(state_dir, "params")
+  return restore_on_host(os.path.join(step_dir, "state"), "params")
+
+
+def keep_best_only(workdir: str, best_metric: str) -> None:
+  """Deletes every checkpoint of a finished run but its best: nothing resumes it any more, and
+  a fine-tuning protocol keeps one checkpoint per run instead of two."""
+  directory, best = chosen_step(workdir, best_metric)
+  mngr = ocp.CheckpointManager(directory, options=_options(None, best_metric))
+  for step in mngr.all_steps():
+    if step != best:
+      mngr.delete(step)
+  mngr.close()

@@ -1,11 +1,10 @@
 """Building and validating run configs.
 
 Config files in configs/ are thin: they pick modalities (or a fine-tuning kind) and a variant
-and call `pretrain()` or `finetune()`.
-The defaults here double as the schema: a key that they do not define is a typo, and
-`validate()` rejects it before any work, together with every inconsistent value.
+and call `pretrain()` or `finetune()`. The defaults here double as the schema: the configs are
+locked, so a key that they do not define is a typo that fails where it is set (ml_collections
+names the closest key), and `validate()` rejects every inconsistent value before any work.
 """
-import difflib
 import json
 import os
 
@@ -16,9 +15,22 @@ from data_pipelines import records
 from vismae_jax import preprocess
 
 TASKS = ("pretrain", "finetune", "export")
-FINETUNE_KINDS = ("segmentation", "classification")
+SEGMENTATION = "segmentation"
+FINETUNE_KINDS = (SEGMENTATION, "classification")
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("shards", "sample")
+
+# Settings that say where and how a run executes, never what it computes: a workdir resumes
+# under other values of these.
+EXECUTION = ("mesh", "data.workers", "log_every", "keep_checkpoints", "figure_images",
+             "eval_batch_size")
+# One run may also continue with another schedule length or validation interval (it goes on
+# from its checkpoint), and does not depend on which other runs its protocol does.
+RUN_RESUMABLE = EXECUTION + ("checkpoint_every", "total_steps", "num_epochs", "min_steps",
+                             "protocol")
+# A protocol reuses finished runs, so only the choice of runs may change.
+PROTOCOL_RESUMABLE = EXECUTION + ("protocol.max_folds", "protocol.fractions",
+                                  "protocol.compare_random", "protocol.repeats")
 
 
 class ConfigError(ValueError):
@@ -54,8 +66,9 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.optim = dict(lr=1e-3, lr_batch_base=0, b1=0.9, b2=0.95, weight_decay=0.05,
                  decay_norms_biases=True, warmup_epochs=10.0, clip_norm=0.0)
 
-  # Devices per mesh axis; -1 takes the rest. fsdp > 1 shards parameters and optimizer state.
-  c.mesh = dict(data=-1, fsdp=1)
+  # Devices per mesh axis; -1 takes the rest. fsdp > 1 shards parameters and optimizer state,
+  # except tensors under fsdp_min_mb (their gathers would cost more than they save).
+  c.mesh = dict(data=-1, fsdp=1, fsdp_min_mb=1.0)
   c.dtype = "float32"  # compute dtype; parameters stay float32
 
   c.log_every = 50
@@ -68,12 +81,12 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
 def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
   """Config-file argument (`configs/generic.py:sample`): comma-separated variant names.
 
-  sample: the bundled real images and a 0.4M-parameter SwinMAE at 64 px, 2000 steps: about three
-          minutes on a 2-core CPU, long enough to leave MAE's early predict-the-mean plateau
-          (a 3M-parameter model at 128 px is still on it after six minutes). Mask units of
-          8 px: 16 px units would leave 4 visible squares of a 64 px image (the paper's 224 px
-          leave 49); pretrained so, the label-efficiency protocol's fine-tuned Dice rose by
-          0.024-0.058 at every label fraction (benchmarks/label_efficiency.py, README).
+  sample: the bundled real images and a 0.4M-parameter SwinMAE at 64 px, 2000 steps: minutes on
+          a 2-core CPU, and long enough to leave MAE's early predict-the-mean plateau, which a
+          wider model at 128 px does not leave in that time. Mask units of 8 px: 16 px units
+          would leave 4 visible squares of a 64 px image (the paper's 224 px leave 49), and
+          pretrained so the label-efficiency protocol fine-tuned worse
+          (benchmarks/results/README.md).
   tiny:   the sample's model on a 20-step schedule, for tests.
   """
   for name in filter(None, variant.split(",")):
@@ -101,9 +114,10 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
 
 
 def pretrain(modalities=(), variant: str = "") -> ml_collections.ConfigDict:
+  """A locked pretraining config: values may change, keys may not."""
   c = pretrain_defaults()
   c.data.modalities = tuple(modalities)
-  return apply_variant(c, variant or "")
+  return apply_variant(c, variant or "").lock()
 
 
 def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
@@ -139,13 +153,13 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   c.num_epochs = 150.0 if seg else 50.0
   c.total_steps = 0
   # min_steps: every run trains at least this many steps, so that a small label fraction is
-  # not stopped before it learns anything (10% of BUSI for 30 epochs of batch 16: 105 steps).
+  # not stopped before it learns anything (epochs of a few dozen images are a few steps).
   c.min_steps = 0
   # layer_decay < 1: layer-wise learning-rate decay (e.g. 0.75; 1: off, as the release).
   c.optim = dict(lr=1e-3, lr_batch_base=0, b1=0.9, b2=0.999, weight_decay=0.05,
                  decay_norms_biases=True, warmup_epochs=40.0 if seg else 10.0, clip_norm=0.0,
                  layer_decay=1.0)
-  c.mesh = dict(data=-1, fsdp=1)
+  c.mesh = dict(data=-1, fsdp=1, fsdp_min_mb=1.0)
   c.dtype = "float32"
   c.log_every = 50
   c.checkpoint_every = 200  # steps between checkpoints and validations
@@ -157,9 +171,9 @@ def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
   """`cpu`: 64 px models for 2-core machines (Swin-UNet 0.44M, classifier 0.31M parameters).
 
   cpu shortens the schedules (segmentation 30 epochs, classification 40, at least 400 steps) so
-  that the 80 runs of the label-efficiency protocol take about an hour on 2 cores, and
-  classification uses layer-wise lr decay 0.65, which kept more of the pretrained encoder
-  (2-fold check: AUC 0.80 vs 0.76 at 100% of the labels).
+  that the 80 runs of the label-efficiency protocol fit an hour or so on 2 cores, and
+  classification uses layer-wise lr decay 0.65, which kept more of the pretrained encoder (a
+  higher AUC in a 2-fold check).
   """
   seg = c.finetune.kind == "segmentation"
   for name in filter(None, variant.split(",")):
@@ -181,7 +195,8 @@ def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
 
 
 def finetune(kind: str, variant: str = "") -> ml_collections.ConfigDict:
-  return apply_finetune_variant(finetune_defaults(kind), variant or "")
+  """A locked fine-tuning config of `kind`: values may change, keys may not."""
+  return apply_finetune_variant(finetune_defaults(kind), variant or "").lock()
 
 
 def check_unchanged(config, saved: dict, may_change: tuple, where: str) -> None:
@@ -206,16 +221,6 @@ def check_unchanged(config, saved: dict, may_change: tuple, where: str) -> None:
         + ". Use a new workdir, or that config.")
 
 
-def _unknown_keys(config, defaults, prefix=""):
-  for key in config.keys():
-    if key not in defaults:
-      close = difflib.get_close_matches(key, list(defaults.keys()), n=1)
-      hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-      yield f"config.{prefix}{key}: unknown key{hint}"
-    elif isinstance(config[key], ml_collections.ConfigDict):
-      yield from _unknown_keys(config[key], defaults[key], f"{prefix}{key}.")
-
-
 def defaults_of(config) -> ml_collections.ConfigDict:
   """The defaults of `config`'s kind of run: fine-tuning (of its kind) or pretraining."""
   if "finetune" in config:
@@ -231,9 +236,7 @@ def validate(config, device_count: int, process_count: int) -> None:
   if finetuning and config.finetune.kind not in FINETUNE_KINDS:
     raise ConfigError(f"config.finetune.kind={config.finetune.kind!r}: expected one of "
                       f"{FINETUNE_KINDS}")
-  errors = list(_unknown_keys(config, defaults_of(config)))
-  if errors:  # the checks below assume the known keys
-    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+  errors = []
 
   def check(ok, message):
     if not ok:
@@ -352,3 +355,4 @@ def _check_run(config, device_count, process_count, check):
         ">= 0")
   for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
     check(config[key] > 0, f"config.{key}={config[key]}: must be positive")
+  check(mesh.fsdp_min_mb >= 0, f"config.mesh.fsdp_min_mb={mesh.fsdp_min_mb}: must be >= 0")

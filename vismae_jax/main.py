@@ -1,9 +1,11 @@
 """Entry point: `python -m vismae_jax.main --config=configs/generic.py --workdir=DIR`.
 
 The config file may take an argument (`configs/generic.py:sample`) and any field can be
-overridden on the command line (`--config.batch_size=64`). Multi-host runs pass the coordinator
-flags below, set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or rely on JAX's
-cluster detection (SLURM, Open MPI, TPU pods); see the README's launch recipes.
+overridden on the command line (`--config.batch_size=64`). `config.task` chooses what runs:
+pretrain, finetune (a protocol of fine-tuning runs) or export (to PyTorch). Multi-host runs
+pass the coordinator flags below, set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID, or rely on JAX's cluster detection (SLURM, Open MPI, TPU pods); see
+docs/multihost.md.
 """
 import sys
 
@@ -11,8 +13,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vismae_jax import config_lib, evaluate, parallel, transfer
-from vismae_jax.convert import torch_import
+from vismae_jax import config_lib, parallel, protocol
+from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
@@ -23,6 +25,32 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", "",
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# What a user can get wrong: reported in one line, without a traceback.
+USER_ERRORS = (config_lib.ConfigError, transfer.TransferError, FloatingPointError,
+               FileNotFoundError, torch_import.CheckpointError)
+
+
+def _fail(message: str):
+  logging.error("%s", message)
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parser; a --config override that the config cannot take (a key it does not have,
+  a value of another type) is reported with ml_collections' own message and its "Did you
+  mean" hint, not as a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    while e.args and isinstance(e.args[0], Exception):  # ml_collections nests its KeyError
+      e = e.args[0]
+    text = str(e.args[0]) if e.args else type(e).__name__
+    if isinstance(e, KeyError):
+      key, *hint = text.splitlines()
+      text = " ".join([f"the config has no setting {key.strip(chr(39))!r}.", *hint])
+    _fail(f"a --config override does not fit the config: {text}")
 
 
 def _quiet_orbax():
@@ -36,25 +64,21 @@ def main(argv):
   del argv
   _quiet_orbax()
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config = _CONFIG.value
+  config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    if config.task == "pretrain":
-      loop.train(pretrain.make_task(config, _WORKDIR.value), config, _WORKDIR.value)
-    elif config.task == "finetune":
-      evaluate.run(config, _WORKDIR.value)
-    elif config.task == "export":
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+    if config.task == "export":
       from vismae_jax.convert import torch_export  # torch is an optional extra
-      config_lib.validate(config, jax.device_count(), jax.process_count())
-      torch_export.main(config, _WORKDIR.value)
+      torch_export.main(config, workdir)
+      return
+    mesh = parallel.make_mesh(config.mesh)  # the run's one mesh
+    if config.task == "pretrain":
+      loop.train(pretrain.make_task(config, workdir, mesh), config, workdir, mesh)
     else:
-      raise config_lib.ConfigError(f"config.task={config.task!r}: expected one of "
-                                   f"{config_lib.TASKS}")
-  except (config_lib.ConfigError, transfer.TransferError, FloatingPointError,
-          FileNotFoundError, torch_import.CheckpointError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+      protocol.run(config, workdir, mesh)
+  except USER_ERRORS as e:
+    _fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

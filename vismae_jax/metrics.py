@@ -78,45 +78,35 @@ def classification_scores(labels, probs) -> dict:
           "accuracy": accuracy}
 
 
-def bootstrap_ci(statistic, *arrays, n_resamples: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
-  """(estimate, low, high): percentile bootstrap over cases (rows resampled together).
+def bootstrap_ci(statistic, *arrays, strata=None, n_resamples: int = 1000,
+                 level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+  """(estimate, low, high): percentile bootstrap over cases (the rows of `arrays` resampled
+  together), with scipy.stats.bootstrap.
 
-  Resamples on which the statistic is undefined (e.g. one class only, for an AUC) are skipped.
+  `strata` (one label per case, e.g. the class for an AUC) resamples each stratum on its own
+  and keeps its size, as pROC's stratified bootstrap does for ROC curves: every resample then
+  holds every class, so a statistic that needs them all is always defined.
   """
   arrays = [np.asarray(a) for a in arrays]
-  n = len(arrays[0])
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(n_resamples):
-    idx = rng.integers(0, n, n)
-    try:
-      values.append(statistic(*(a[idx] for a in arrays)))
-    except ValueError:
-      continue
-  tail = (1 - level) / 2 * 100
-  low, high = np.percentile(values, [tail, 100 - tail])
-  return float(statistic(*arrays)), float(low), float(high)
+  cases = np.arange(len(arrays[0]))
+  groups = ([cases] if strata is None else
+            [cases[np.asarray(strata) == s] for s in np.unique(strata)])
 
-
-def _midrank(x):
-  order = np.argsort(x, kind="mergesort")
-  ranks = np.empty(len(x))
-  sorted_x = x[order]
-  i = 0
-  while i < len(x):
-    j = i
-    while j < len(x) and sorted_x[j] == sorted_x[i]:
-      j += 1
-    ranks[order[i:j]] = 0.5 * (i + j - 1) + 1
-    i = j
-  return ranks
+  def resampled(*indices):
+    rows = np.concatenate(indices)
+    return statistic(*(a[rows] for a in arrays))
+  result = stats.bootstrap(groups, resampled, n_resamples=n_resamples, vectorized=False,
+                           confidence_level=level, method="percentile",
+                           rng=np.random.default_rng(seed))
+  interval = result.confidence_interval
+  return float(statistic(*arrays)), float(interval.low), float(interval.high)
 
 
 def delong_test(labels, scores_a, scores_b) -> dict:
   """DeLong, DeLong & Clarke-Pearson (1988): two correlated ROC AUCs on the same cases.
 
-  Uses the structural components (placement values) computed with midranks (Sun & Xu 2014).
+  Uses the structural components (placement values) computed with midranks (Sun & Xu 2014;
+  scipy.stats.rankdata's average ranks).
   Returns both AUCs, their difference, its standard error, z and the two-sided p-value.
   """
   labels = np.asarray(labels).astype(bool)
@@ -127,8 +117,8 @@ def delong_test(labels, scores_a, scores_b) -> dict:
     raise ValueError("DeLong's test needs at least two positive and two negative cases")
   aucs, v10, v01 = [], [], []
   for k in range(2):
-    all_ranks = _midrank(np.concatenate([pos[k], neg[k]]))
-    pos_ranks, neg_ranks = _midrank(pos[k]), _midrank(neg[k])
+    all_ranks = stats.rankdata(np.concatenate([pos[k], neg[k]]))
+    pos_ranks, neg_ranks = stats.rankdata(pos[k]), stats.rankdata(neg[k])
     aucs.append((all_ranks[:m].sum() - m * (m + 1) / 2) / (m * n))
     v10.append((all_ranks[:m] - pos_ranks) / n)        # per positive: share of negatives below
     v01.append(1 - (all_ranks[m:] - neg_ranks) / m)    # per negative: share of positives above
@@ -157,7 +147,7 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
   """(mean, low, high): t-interval of a mean over folds."""
   values = np.asarray(values, float)
   mean = float(values.mean())
-  if len(values) < 2:
+  if len(values) < 2 or np.ptp(values) == 0:  # no spread: scipy's interval would be NaN
     return mean, mean, mean
-  half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * stats.sem(values)
-  return mean, float(mean - half), float(mean + half)
+  low, high = stats.t.interval(level, len(values) - 1, loc=mean, scale=stats.sem(values))
+  return mean, float(low), float(high)

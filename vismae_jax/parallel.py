@@ -2,12 +2,15 @@
 
 The same code runs on one CPU, eight local devices and many hosts: nothing here assumes
 process_count() == 1. Batches are split over every device (the `data` and `fsdp` axes);
-parameters and optimizer state are replicated, or with an `fsdp` axis > 1 sharded along
-their largest dimension that the axis divides (big_vision's FSDP rule), activations then pinned
-to the batch layout (constrain_batch).
+parameters and optimizer state are replicated, or with an `fsdp` axis > 1 sharded along their
+largest dimension that the axis divides (big_vision's FSDP rule). The models name their
+activation axes (models.swin.ACTIVATION_AXES) and only this module says which mesh axes those
+names map to (`LOGICAL_RULES`, in force inside `activation_sharding`).
 """
+import contextlib
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
@@ -15,6 +18,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
 BATCH_SPEC = P(MESH_AXES)
+# Logical activation axis -> mesh axes: activations are split by batch over every device and
+# whole along the rest, whatever the parameters' layout.
+LOGICAL_RULES = (("batch", MESH_AXES), ("height", None), ("width", None), ("embed", None))
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1):
@@ -44,7 +50,7 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   if jax.default_backend() == "cpu":
     # Only process 0 reads and writes JAX's persistent compilation cache: on a rerun it loads
     # its executables while the others compile, and the first cross-process collective fails
-    # once Gloo has waited its fixed 30 s (jax 0.10). Every process compiles instead.
+    # once Gloo has waited its fixed timeout. Every process compiles instead.
     jax.config.update("jax_enable_compilation_cache", False)
     logging.info("persistent compilation cache off: every CPU process compiles, so that all "
                  "reach the first collective together")
@@ -60,13 +66,18 @@ def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
 
 
 def make_mesh(mesh_config) -> jax.sharding.Mesh:
+  """The run's mesh over every device of every process (build it once per run)."""
   shape = mesh_shape(mesh_config.data, mesh_config.fsdp, jax.device_count())
   return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def fsdp_spec(shape, fsdp_size: int) -> P:
-  """Shards the largest dimension that `fsdp_size` divides; small or odd tensors replicate."""
-  if fsdp_size == 1 or not shape:
+def fsdp_spec(shape, fsdp_size: int, min_bytes: float = 0.0, itemsize: int = 4) -> P:
+  """Shards the largest dimension that `fsdp_size` divides; small or odd tensors replicate.
+
+  Tensors under `min_bytes` stay replicated: gathering them at every use costs more latency
+  than their memory is worth (big_vision's min_size_to_shard_mb).
+  """
+  if fsdp_size == 1 or not shape or np.prod(shape) * itemsize < min_bytes:
     return P()
   for dim in np.argsort(shape)[::-1]:
     if shape[dim] % fsdp_size == 0 and shape[dim] >= fsdp_size:
@@ -76,27 +87,21 @@ def fsdp_spec(shape, fsdp_size: int) -> P:
   return P()
 
 
-def state_shardings(abstract_state, mesh):
+def state_shardings(abstract_state, mesh, fsdp_min_mb: float = 0.0):
   """NamedSharding for every leaf of a (shape-only) train state."""
   fsdp_size = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp_size)),
-                      abstract_state)
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp_size, fsdp_min_mb * 2 ** 20,
+                                              np.dtype(x.dtype).itemsize)),
+      abstract_state)
 
 
-def constrain_batch(x: jax.Array) -> jax.Array:
-  """`x` split along its first (batch) dimension over every device of the mesh in context.
-
-  Why: with FSDP the parameters are sharded along feature dimensions, and XLA's sharding
-  propagation carries that layout into the activations, then undoes it around reshapes by
-  gathering whole tensors ("involuntary full rematerialization"). The models pin their block
-  outputs to the batch layout with this. A no-op without FSDP (replicated parameters need no
-  help), where no mesh is set (`jax.set_mesh`: the training step sets one) or where the batch
-  does not split evenly.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.shape.get("fsdp", 1) == 1 or x.shape[0] % mesh.size:
-    return x
-  return jax.lax.with_sharding_constraint(x, BATCH_SPEC)
+@contextlib.contextmanager
+def activation_sharding(mesh):
+  """The context a training step is traced in: `mesh` set and LOGICAL_RULES in force, so the
+  models' named activation axes become sharding constraints on this mesh."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    yield
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -4,7 +4,7 @@ r"""Checkpoints -> PyTorch state dicts in the published VIS-MAE layout.
 
 writes `RUN/export/model.safetensors` and `RUN/export/model.pth` (`{'model': state_dict}`, the
 release's checkpoint format) from the run's best parameters if it kept any, else its newest
-checkpoint. Names, shapes and dtypes are those of ../shared/reference/keys_*.txt, buffers
+checkpoint. Names, shapes and dtypes are the published ones (tests/reference/keys_*.txt), buffers
 included, so the release's loading code (and vismae_jax.convert.torch_models) accepts them with
 strict=True. Only the parameters are read (not the optimizer state), into host memory, from
 checkpoints of any topology (FSDP over many hosts included: see checkpoint.restore_on_host).
@@ -15,22 +15,14 @@ import jax
 import numpy as np
 
 from vismae_jax import checkpoint
-from vismae_jax.models import torch_names
-from vismae_jax.train import loop
+from vismae_jax.convert import torch_names
+from vismae_jax.train import finetune
 
 
 def model_kind(params) -> str:
   if "mask_token" in params:
     return "swin_mae"
   return "swin_unet" if "skip_connection_layers_0" in params else "swin_classifier"
-
-
-def run_params(workdir: str):
-  """A run's best parameters (fine-tuning) or its newest checkpoint's (host arrays)."""
-  best = os.path.join(loop.best_dir(workdir), "params")
-  if os.path.isdir(best):
-    return checkpoint.restore_on_host(best)
-  return checkpoint.load_params(workdir)
 
 
 def export(params, out_dir: str, image_size: int = 224) -> dict:
@@ -50,7 +42,9 @@ def export(params, out_dir: str, image_size: int = 224) -> dict:
 
 
 def main(config, workdir: str) -> dict:
-  params = run_params(workdir)
+  """Exports the run in `workdir`: a fine-tuning run's best checkpoint, else the newest."""
+  params = checkpoint.load_params(
+      workdir, finetune.best_metric(config) if "finetune" in config else "")
   paths = export(params, os.path.join(workdir, "export"), config.input.image_size)
   n = sum(np.size(x) for x in jax.tree.leaves(params))
   print(f"Exported {model_kind(params)} ({n:,} parameters): " +

@@ -8,9 +8,7 @@ missing, unexpected and mis-shaped tensors; a corrupt file fails naming the file
 """
 import os
 
-import numpy as np
-
-from vismae_jax.models import torch_names
+from vismae_jax.convert import torch_names
 
 # Buffers and tables that a published checkpoint may carry but our parameters do not hold.
 IGNORED = ("relative_position_index", "attn_mask", "pos_embed")

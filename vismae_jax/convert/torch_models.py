@@ -1,9 +1,9 @@
 """PyTorch definitions of our models with the published VIS-MAE state-dict layout.
 
-Written from ../shared/reference/VISMAE_REFERENCE.md (not from the release's code) so that users
+Written from the published model's description (not from the release's code) so that users
 without JAX can run our weights, and so benchmarks can time the release's PyTorch step side by
 side with ours. Module names reproduce the published tensor names exactly; `load_state_dict`
-with strict=True accepts `vismae_jax.models.torch_names.to_torch` output.
+with strict=True accepts `vismae_jax.convert.torch_names.to_torch` output.
 torch is an optional extra (`pip install vismae_jax[torch]`): import this module lazily.
 """
 import numpy as np
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vismae_jax.models import swin, torch_names
+from vismae_jax.convert import torch_names
+from vismae_jax.models import swin
 
 LN_EPS = swin.LN_EPS
 
@@ -29,6 +30,8 @@ def window_reverse(windows, window, h, w):
 
 
 class DropPath(nn.Module):
+  """Stochastic depth, per sample (torchvision's StochasticDepth would add a dependency)."""
+
   def __init__(self, rate):
     super().__init__()
     self.rate = rate
@@ -76,9 +79,9 @@ class Mlp(nn.Module):
 
 
 class SwinBlock(nn.Module):
-  def __init__(self, dim, num_heads, window, shift, drop_path=0.0, pad=True):
+  def __init__(self, dim, num_heads, window, shift, drop_path=0.0):
     super().__init__()
-    self.window, self.shift, self.pad = window, shift, pad
+    self.window, self.shift = window, shift
     self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
     self.attn = WindowAttention(dim, num_heads, window)
     self.drop_path = DropPath(drop_path)
@@ -88,10 +91,8 @@ class SwinBlock(nn.Module):
   def forward(self, x):
     _, h, w, _ = x.shape
     shortcut, x = x, self.norm1(x)
-    hp, wp = h, w
-    if self.pad:
-      hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
-      x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+    hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
+    x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
     mask = None
     if self.shift:
       x = torch.roll(x, (-self.shift, -self.shift), dims=(1, 2))
@@ -129,10 +130,10 @@ class PatchExpand(nn.Module):
 
 
 class SwinStage(nn.Module):
-  def __init__(self, dim, depth, num_heads, window, drop_paths, resample=None, pad=True):
+  def __init__(self, dim, depth, num_heads, window, drop_paths, resample=None):
     super().__init__()
     self.blocks = nn.ModuleList([
-        SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, drop_paths[i], pad)
+        SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, drop_paths[i])
         for i in range(depth)])
     if resample == "down":
       self.downsample = PatchMerging(dim)

@@ -11,7 +11,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vismae_jax import parallel
 from vismae_jax.models import swin
 
 
@@ -84,4 +83,4 @@ class SwinMAE(swin.SwinBackbone):
                          name=f"layers_up_{j}")(x, deterministic)
     x = swin.layer_norm("norm_up", self.dtype)(x)
     pred = swin.dense(self.patch_size ** 2 * self.in_chans, "decoder_pred", self.dtype)(x)
-    return parallel.constrain_batch(pred.astype(jnp.float32))
+    return swin.name_axes(pred.astype(jnp.float32))

@@ -1,9 +1,13 @@
 """Swin-Transformer building blocks shared by SwinMAE, Swin-UNet and the classifier.
 
-Written from ../shared/reference/VISMAE_REFERENCE.md so that every parameter maps one to one
-onto the published PyTorch tensors (see `vismae_jax.models.torch_names`). Layout is
-channels-last (B, H, W, C) throughout. Submodule names are chosen so that the PyTorch name is
-the Flax path with `_<n>` turned into `.<n>` (`layers_0/blocks_1` <-> `layers.0.blocks.1`).
+Written from the published model's description so that every parameter maps one to one onto
+the published PyTorch tensors (`vismae_jax.convert.torch_names`; the listings are in
+tests/reference). Layout is channels-last (B, H, W, C) throughout. Submodule names are chosen
+so that the PyTorch name is the Flax path with `_<n>` turned into `.<n>` (`layers_0/blocks_1`
+<-> `layers.0.blocks.1`).
+
+The models know no mesh: their activations carry logical axis names (`ACTIVATION_AXES`), which
+`vismae_jax.parallel` alone maps onto mesh axes while a training step is traced.
 """
 import math
 from typing import Any, Optional, Sequence
@@ -13,17 +17,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vismae_jax import parallel
-
 LN_EPS = 1e-6
 # Between-region entries of the shifted-window mask: the release uses -100, not -inf.
 SHIFT_MASK_VALUE = -100.0
 
 Dtype = Any
 
+# The logical names of a (B, H, W, C) activation's axes; parallel.LOGICAL_RULES maps them.
+ACTIVATION_AXES = ("batch", "height", "width", "embed")
+
+
+def name_axes(x):
+  """`x` (B, H, W, C) constrained to the layout that the rules in context give these axes.
+
+  Why: with FSDP the parameters are sharded along feature dimensions and XLA's sharding
+  propagation would carry that layout into the activations, then undo it around reshapes by
+  gathering whole tensors; pinning block outputs to the batch layout prevents it. Outside a
+  rules context (evaluation, figures, one device) it does nothing.
+  """
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
 
 def gelu(x):
-  """Exact (erf) GELU, written out: ~35% faster on CPU than the library form."""
+  """Exact (erf) GELU written out: faster on XLA's CPU backend than jax.nn.gelu's erf form."""
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
@@ -36,7 +52,7 @@ class Dense(nn.Module):
 
   Why: XLA's CPU backend computes the kernel gradient of a matmul whose input has several
   leading axes (windows x tokens, or B x H x W) as a slow multi-axis contraction; on a 2-D
-  input it is one GEMM, 2.5x faster forward+backward for the 56x56x96 stage.
+  input it is one GEMM (measured with benchmarks/train_throughput.py).
   """
   features: int
   use_bias: bool = True
@@ -136,20 +152,6 @@ class Mlp(nn.Module):
     return dense(self.dim, "fc2", self.dtype)(x)
 
 
-class DropPath(nn.Module):
-  """Stochastic depth: drops the whole residual branch per sample."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool):
-    if deterministic or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    keep_mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-    return jnp.where(keep_mask, x / keep, 0.0).astype(x.dtype)
-
-
 class SwinBlock(nn.Module):
   """Pre-norm (shifted-)window attention + MLP block.
 
@@ -183,10 +185,13 @@ class SwinBlock(nn.Module):
     if self.shift:
       x = jnp.roll(x, (self.shift, self.shift), axis=(1, 2))
     x = x[:, :h, :w]
-    x = shortcut + DropPath(self.drop_path)(x, deterministic)
+    # Stochastic depth: the whole residual branch dropped per sample (dropout broadcast over
+    # every axis but the batch).
+    drop_path = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3), name="stochastic_depth")
+    x = shortcut + drop_path(x, deterministic)
     y = Mlp(self.dim, int(self.dim * self.mlp_ratio), self.dtype,
             name="mlp")(layer_norm("norm2", self.dtype)(x))
-    return parallel.constrain_batch(x + DropPath(self.drop_path)(y, deterministic))
+    return name_axes(x + drop_path(y, deterministic))
 
 
 def _torch_default_bias_init(fan_in):
@@ -212,7 +217,7 @@ class PatchEmbed(nn.Module):
                 dtype=self.dtype, name="proj",
                 kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
                 bias_init=_torch_default_bias_init(fan_in))(x)
-    return parallel.constrain_batch(layer_norm("norm", self.dtype)(x))
+    return name_axes(layer_norm("norm", self.dtype)(x))
 
 
 class PatchMerging(nn.Module):
@@ -226,7 +231,7 @@ class PatchMerging(nn.Module):
                         axis=-1)
     x = layer_norm("norm", self.dtype)(x)
     x = dense(2 * self.dim, "reduction", self.dtype, use_bias=False)(x)
-    return parallel.constrain_batch(x)
+    return name_axes(x)
 
 
 class PatchExpand(nn.Module):
@@ -242,7 +247,7 @@ class PatchExpand(nn.Module):
     x = dense(s * s * self.out_dim, "expand", self.dtype, use_bias=False)(x)
     x = x.reshape(b, h, w, s, s, self.out_dim).transpose(0, 1, 3, 2, 4, 5)
     x = x.reshape(b, h * s, w * s, self.out_dim)
-    return parallel.constrain_batch(layer_norm("norm", self.dtype)(x))
+    return name_axes(layer_norm("norm", self.dtype)(x))
 
 
 class SwinStage(nn.Module):

@@ -1,8 +1,8 @@
 """Swin-UNet for segmentation and the Swin classifier: the VIS-MAE fine-tuning models.
 
 Both reuse the SwinMAE's building blocks under the same names, so a pretraining checkpoint
-transfers by name and shape (vismae_jax/transfer.py) and exports to the published layout with
-the same name map (models/torch_names.py).
+transfers by name and shape (convert/transfer.py) and exports to the published layout with the
+same name map (convert/torch_names.py).
 """
 from typing import Sequence
 

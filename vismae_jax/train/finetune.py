@@ -7,7 +7,7 @@ segmentation; cross-entropy (softmax) or binary cross-entropy (multi-label) for 
 """
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import grain
 import jax
@@ -17,16 +17,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from vismae_jax import augment, checkpoint, metrics, preprocess, transfer
+from vismae_jax import augment, checkpoint, config_lib, metrics, preprocess
+from vismae_jax.convert import transfer
 from vismae_jax.models import unet
 from vismae_jax.train import loop, optim
 
-SEGMENTATION, CLASSIFICATION = "segmentation", "classification"
 
 
 def build_model(config):
   m, f = config.model, config.finetune
-  cls = unet.SwinUNet if f.kind == SEGMENTATION else unet.SwinClassifier
+  cls = unet.SwinUNet if f.kind == config_lib.SEGMENTATION else unet.SwinClassifier
   return cls(num_classes=f.num_classes, in_chans=m.in_chans, patch_size=m.patch_size,
              embed_dim=m.embed_dim, depths=tuple(m.depths), num_heads=tuple(m.num_heads),
              window=m.window, drop_path=m.drop_path, remat=m.remat,
@@ -43,7 +43,7 @@ def model_inputs(config, batch, rng, train: bool):
   x = preprocess.to_model_input(batch["image"], image_size=config.input.image_size,
                                 channels=config.model.in_chans, normalization="minmax")
   masks = batch.get("mask")
-  if train and config.finetune.kind == SEGMENTATION:
+  if train and config.finetune.kind == config_lib.SEGMENTATION:
     x, masks = augment.segmentation_augment(rng, x, masks)
   elif train and config.input.hflip:
     x = augment.random_hflip(rng, x)
@@ -78,7 +78,7 @@ def make_loss_fn(model, config):
     x, masks = model_inputs(config, batch, input_rng, train=True)
     logits = model.apply({"params": params}, x, deterministic=False,
                          rngs={"dropout": drop_rng})
-    if config.finetune.kind == SEGMENTATION:
+    if config.finetune.kind == config_lib.SEGMENTATION:
       return segmentation_loss(logits, masks, config.finetune.num_classes)
     return classification_loss(logits, batch["label"])
   return loss_fn
@@ -89,7 +89,7 @@ def make_predict_fn(model, config):
   def predict(params, batch):
     x, _ = model_inputs(config, batch, None, train=False)
     logits = model.apply({"params": params}, x, deterministic=True)
-    if config.finetune.kind == SEGMENTATION:
+    if config.finetune.kind == config_lib.SEGMENTATION:
       return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     multilabel = batch["label"].ndim == 2
     return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
@@ -111,8 +111,7 @@ def predict_all(predict, params, examples: dict, batch: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Functions:
-  """A fine-tuning config's model and the functions that the loop and the evaluation jit."""
-  model: Any
+  """The functions of a fine-tuning config's model that the loop and the evaluation jit."""
   init_params: Callable  # rng -> random parameters
   loss_fn: Callable      # (params, batch, rng) -> loss
   predict: Callable      # jitted (params, batch) -> label maps or class probabilities
@@ -121,9 +120,9 @@ class Functions:
 def functions(config) -> Functions:
   """The model and functions of `config`, built once per process and config.
 
-  Why: JAX caches traces and compilations per function object. Tracing and compiling the cpu
-  Swin-UNet's initialisation, step and prediction takes about 30 s on 2 cores, longer than a
-  10%-label run trains; the runs of a protocol share one config and so one set of functions.
+  Why: JAX caches traces and compilations per function object, and on a CPU tracing and
+  compiling a Swin-UNet takes longer than a small label fraction trains; the runs of a protocol
+  share one config and so one set of functions.
   The seed is left out of the key: it chooses the data order and the initial values, which reach
   these functions as arguments, so a protocol's repeats (other seeds) share them too.
   """
@@ -133,7 +132,7 @@ def functions(config) -> Functions:
 @functools.lru_cache(maxsize=4)
 def _functions(config: ml_collections.FrozenConfigDict) -> Functions:
   model = build_model(config)
-  return Functions(model=model, init_params=lambda rng: init_params(model, config, rng),
+  return Functions(init_params=lambda rng: init_params(model, config, rng),
                    loss_fn=make_loss_fn(model, config),
                    predict=jax.jit(make_predict_fn(model, config)))
 
@@ -165,17 +164,22 @@ def pretrained_params(config, target_params):
   return params
 
 
+def best_metric(config) -> str:
+  """The validation metric that chooses a fine-tuning run's best checkpoint."""
+  return "val_dice" if config.finetune.kind == config_lib.SEGMENTATION else "val_auc"
+
+
 def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
   """Fine-tuning on examples[train], validated on examples[val] at every checkpoint."""
   fns = functions(config)
-  seg = config.finetune.kind == SEGMENTATION
+  seg = config.finetune.kind == config_lib.SEGMENTATION
   keep = {k: v for k, v in examples.items() if seg or k != "mask"}
   arrays = {k: v[np.asarray(train)] for k, v in keep.items()}
   dataset = grain.MapDataset.source(ArraySource(arrays)).seed(config.seed).shuffle().repeat()
   dataset = dataset.batch(config.batch_size // jax.process_count(), drop_remainder=True)[
       jax.process_index()::jax.process_count()]
   val_examples = {k: v[np.asarray(val)] for k, v in keep.items()}
-  metric = "val_dice" if seg else "val_auc"
+  metric = best_metric(config)
 
   def validate(params, step):
     predictions = predict_all(fns.predict, params, val_examples, config.eval_batch_size)
@@ -193,8 +197,6 @@ def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
   if init == "pretrained":
     initial = lambda: pretrained_params(config, jax.device_get(
         jax.jit(fns.init_params)(jax.random.split(jax.random.PRNGKey(config.seed))[0])))
-  task = loop.Task(model=fns.model, init_params=fns.init_params, loss_fn=fns.loss_fn,
-                   dataset=dataset, num_examples=len(train), initial_params=initial,
-                   on_checkpoint=validate, best_metric=metric)
-  task.best_params = lambda workdir: loop.restore_best(workdir, loop.abstract_params(task))
-  return task
+  return loop.Task(init_params=fns.init_params, loss_fn=fns.loss_fn, dataset=dataset,
+                   num_examples=len(train), initial_params=initial, on_checkpoint=validate,
+                   best_metric=metric)

@@ -1,7 +1,7 @@
 """One training loop for every task: a jitted, sharded step; metrics, checkpoints, pictures.
 
-A task (pretrain.make_task, finetune.make_task) supplies the model, its initial parameters, the
-loss and this host's batches; everything else is shared. The step is a pure function
+A task (pretrain.make_task, finetune.make_task) supplies its initial parameters, the loss and
+this host's batches; everything else is shared. The step is a pure function
 `step(state, batch, schedule) -> (state, metrics)` whose randomness is
 `fold_in(state.rng, state.step)`, so a resumed run replays an uninterrupted one exactly. The
 learning-rate schedule is an argument (optim.schedule), not a constant of the compiled step, and
@@ -13,14 +13,13 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
 from tensorboardX import SummaryWriter
@@ -30,25 +29,16 @@ from vismae_jax import checkpoint, config_lib, parallel
 from vismae_jax.train import optim
 
 
-# Settings a run may be resumed under with other values: where and how it runs, how often it
-# reports, and how long it trains (a longer schedule continues from the checkpoint); not what a
-# step computes. protocol.*: which runs a fine-tuning protocol does (evaluate checks the rest).
-RESUMABLE_CHANGES = ("mesh", "data.workers", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "figure_images", "eval_batch_size", "total_steps", "num_epochs", "min_steps",
-                     "protocol")
-
-
 @dataclasses.dataclass
 class Task:
   """What the loop needs from a task."""
-  model: Any
   init_params: Callable        # rng -> params, traced under jit (random initialisation)
   loss_fn: Callable            # (params, batch, rng) -> scalar loss
   dataset: grain.MapDataset    # this host's batches (arrays or dicts of arrays), endless
   num_examples: int            # one epoch
   initial_params: Optional[Callable] = None  # () -> host params, e.g. transferred weights
   on_checkpoint: Optional[Callable] = None   # (params, step) -> {name: value}: figures, validation
-  best_metric: str = ""        # keep the parameters with the highest on_checkpoint[best_metric]
+  best_metric: str = ""        # also keep the step with the highest on_checkpoint[best_metric]
   outputs: dict = dataclasses.field(default_factory=dict)  # {what: path} for the closing line
 
 
@@ -102,33 +92,6 @@ def compile_train_step(task: Task, tx, state_shardings, mesh):
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
-def best_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "best")
-
-
-def _best_record(workdir: str) -> dict:
-  path = os.path.join(best_dir(workdir), "best.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def _save_best(workdir: str, params, step: int, name: str, value: float):
-  """Overwrites the best parameters (a plain Orbax checkpoint) and records step and metric."""
-  with ocp.StandardCheckpointer() as checkpointer:  # waits for the write on exit
-    checkpointer.save(os.path.join(best_dir(workdir), "params"), params, force=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(best_dir(workdir), "best.json"), "w") as f:
-      json.dump({"step": step, name: value}, f)
-
-
-def restore_best(workdir: str, params_like):
-  """The best parameters of a finished run, laid out like `params_like` (ShapeDtypeStructs)."""
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.join(best_dir(workdir), "params"), params_like)
-
-
 class _Logger:
   """Scalars to TensorBoard and metrics.jsonl (process 0), a progress bar with rate and ETA."""
 
@@ -177,10 +140,10 @@ class _Logger:
       self.jsonl.close()
 
 
-def train(task: Task, config, workdir: str) -> dict:
-  """Runs (or resumes) `task` as `config` describes in `workdir`; returns the last metrics."""
+def train(task: Task, config, workdir: str, mesh) -> dict:
+  """Runs (or resumes) `task` as `config` describes in `workdir` on `mesh`; returns the last
+  metrics."""
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh(config.mesh)
   per_host_batch = config.batch_size // jax.process_count()
   data_iterator = pretrain_input.make_iterator(task.dataset, config.data.workers)
 
@@ -193,17 +156,17 @@ def train(task: Task, config, workdir: str) -> dict:
                           optim.schedule(config, steps_per_epoch, total_steps))
   init_state = make_state_initializer(tx, config.seed)
   abstract_state = jax.eval_shape(init_state, abstract_params(task))
-  shardings = parallel.state_shardings(abstract_state, mesh)
+  shardings = parallel.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_mb)
   batch_sharding = parallel.batch_sharding(mesh)
 
   # Fresh start or resume.
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints, task.best_metric)
   latest = mngr.latest_step()
   if latest is None:
     state = initial_state(task, init_state, shardings, config.seed)
   else:
-    config_lib.check_unchanged(config, checkpoint.saved_config(mngr, latest), RESUMABLE_CHANGES,
-                               f"checkpoint {latest} in {mngr.directory}")
+    config_lib.check_unchanged(config, checkpoint.saved_config(mngr, latest),
+                               config_lib.RUN_RESUMABLE, f"checkpoint {latest} in {mngr.directory}")
     state = checkpoint.restore(mngr, latest, checkpoint.abstract_like(abstract_state, shardings),
                                data_iterator)
     logging.info("resumed from step %d in %s", latest, mngr.directory)
@@ -215,8 +178,6 @@ def train(task: Task, config, workdir: str) -> dict:
   train_step = compile_train_step(task, tx, shardings, mesh)
   start = int(state["step"])
   logger = _Logger(workdir, total_steps, start, config.batch_size)
-  best_so_far = _best_record(workdir)
-  best = best_so_far.get(task.best_metric, -np.inf)
   pending, last = [], {}
 
   def flush(step):
@@ -240,26 +201,21 @@ def train(task: Task, config, workdir: str) -> dict:
   for step in range(start + 1, total_steps + 1):
     batch = jax.tree.map(lambda x: parallel.global_batch(x, batch_sharding),
                          next(data_iterator))
-    with jax.set_mesh(mesh):  # the models pin activations to the batch layout (FSDP)
+    with parallel.activation_sharding(mesh):  # the step is traced with the sharding rules
       state, metrics = train_step(state, batch, schedule)
     pending.append(metrics)
     is_last = step == total_steps
     if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
       flush(step)
     if step % config.checkpoint_every == 0 or is_last:
-      checkpoint.save(mngr, step, state, data_iterator, config)
-      if task.on_checkpoint:
-        evaluated = task.on_checkpoint(state["params"], step)
+      evaluated = task.on_checkpoint(state["params"], step) if task.on_checkpoint else {}
+      if evaluated:
         logger.scalars(step, evaluated)
-        if evaluated:
-          logging.info("step %d: %s", step, evaluated)
-        if task.best_metric:
-          value = evaluated[task.best_metric]
-          value = -np.inf if np.isnan(value) else value  # undefined (e.g. one-class AUC)
-          if value > best or not best_so_far:
-            best, best_so_far = value, {task.best_metric: value}
-            _save_best(workdir, state["params"], step, task.best_metric, best)
+        logging.info("step %d: %s", step, evaluated)
         last.update(evaluated)
+      checkpoint.save(mngr, step, state, data_iterator, config,
+                      {task.best_metric: evaluated[task.best_metric]} if task.best_metric
+                      else None)
       logger.restart_clock()
   mngr.wait_until_finished()
   logger.close()
@@ -267,7 +223,9 @@ def train(task: Task, config, workdir: str) -> dict:
     outputs = {"Checkpoints": mngr.directory, "TensorBoard": f"{logger.tb_dir} (also "
                "metrics.jsonl)", **task.outputs}
     if task.best_metric:
-      outputs[f"Best {task.best_metric} ({best:.4f})"] = best_dir(workdir)
+      best = mngr.best_step()
+      outputs[f"Best {task.best_metric} ({mngr.metrics(best)[task.best_metric]:.4f})"] = (
+          f"step {best}")
     print(f"Done: {total_steps} steps. " + " | ".join(f"{k}: {v}" for k, v in outputs.items()),
           flush=True)
   return last

@@ -61,7 +61,7 @@ def decay_mask(params):
 ENCODER = ("patch_embed", "encoder")
 
 
-def layer_ids(params) -> tuple[dict, int]:
+def layer_ids(params) -> dict:
   """Depth of every parameter for layer-wise decay: the patch embedding 0, encoder block k
   (counted over all stages) k + 1, a stage's patch merging with its last block, everything
   after the encoder (decoder, norms, heads) the top, n_blocks + 1."""
@@ -79,14 +79,7 @@ def layer_ids(params) -> tuple[dict, int]:
     done = sum(depths[:stage])
     return done + (int(names[2].split("_")[1]) + 1 if names[2].startswith("blocks_")
                    else depths[stage])
-  return jax.tree_util.tree_map_with_path(lambda path, _: layer(path), params), top
-
-
-def update_scales(params, layer_decay: float):
-  """The factor on each parameter's update: layer_decay^(top - depth), so that the head learns at
-  the full rate and the stem slowest."""
-  ids, top = layer_ids(params)
-  return jax.tree.map(lambda i: layer_decay ** (top - i), ids)
+  return jax.tree_util.tree_map_with_path(lambda path, _: layer(path), params)
 
 
 def stop_encoder_gradient(params):
@@ -110,25 +103,24 @@ def hold_encoder(updates, hold):
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW at unit learning rate (the step multiplies by `learning_rate`). In fine-tuning each
-  update may be scaled by its depth (`update_scales`): optim.layer_decay < 1, as in BEiT / MAE
-  fine-tuning, so that pretrained early layers move least (a frozen encoder is the schedule's
-  `probe_steps`, not the optimizer's).
+  parameter group (one per depth, `layer_ids`) may have its update scaled by
+  layer_decay^(top - depth): optim.layer_decay < 1, as in BEiT / MAE fine-tuning, so that the
+  head learns at the full rate and pretrained early layers move least (a frozen encoder is the
+  schedule's `probe_steps`, not the optimizer's).
 
   One object per optimizer recipe, so that runs with the same recipe reuse one traced step.
   """
-  return _optimizer(ml_collections.FrozenConfigDict(config.optim))
+  return _optimizer(ml_collections.FrozenConfigDict(config.optim), sum(config.model.depths) + 1)
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer(o: ml_collections.FrozenConfigDict) -> optax.GradientTransformation:
+def _optimizer(o: ml_collections.FrozenConfigDict, top: int) -> optax.GradientTransformation:
   tx = optax.adamw(1.0, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                    mask=None if o.decay_norms_biases else decay_mask)
   layer_decay = o.get("layer_decay", 1.0)
   if layer_decay < 1.0:
-    def scale(updates, state, params=None):
-      scales = update_scales(updates, layer_decay)
-      return jax.tree.map(lambda u, s: u * s, updates, scales), state
-    tx = optax.chain(tx, optax.GradientTransformation(lambda _: optax.EmptyState(), scale))
+    groups = {depth: optax.scale(layer_decay ** (top - depth)) for depth in range(top + 1)}
+    tx = optax.chain(tx, optax.partition(groups, layer_ids))
   if o.clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
   return tx

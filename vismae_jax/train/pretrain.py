@@ -98,7 +98,7 @@ def figure_batch(data_dir: str, config) -> np.ndarray:
   return np.stack([records.decode_image(source[int(i)]) for i in picks])
 
 
-def make_task(config, workdir: str) -> loop.Task:
+def make_task(config, workdir: str, mesh) -> loop.Task:
   """SwinMAE pretraining on the configured shards; a reconstruction grid at every checkpoint."""
   config_lib.validate(config, jax.device_count(), jax.process_count())
   data_dir = resolve_data_dir(config, workdir)
@@ -110,7 +110,6 @@ def make_task(config, workdir: str) -> loop.Task:
       mixture=dict(config.data.mixture))
   pictures = figure_batch(data_dir, config)
   figure_path = os.path.join(workdir, "reconstructions.png")
-  mesh = parallel.make_mesh(config.mesh)
   replicated = parallel.replicated(mesh)
   draw = jax.jit(lambda params, images: reconstruct(
       model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)
@@ -126,7 +125,7 @@ def make_task(config, workdir: str) -> loop.Task:
     return {}
 
   return loop.Task(
-      model=model, init_params=lambda rng: init_params(model, config, rng),
+      init_params=lambda rng: init_params(model, config, rng),
       loss_fn=make_loss_fn(model, config), dataset=dataset,
       num_examples=pretrain_input.num_examples(data_dir, config.data.modalities),
       on_checkpoint=write_figure, outputs={"Reconstructions": figure_path})

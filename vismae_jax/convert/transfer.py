@@ -16,7 +16,7 @@ transfer fails listing every mismatch instead of silently training from scratch.
 import dataclasses
 import re
 
-from vismae_jax.models import torch_names
+from vismae_jax.convert import torch_names
 
 _BLOCK = re.compile(r"^(layers(?:_up)?\.\d+)\.blocks\.(\d+)\.(.*)$")
 

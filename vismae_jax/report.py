@@ -1,0 +1,170 @@
+"""What a fine-tuning protocol's runs mean: per-run scores, statistics tables, curves, overlays.
+
+A run's score on its test cases (`score`) keeps the per-case values that the pooled statistics
+need. Repeats are averaged within their fold (the metrics, and the per-case Dice or
+probabilities), so that training noise does not hide a difference between initialisations.
+Per fraction and initialisation: the mean over folds with a t-interval and the pooled per-case
+bootstrap CI; pretrained against random by a paired t-test across folds and, for binary
+classification, DeLong's test on the pooled test predictions.
+
+Segmentation Dice is the mean over test images that contain the foreground (MONAI's
+ignore_empty: a normal image has nothing to find); HD95, precision and recall (segmentation)
+and PR AUC (classification) are reported beside the main metric.
+
+This module knows nothing of how runs are made (protocol.py); the names both need live here.
+"""
+import csv
+import json
+import os
+
+import numpy as np
+
+from vismae_jax import config_lib, figures, metrics
+
+INITS = ("pretrained", "random")
+# Reported beside the main metric (means over folds); the first also in the CSV / Markdown.
+SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
+OVERLAY_CASES = 8
+
+
+def _nanmean(values) -> float:
+  values = np.asarray(values, float)
+  return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def score(config, predictions: np.ndarray, examples: dict, indices) -> dict:
+  """Metrics of one run on its test cases, and the per-case values the statistics pool."""
+  if config.finetune.kind == config_lib.SEGMENTATION:
+    s = metrics.segmentation_scores(predictions, examples["mask"][indices],
+                                    config.finetune.num_classes)
+    dice = s["dice"][~np.all(np.isnan(s["dice"]), axis=1)]  # images with something to find
+    per_case = np.nanmean(dice, axis=1)
+    return {"metric": float(per_case.mean()), "per_case": per_case.tolist(),
+            **{k: _nanmean(s[k]) for k in SECONDARY[True]}}
+  labels = examples["label"][indices]
+  s = metrics.classification_scores(labels, predictions)
+  return {"metric": float(s["roc_auc"]), "pr_auc": float(s["pr_auc"]),
+          "probs": predictions.tolist(), "labels": labels.tolist()}
+
+
+def average_repeats(results: list[dict]) -> list[dict]:
+  """One result per (fold, fraction, initialisation): its repeats' metrics and per-case values
+  (Dice, predicted probabilities) averaged, their metrics kept as `repeat_metrics`."""
+  groups = {}
+  for r in results:
+    groups.setdefault((r["fold"], r["fraction"], r["init"]), []).append(r)
+  averaged = []
+  for runs in groups.values():
+    merged = {**runs[0], "repeat_metrics": [r["metric"] for r in runs]}
+    for key in ("metric", *SECONDARY[True], *SECONDARY[False]):
+      if key in runs[0]:
+        merged[key] = _nanmean([r[key] for r in runs])
+    for key in ("per_case", "probs"):
+      if key in runs[0]:
+        merged[key] = np.mean([r[key] for r in runs], axis=0).tolist()
+    averaged.append(merged)
+  return averaged
+
+
+def _pooled_ci(seg: bool, runs: list[dict]):
+  """The pooled per-case bootstrap CI: Dice over images, or the AUC over all test predictions
+  (stratified by class where labels are single classes)."""
+  if seg:
+    return metrics.bootstrap_ci(np.mean, np.concatenate([r["per_case"] for r in runs]))
+  labels = np.concatenate([r["labels"] for r in runs])
+  probs = np.concatenate([r["probs"] for r in runs])
+  return metrics.bootstrap_ci(lambda l, p: metrics.classification_scores(l, p)["roc_auc"],
+                              labels, probs, strata=labels if labels.ndim == 1 else None)
+
+
+def summarize(config, results: list[dict]) -> dict:
+  """Per fraction: each initialisation's fold values, mean with CI, pooled bootstrap CI, tests."""
+  seg = config.finetune.kind == config_lib.SEGMENTATION
+  results = average_repeats(results)
+  summary = {"metric": "dice" if seg else "roc_auc", "repeats": config.protocol.repeats,
+             "fractions": [], "by_fraction": {}}
+  for fraction in sorted({r["fraction"] for r in results}):
+    rows = {init: sorted((r for r in results if r["fraction"] == fraction and r["init"] == init),
+                         key=lambda r: r["fold"]) for init in INITS}
+    entry = {}
+    for init, runs in rows.items():
+      if not runs:
+        continue
+      values = [r["metric"] for r in runs]
+      mean, low, high = metrics.mean_ci(values)
+      pooled = _pooled_ci(seg, runs)
+      entry[init] = {"mean": mean, "ci95": [low, high], "per_fold": values,
+                     "per_fold_repeats": [r["repeat_metrics"] for r in runs],
+                     "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]],
+                     **{k: _nanmean([r[k] for r in runs]) for k in SECONDARY[seg]}}
+    if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
+      a, b = ([r["metric"] for r in rows[i]] for i in INITS)
+      entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
+      entry["p_value"] = entry["paired_t_test"]["p_value"] if len(a) > 1 else None
+      if not seg and np.asarray(rows["pretrained"][0]["labels"]).ndim == 1 and \
+          np.asarray(rows["pretrained"][0]["probs"]).shape[1] == 2:
+        labels = np.concatenate([r["labels"] for r in rows["pretrained"]])
+        entry["delong"] = metrics.delong_test(
+            labels, *(np.concatenate([np.asarray(r["probs"])[:, 1] for r in rows[i]])
+                      for i in INITS))
+    summary["fractions"].append(fraction)
+    summary["by_fraction"][str(fraction)] = entry
+  return summary
+
+
+def _markdown_title(config, summary: dict) -> str:
+  probe = config.finetune.probe_first
+  how = ("with frozen encoders" if config.finetune.freeze_encoder else
+         f"fine-tuning, the first {probe:.0%} with frozen encoders (LP-FT)" if probe
+         else "fine-tuning")
+  repeats = summary["repeats"]
+  seeds = f" (each fold the mean of {repeats} seeds)" if repeats > 1 else ""
+  return f"# {config.finetune.kind} {how}: {summary['metric']}{seeds}"
+
+
+def write_report(config, workdir: str, summary: dict) -> dict:
+  """report.json, report.csv, report.md and label_efficiency.png; returns their paths."""
+  paths = {k: os.path.join(workdir, f) for k, f in (
+      ("json", "report.json"), ("csv", "report.csv"), ("markdown", "report.md"),
+      ("curve", "label_efficiency.png"))}
+  with open(paths["json"], "w") as f:
+    json.dump(summary, f, indent=1)
+  name = summary["metric"]
+  second = SECONDARY[config.finetune.kind == config_lib.SEGMENTATION][0]
+  lines = [f"| labels | init | {name} (mean over folds) | 95% CI | pooled 95% CI (bootstrap) | "
+           f"p (paired t) | {second} |", "| --- | --- | --- | --- | --- | --- | --- |"]
+  with open(paths["csv"], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["fraction", "init", "mean", "ci_low", "ci_high", "pooled", "pooled_ci_low",
+                "pooled_ci_high", "p_value", second, "per_fold"])
+    for fraction in summary["fractions"]:
+      entry = summary["by_fraction"][str(fraction)]
+      for init in INITS:
+        if init not in entry:
+          continue
+        e, p = entry[init], entry.get("p_value")
+        w.writerow([fraction, init, e["mean"], *e["ci95"], e["pooled"],
+                    *e["pooled_bootstrap_ci95"], p, e[second],
+                    " ".join(f"{v:.4f}" for v in e["per_fold"])])
+        p_text = "" if p is None or init != "pretrained" else f"{p:.3g}"
+        lines.append(f"| {fraction:.0%} | {init} | {e['mean']:.4f} | {e['ci95'][0]:.4f}-"
+                     f"{e['ci95'][1]:.4f} | {e['pooled_bootstrap_ci95'][0]:.4f}-"
+                     f"{e['pooled_bootstrap_ci95'][1]:.4f} | {p_text} | {e[second]:.4f} |")
+  if summary["skipped_rows"]:
+    lines.append(f"\n{len(summary['skipped_rows'])} rows of {config.data.csv} could not be read "
+                 "and were left out (`skipped_rows` in report.json).")
+  with open(paths["markdown"], "w") as f:
+    f.write(_markdown_title(config, summary) + "\n\n" + "\n".join(lines) + "\n")
+  figures.label_efficiency_curve(summary, paths["curve"])
+  return paths
+
+
+def write_overlays(workdir: str, results: list[dict], examples: dict, predictions) -> str:
+  """overlays.png: test cases of the run with the most labels (pretrained where there is one)
+  with their ground truth and prediction; `predictions(run name)` loads a run's label maps."""
+  run = max(results, key=lambda r: (r["fraction"], r["init"] == "pretrained", -r["fold"]))
+  cases = run["test"][:OVERLAY_CASES]
+  return figures.segmentation_overlays(
+      examples["image"][cases], examples["mask"][cases],
+      predictions(run["name"])[:OVERLAY_CASES], os.path.join(workdir, "overlays.png"),
+      title=f"{run['name']}: ground truth (green), prediction (red)")
