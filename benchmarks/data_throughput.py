@@ -14,10 +14,8 @@ and ArrayRecord shards written by data_pipelines.ingest. Then, in one run under 
   show memory stays flat as the number of files grows.
 Prints one summary line; `--json` writes the figures.
 """
-import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,6 +23,7 @@ import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,18 +31,14 @@ sys.path.insert(0, ROOT)
 CXR = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "chest_xray_pneumonia", "images")
 
 
-def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--images", type=int, default=2048)
-  p.add_argument("--batch", type=int, default=256)
-  p.add_argument("--image_size", type=int, default=224)
-  p.add_argument("--workers", type=int, default=0, help="grain and DataLoader worker processes")
-  p.add_argument("--epochs", type=int, default=2, help="passes timed per pipeline")
-  p.add_argument("--ingest_files", default="1000",
-                 help="comma-separated DICOM file counts for the ingest runs ('' skips)")
-  p.add_argument("--scratch", default="", help="working folder (default: a temporary one)")
-  p.add_argument("--json", default="")
-  return p.parse_args(argv)
+flags.DEFINE_integer("images", 2048, "images in the PNG folder and the shards")
+flags.DEFINE_integer("batch", 256, "batch of both pipelines")
+flags.DEFINE_integer("image_size", 224, "image side in pixels")
+flags.DEFINE_integer("workers", 0, "grain and DataLoader worker processes")
+flags.DEFINE_integer("epochs", 2, "passes timed per pipeline")
+flags.DEFINE_list("ingest_files", ["1000"], "DICOM file counts for the ingest runs ('' skips)")
+flags.DEFINE_string("scratch", "", "working folder (default: a temporary one)")
+flags.DEFINE_string("json", "", "write the results here")
 
 
 def source_images(n: int, size: int):
@@ -122,9 +117,13 @@ def time_ingest(scratch: str, n_files: int, size: int) -> dict:
       sub = os.path.join(raw, "CT", f"{i // 1000:03d}")
       os.makedirs(sub, exist_ok=True)
       shutil.copy(ct, os.path.join(sub, f"{i:06d}.dcm"))
+  # The ingest command line, run as `python -m data_pipelines.ingest` would run it, timed and
+  # measured (peak RSS of the process and its Beam workers) from inside the child.
   command = [sys.executable, "-c", (
-      "import resource, sys, time; from data_pipelines import ingest; t = time.perf_counter(); "
-      "ingest.main(sys.argv[1:]); print('SECONDS', time.perf_counter() - t); "
+      "import resource, runpy, sys, time; t = time.perf_counter()\n"
+      "try:\n  runpy.run_module('data_pipelines.ingest', run_name='__main__')\n"
+      "except SystemExit as e:\n  assert not e.code, e.code\n"
+      "print('SECONDS', time.perf_counter() - t); "
       "print('RSS_KB', max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
       "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))"),
       f"--input={raw}", f"--output={out}", "--salt=benchmark", f"--size={size}",
@@ -140,7 +139,8 @@ def time_ingest(scratch: str, n_files: int, size: int) -> dict:
 
 
 def main(argv):
-  args = parse_args(argv)
+  del argv
+  args = flags.FLAGS
   from data_pipelines import ingest
   scratch = args.scratch or tempfile.mkdtemp(prefix="vismae_data_throughput_")
   png_dir, shard_dir = os.path.join(scratch, "png", "xr"), os.path.join(scratch, "shards")
@@ -155,7 +155,7 @@ def main(argv):
   grain_rate = time_grain(shard_dir, args.batch, args.workers, args.epochs, args.images)
   png_rate = time_png_dataloader(png_dir, args.batch, args.workers, args.epochs)
   ingests = [time_ingest(scratch, int(n), args.image_size)
-             for n in filter(None, args.ingest_files.split(","))]
+             for n in filter(None, args.ingest_files)]
   import jax
   result = {"grain_img_per_s": grain_rate, "png_img_per_s": png_rate,
             "speedup_vs_png": grain_rate / png_rate,
@@ -176,8 +176,7 @@ def main(argv):
       json.dump(result, f, indent=1)
   if not args.scratch:
     shutil.rmtree(scratch)
-  return result
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main)

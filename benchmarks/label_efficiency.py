@@ -2,43 +2,47 @@ r"""The paper's central claim on open data: self-pretraining helps most when lab
 
   python benchmarks/label_efficiency.py --variant=cpu --json=/tmp/label_efficiency.json
 
-1. Ingest the BUSI ultrasound and chest X-ray images of ../shared/datasets (images only, no
-   labels) into shards and pretrain a SwinMAE on them.
+1. Ingest the BUSI ultrasound and chest X-ray images of `--datasets` (by default
+   ../shared/datasets beside the checkout; images only, no labels) into shards and pretrain a
+   SwinMAE on them.
 2. Fine-tune BUSI lesion segmentation (Swin-UNet) and BUSI benign-vs-malignant classification
    (Swin classifier; normal images left out) at label fractions 10, 25, 50 and 100% with 5-fold
    cross-validation, from the pretrained weights and from random initialisation, through the same
-   protocol as `python -m vismae_jax.main --config=configs/finetune_seg.py` (evaluate.py).
+   protocol as `python -m vismae_jax.main --config=configs/finetune_seg.py` (protocol.py).
 3. Print one summary line; `--json` writes, for `busi_seg` (Dice) and `busi_cls` (ROC AUC), the
    fractions and per fraction each initialisation's mean, 95% CI and per-fold values, plus the
    paired t-test p-value.
-`--tasks=busi_cls` runs one task only; `--repeats=3` trains each fold three times with different
-seeds and averages them (the per-fold values are then those means); `--freeze_encoder` trains only what follows the encoder
-(linear probing; in `<scratch>/busi_cls_frozen`), which measures the pretrained representation
-itself against random features; `--probe_first=0.25` holds the encoders for the first quarter
+`--tasks=busi_cls` runs one task only; `--repeats=3` trains each fold three times with
+different seeds and averages them (the per-fold values are then those means);
+`--freeze_encoder` trains only what follows the encoder (linear probing; in
+`<scratch>/busi_cls_frozen`), which measures the pretrained representation itself against
+random features; `--probe_first=0.25` holds the encoders for the first quarter
 of each run and then fine-tunes everything (LP-FT; in `<scratch>/busi_cls_probe0.25`).
 
 Variants:
 - `cpu`: 64 px grey inputs and the 0.42M-parameter SwinMAE of `configs/generic.py:sample`
   (embed 16, depths 2,1,1,1, window 4, 8 px mask units), 6,000 pretraining steps of batch 16,
   the fine-tuning `cpu` variant (segmentation 30 epochs, classification 40 with layer-wise lr
-  decay 0.65, each run at least 400 steps): an hour on 2 cores (the README has the results).
+  decay 0.65, each run at least 400 steps): about an hour on 2 cores; the measured runs are in
+  benchmarks/results/README.md.
 - `full`: the paper's models at 224 px with one input channel and bf16 compute (release
   SwinMAE at batch 256, Swin-UNet 2,2,6,2 filled from it, Swin classifier), 800 pretraining
   epochs, the release's fine-tuning recipes: for a GPU.
 - `tiny`: the configs' `tiny` variants (cpu models, 20 pretraining and 40 fine-tuning steps): a
   check that every stage runs and the JSON is complete (the tests run it on a sixth of BUSI,
-  one fraction and two folds, in about 2.5 minutes); the numbers mean nothing.
+  one fraction and two folds); the numbers mean nothing.
 Pretraining draws ultrasound and X-ray images equally (`data.mixture`), so that the 780 BUSI
 images are not drowned by the 3,957 chest X-rays. Every stage resumes: rerun the same command
 with the same `--scratch` after an interruption.
 """
-import argparse
 import contextlib
 import csv
 import json
 import os
 import sys
 import time
+
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -49,29 +53,24 @@ FINETUNE_VARIANT = {"cpu": "cpu", "full": "", "tiny": "tiny"}
 TASKS = ("busi_seg", "busi_cls")
 
 
-def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--variant", default="cpu", choices=list(PRETRAIN_VARIANT))
-  p.add_argument("--datasets", default=DATASETS, help="folder with busi/ and chest_xray_pneumonia/")
-  p.add_argument("--scratch", default="/tmp/vismae_label_efficiency")
-  p.add_argument("--fractions", default="0.1,0.25,0.5,1.0")
-  p.add_argument("--folds", type=int, default=5)
-  p.add_argument("--max_folds", type=int, default=0, help="run only the first N folds (0: all)")
-  p.add_argument("--pretrain_steps", type=int, default=0, help="0: the variant's")
-  p.add_argument("--pretrain_batch", type=int, default=0,
-                 help="global pretraining batch (0: the variant's, 16 or 256); smaller for "
-                      "accelerators with less memory")
-  p.add_argument("--repeats", type=int, default=1,
-                 help="fine-tuning runs per fold and fraction with different seeds, averaged")
-  p.add_argument("--finetune_epochs", type=float, default=0.0, help="0: the variant's")
-  p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of "
-                 + ", ".join(TASKS))
-  p.add_argument("--freeze_encoder", action="store_true",
-                 help="train only what follows the encoder (linear probing of the classifier)")
-  p.add_argument("--probe_first", type=float, default=0.0,
-                 help="LP-FT: train only what follows the encoder for this share of each run first")
-  p.add_argument("--json", default="")
-  return p.parse_args(argv)
+flags.DEFINE_enum("variant", "cpu", list(PRETRAIN_VARIANT), "cpu, full (a GPU) or tiny (tests)")
+flags.DEFINE_string("datasets", DATASETS, "folder with busi/ and chest_xray_pneumonia/")
+flags.DEFINE_string("scratch", "/tmp/vismae_label_efficiency", "working folder; a rerun resumes")
+flags.DEFINE_list("fractions", ["0.1", "0.25", "0.5", "1.0"], "label fractions")
+flags.DEFINE_integer("folds", 5, "cross-validation folds")
+flags.DEFINE_integer("max_folds", 0, "run only the first N folds (0: all)")
+flags.DEFINE_integer("pretrain_steps", 0, "0: the variant's")
+flags.DEFINE_integer("pretrain_batch", 0, "global pretraining batch (0: the variant's, 16 or "
+                     "256); smaller for accelerators with less memory")
+flags.DEFINE_integer("repeats", 1, "fine-tuning runs per fold and fraction with different "
+                     "seeds, averaged")
+flags.DEFINE_float("finetune_epochs", 0.0, "0: the variant's")
+flags.DEFINE_multi_enum("tasks", list(TASKS), list(TASKS), "the tasks to run")
+flags.DEFINE_bool("freeze_encoder", False, "train only what follows the encoder (linear "
+                  "probing of the classifier)")
+flags.DEFINE_float("probe_first", 0.0, "LP-FT: train only what follows the encoder for this "
+                   "share of each run first")
+flags.DEFINE_string("json", "", "write the results here")
 
 
 def link_images(datasets: str, farm: str):
@@ -96,7 +95,7 @@ def malignancy_csv(busi: str, path: str) -> str:
   return path
 
 
-def pretrain(args, shards: str, workdir: str) -> str:
+def pretrain(args, shards: str, workdir: str, mesh) -> str:
   from vismae_jax import config_lib
   from vismae_jax.train import loop, pretrain as pretrain_task
   config = config_lib.pretrain(variant=PRETRAIN_VARIANT[args.variant])
@@ -108,7 +107,7 @@ def pretrain(args, shards: str, workdir: str) -> str:
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
   config.total_steps = args.pretrain_steps or config.total_steps
   config.batch_size = args.pretrain_batch or config.batch_size
-  loop.train(pretrain_task.make_task(config, workdir), config, workdir)
+  loop.train(pretrain_task.make_task(config, workdir, mesh), config, workdir, mesh)
   return workdir
 
 
@@ -124,7 +123,7 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
   config.finetune.probe_first = args.probe_first
   config.protocol.update(folds=args.folds, max_folds=args.max_folds, compare_random=True,
                          repeats=args.repeats,
-                         fractions=tuple(float(f) for f in args.fractions.split(",")))
+                         fractions=tuple(float(f) for f in args.fractions))
   if args.finetune_epochs:
     config.num_epochs = args.finetune_epochs
   return config
@@ -142,33 +141,33 @@ def task_result(summary: dict) -> dict:
 
 
 def main(argv):
-  args = parse_args(argv)
-  names = args.tasks.split(",")
-  if set(names) - set(TASKS):
-    sys.exit(f"--tasks={args.tasks}: expected a comma-separated subset of {', '.join(TASKS)}")
-  args.datasets, args.scratch = os.path.abspath(args.datasets), os.path.abspath(args.scratch)
+  del argv
+  args = flags.FLAGS
+  names = args.tasks
+  datasets, scratch = os.path.abspath(args.datasets), os.path.abspath(args.scratch)
   import jax
   from data_pipelines import ingest
-  from vismae_jax import evaluate
+  from vismae_jax import config_lib, parallel, protocol
 
-  busi = os.path.join(args.datasets, "busi")
+  busi = os.path.join(datasets, "busi")
   if not os.path.exists(os.path.join(busi, "labels.csv")):
     sys.exit(f"{busi} not found: this benchmark needs the real images (--datasets)")
-  os.makedirs(args.scratch, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", os.path.join(args.scratch, "compile_cache"))
-  log = open(os.path.join(args.scratch, "runs.log"), "a")  # the runs' own closing lines
+  os.makedirs(scratch, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "compile_cache"))
+  log = open(os.path.join(scratch, "runs.log"), "a")  # the runs' own closing lines
+  mesh = parallel.make_mesh(config_lib.pretrain().mesh)  # the configs' default: every device
   t0 = time.perf_counter()
   size = 224 if args.variant == "full" else 64
-  farm, shards = os.path.join(args.scratch, "images"), os.path.join(args.scratch, "shards")
-  link_images(args.datasets, farm)
+  farm, shards = os.path.join(scratch, "images"), os.path.join(scratch, "shards")
+  link_images(datasets, farm)
   ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",
                                     size=size))
   with contextlib.redirect_stdout(log):
-    pretrained = pretrain(args, shards, os.path.join(args.scratch, "pretrain"))
+    pretrained = pretrain(args, shards, os.path.join(scratch, "pretrain"), mesh)
 
   tasks = {"busi_seg": ("segmentation", os.path.join(busi, "labels.csv")),
            "busi_cls": ("classification",
-                        malignancy_csv(busi, os.path.join(args.scratch, "busi_malignancy.csv")))}
+                        malignancy_csv(busi, os.path.join(scratch, "busi_malignancy.csv")))}
   result = {"variant": args.variant, "image_size": size, "folds": args.folds,
             "max_folds": args.max_folds, "repeats": args.repeats,
             "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first}
@@ -179,7 +178,7 @@ def main(argv):
     kind, csv_path = tasks[name]
     config = finetune_config(args, kind, csv_path, pretrained)
     with contextlib.redirect_stdout(log):
-      result[name] = task_result(evaluate.run(config, os.path.join(args.scratch, name + recipe)))
+      result[name] = task_result(protocol.run(config, os.path.join(scratch, name + recipe), mesh))
   result["seconds"] = time.perf_counter() - t0
 
   def line(name):
@@ -195,8 +194,7 @@ def main(argv):
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)
-  return result
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main)

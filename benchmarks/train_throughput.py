@@ -7,18 +7,20 @@ Times the same jitted, sharded, donated step that training runs, on synthetic ui
 already on the device (input pipeline excluded: see data_throughput.py). `--devices=N` on a CPU
 forces N host devices. On a GPU it also reports model FLOPs utilisation (MFU) from XLA's cost
 analysis of the step lowered for the CPU (model FLOPs, the same on every backend: the GPU
-compiled step's analysis misses the matmuls XLA hands to cuBLAS) against the device's peak. `--profile=DIR`
-writes a trace of the timed steps (TensorBoard / Perfetto). `--baseline=torch` also times the
-release's PyTorch step (same architecture, batch and size; needs the [torch] extra) in the same
-run, so the ratio is measured under the same machine load. Prints one summary line.
+compiled step's analysis misses the matmuls XLA hands to cuBLAS) against the device's peak.
+`--profile=DIR` writes a trace of the timed steps (TensorBoard / Perfetto). `--baseline=torch`
+also times the release's PyTorch step (same architecture, batch and size; needs the [torch]
+extra) in the same run, so the ratio is measured under the same machine load. Prints one
+summary line.
 """
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+from absl import app, flags
 
 # Dense peak FLOP/s per device by compute dtype, for MFU (vendor datasheets, no sparsity).
 PEAK_FLOPS = {
@@ -28,25 +30,23 @@ PEAK_FLOPS = {
 }
 
 
-def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--preset", default="release", choices=["release", "sample", "tiny"],
-                 help="release: the published SwinMAE; sample/tiny: the config variants")
-  p.add_argument("--batch", type=int, default=8, help="global batch")
-  p.add_argument("--image_size", type=int, default=224)
-  p.add_argument("--in_chans", type=int, default=0, help="0: the preset's")
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
-  p.add_argument("--fsdp", type=int, default=1, help="devices on the FSDP mesh axis")
-  p.add_argument("--devices", type=int, default=0, help="CPU only: force this many host devices")
-  p.add_argument("--steps", type=int, default=5, help="timed steps")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-  p.add_argument("--baseline", default="", choices=["", "torch"],
-                 help="also time the PyTorch step side by side (CPU threads = all cores)")
-  p.add_argument("--json", default="", help="write the results here")
-  p.add_argument("--profile", default="", help="write a jax.profiler trace of the timed steps here")
-  p.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)  # see step_flops
-  return p.parse_args(argv)
+flags.DEFINE_enum("preset", "release", ["release", "sample", "tiny"],
+                  "release: the published SwinMAE; sample/tiny: the config variants")
+flags.DEFINE_integer("batch", 8, "global batch")
+flags.DEFINE_integer("image_size", 224, "input side in pixels")
+flags.DEFINE_integer("in_chans", 0, "0: the preset's")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
+flags.DEFINE_bool("remat", False, "recompute blocks in the backward pass")
+flags.DEFINE_integer("fsdp", 1, "devices on the FSDP mesh axis")
+flags.DEFINE_integer("devices", 0, "CPU only: force this many host devices")
+flags.DEFINE_integer("steps", 5, "timed steps")
+flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
+flags.DEFINE_enum("baseline", "", ["", "torch"],
+                  "also time the PyTorch step side by side (CPU threads = all cores)")
+flags.DEFINE_string("json", "", "write the results here")
+flags.DEFINE_string("profile", "", "write a jax.profiler trace of the timed steps here")
+flags.DEFINE_bool("flops_only", False, "internal: print the step's CPU FLOPs only "
+                  "(see step_flops)")
 
 
 def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
@@ -84,14 +84,15 @@ def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
   return times
 
 
-def step_flops(model, config, tx, schedule, state, batch, argv) -> float:
+def step_flops(model, config, tx, schedule, state, batch) -> float:
   """FLOPs of one training step as XLA's CPU cost analysis counts them, whatever the backend.
 
   Off the CPU, this script runs itself in a CPU-only child with --flops_only on the same shapes.
   """
   import jax
   if jax.default_backend() != "cpu":
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--flops_only"],
+    child = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--flops_only"],
                            env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                            text=True)
     return float(child.stdout.split()[-1]) if child.returncode == 0 else 0.0
@@ -106,7 +107,8 @@ def step_flops(model, config, tx, schedule, state, batch, argv) -> float:
 
 
 def main(argv):
-  args = parse_args(argv)
+  del argv
+  args = flags.FLAGS
   if args.devices:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}")
@@ -131,15 +133,15 @@ def main(argv):
                             parallel.replicated(mesh))
   tx = optim.make_optimizer(config)
   model = pretrain.build_model(config)
-  task = loop.Task(model=model, init_params=lambda rng: pretrain.init_params(model, config, rng),
+  task = loop.Task(init_params=lambda rng: pretrain.init_params(model, config, rng),
                    loss_fn=pretrain.make_loss_fn(model, config), dataset=None, num_examples=0)
   init_state = loop.make_state_initializer(tx, config.seed)
   abstract_state = jax.eval_shape(init_state, loop.abstract_params(task))
   if args.flops_only:
     print(step_flops(model, config, tx, schedule, abstract_state, jax.ShapeDtypeStruct(
-        (args.batch, args.image_size, args.image_size), np.uint8), argv))
-    return None
-  shardings = parallel.state_shardings(abstract_state, mesh)
+        (args.batch, args.image_size, args.image_size), np.uint8)))
+    return
+  shardings = parallel.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_mb)
   state = loop.initial_state(task, init_state, shardings, config.seed)
   step = loop.compile_train_step(task, tx, shardings, mesh)
 
@@ -149,10 +151,10 @@ def main(argv):
   batch = parallel.global_batch(local, parallel.batch_sharding(mesh))
 
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):  # as loop.train traces it
+  with parallel.activation_sharding(mesh):  # as loop.train traces it
     compiled = step.lower(state, batch, schedule).compile()
   compile_s = time.perf_counter() - t0
-  flops = step_flops(model, config, tx, schedule, state, batch, argv)
+  flops = step_flops(model, config, tx, schedule, state, batch)
 
   times = []
   for i in range(args.warmup + args.steps):
@@ -198,8 +200,7 @@ def main(argv):
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)
-  return result
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main)

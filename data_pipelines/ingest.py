@@ -27,7 +27,6 @@ Privacy: patient, study and series identifiers and source paths are stored only 
 SHA-256 prefixes; the salt (--salt or $VISMAE_INGEST_SALT) is never written. No other DICOM
 attribute is read into a record, and logs carry counts only.
 """
-import argparse
 import csv
 import dataclasses
 import json
@@ -38,6 +37,7 @@ import threading
 
 import numpy as np
 import tqdm
+from absl import app, flags
 from array_record.python import array_record_module
 
 from data_pipelines import readers, records, shards
@@ -256,52 +256,75 @@ def ingest(config: IngestConfig, beam_args: list[str] | None = None) -> dict:
 
 
 def parse_window(text: str) -> tuple:
+  """MODALITY:CENTER:WIDTH -> (modality, center, width)."""
   modality, center, width = text.split(":")
   if modality not in records.MODALITIES:
-    raise argparse.ArgumentTypeError(f"unknown modality {modality!r} in --fallback_window")
+    raise ValueError(f"unknown modality {modality!r}")
   return modality, float(center), float(width)
 
 
-def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--input", required=True, help="folder of DICOM, PNG/JPEG and NIfTI files")
-  p.add_argument("--output", required=True, help="folder for the shards, index and manifest")
-  p.add_argument("--salt", default=os.environ.get("VISMAE_INGEST_SALT", ""),
-                 help="secret for the de-identified keys (default $VISMAE_INGEST_SALT); never "
+def define_flags():
+  """The command line's flags, defined only when this module runs as the program (a library
+  import must not add them to another program's flags)."""
+  flags.DEFINE_string("input", None, "folder of DICOM, PNG/JPEG and NIfTI files", required=True)
+  flags.DEFINE_string("output", None, "folder for the shards, index and manifest",
+                      required=True)
+  flags.DEFINE_string("salt", os.environ.get("VISMAE_INGEST_SALT", ""),
+                      "secret for the de-identified keys (default $VISMAE_INGEST_SALT); never "
                       "stored, keep it to make reruns and later ingests consistent")
-  p.add_argument("--modality", default="auto", choices=("auto",) + records.MODALITIES,
-                 help="auto: DICOM Modality attribute, else a folder named CT/MR/PET/XR/US")
-  p.add_argument("--size", type=int, default=224, help="stored side (letterboxed square)")
-  p.add_argument("--files_per_shard", type=int, default=1024)
-  p.add_argument("--fallback_window", type=parse_window, action="append",
-                 help="MODALITY:CENTER:WIDTH for images without a VOI window (default "
-                      "CT:40:400; others use the 0.5-99.5 percentile range)")
-  p.add_argument("--nifti_axis", type=int, default=2, choices=(0, 1, 2),
-                 help="NIfTI volumes are cut into slices along this voxel axis")
-  args, beam_args = p.parse_known_args(argv)
-  if not args.salt:
-    p.error("--salt (or $VISMAE_INGEST_SALT) is required: it keys the de-identified patient "
-            "hashes, and a fixed salt keeps them stable across runs")
-  if not os.path.isdir(args.input):
-    p.error(f"--input={args.input} is not a folder")
-  if args.size < 16 or args.files_per_shard < 1:
-    p.error("--size must be >= 16 and --files_per_shard >= 1")
-  return args, beam_args
+  flags.DEFINE_enum("modality", "auto", ("auto",) + records.MODALITIES,
+                    "auto: DICOM Modality attribute, else a folder named CT/MR/PET/XR/US")
+  flags.DEFINE_integer("size", 224, "stored side (letterboxed square)", lower_bound=16)
+  flags.DEFINE_integer("files_per_shard", 1024, "files per shard (one Beam element each)",
+                       lower_bound=1)
+  flags.DEFINE_multi_string("fallback_window", [],
+                            "MODALITY:CENTER:WIDTH for images without a VOI window (default "
+                            "CT:40:400; others use the 0.5-99.5 percentile range)")
+  flags.DEFINE_integer("nifti_axis", 2, "NIfTI volumes are cut into slices along this voxel "
+                       "axis", lower_bound=0, upper_bound=2)
+  flags.register_validator(
+      "salt", bool, "--salt (or $VISMAE_INGEST_SALT) is required: it keys the de-identified "
+      "patient hashes, and a fixed salt keeps them stable across runs")
+  flags.register_validator("input", lambda path: path is None or os.path.isdir(path),
+                           "--input must be a folder")
+
+  def valid_windows(texts):
+    try:
+      for text in texts:
+        parse_window(text)
+    except ValueError:
+      return False
+    return True
+  flags.register_validator("fallback_window", valid_windows,
+                           f"--fallback_window takes MODALITY:CENTER:WIDTH with a modality of "
+                           f"{records.MODALITIES}, e.g. CT:40:400")
 
 
 def main(argv):
-  args, beam_args = parse_args(argv)
+  """Flags not defined here (argv[1:]) are Apache Beam's pipeline options."""
+  f = flags.FLAGS
   read = readers.ReadOptions(
-      modality=args.modality, nifti_axis=args.nifti_axis,
-      fallback_windows=tuple(args.fallback_window or readers.ReadOptions.fallback_windows))
-  config = IngestConfig(input=args.input, output=args.output, salt=args.salt, size=args.size,
-                        files_per_shard=args.files_per_shard, read=read)
-  manifest = ingest(config, beam_args)
+      modality=f.modality, nifti_axis=f.nifti_axis,
+      fallback_windows=tuple(parse_window(t) for t in f.fallback_window)
+      or readers.ReadOptions.fallback_windows)
+  config = IngestConfig(input=f.input, output=f.output, salt=f.salt, size=f.size,
+                        files_per_shard=f.files_per_shard, read=read)
+  manifest = ingest(config, argv[1:])
   print(f"ingest: {manifest['num_records']} records from {manifest['num_files']} files "
-        f"{manifest['counts']} in {len(manifest['shards'])} shards at {args.output}; "
+        f"{manifest['counts']} in {len(manifest['shards'])} shards at {f.output}; "
         f"{manifest['num_errors']} unreadable files listed in "
-        f"{os.path.join(args.output, ERRORS)}")
+        f"{os.path.join(f.output, ERRORS)}")
+
+
+def parse_flags(argv):
+  """absl's parser, leaving the flags it does not define (Apache Beam's options) to `main`."""
+  try:
+    return flags.FLAGS(argv, known_only=True)
+  except flags.Error as e:
+    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on "
+             "flags.")
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

@@ -1,6 +1,6 @@
 """TFDS builders for labelled folder + CSV datasets (BUSI, chest X-ray, any other), no TensorFlow.
 
-  python -m data_pipelines.tfds_builders --name=busi --csv=../shared/datasets/busi/labels.csv \
+  python -m data_pipelines.tfds_builders --name=busi --csv=/data/busi/labels.csv \
       --data_dir=~/tensorflow_datasets [--size=224]
 
 Examples are stored letterboxed to size x size as uint8 `tfds.features.Tensor`s in ArrayRecord
@@ -10,13 +10,11 @@ has one, `patient_key` (hashed as in ingest when the CSV has one, else the image
 `fold` (-1 when absent). Splits come from the CSV's `split` column, else everything is `train`.
 A row whose image or mask cannot be read is left out with a warning naming the file.
 """
-import argparse
 import os
-import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
+from absl import app, flags, logging
 
 from data_pipelines import downstream, records
 
@@ -85,20 +83,27 @@ def load_source(name: str, csv_path: str, data_dir: str, split: str = "train", s
   return b.as_data_source(split=split)
 
 
+def define_flags():
+  """The command line's flags, defined only when this module runs as the program."""
+  flags.DEFINE_string("name", None, "dataset name (busi and chest_xray_pneumonia are described)",
+                      required=True)
+  flags.DEFINE_string("csv", None, "CSV with image,mask or image,label columns", required=True)
+  flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"),
+                      "where TFDS keeps the built dataset")
+  flags.DEFINE_integer("size", 224, "stored side (letterboxed square)", lower_bound=16)
+
+
 def main(argv):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--name", required=True)
-  p.add_argument("--csv", required=True, help="CSV with image,mask or image,label columns")
-  p.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
-  p.add_argument("--size", type=int, default=224)
-  args = p.parse_args(argv)
-  b = builder(args.name, args.csv, args.data_dir, args.size)
+  del argv
+  f = flags.FLAGS
+  b = builder(f.name, f.csv, f.data_dir, f.size)
   b.download_and_prepare()
-  print(f"tfds: {args.name} at {b.data_dir}: " +
+  print(f"tfds: {f.name} at {b.data_dir}: " +
         ", ".join(f"{k} {v.num_examples}" for k, v in b.info.splits.items()))
 
 
 if __name__ == "__main__":
   # TFDS resolves builders by their package: run the importable module, not __main__.
   from data_pipelines import tfds_builders
-  tfds_builders.main(sys.argv[1:])
+  tfds_builders.define_flags()
+  app.run(tfds_builders.main)
