@@ -1,46 +1,30 @@
-"""Shared helpers: run the real CLI in a subprocess (fresh JAX, chosen device count)."""
-import json
+"""Fixtures; shared helpers are in helpers.py.
+
+In-process tests see 8 CPU devices, so that sharding can be tested without a subprocess.
+"""
 import os
-import subprocess
-import sys
-import tempfile
 
-import pytest
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Runs of the same program in different tests share compiled executables.
-CACHE = os.path.join(tempfile.gettempdir(), "vismae_jax_test_compile_cache")
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
+import helpers  # noqa: E402
 
-def main_command(workdir, *overrides, config="configs/generic.py:tiny"):
-  return [sys.executable, "-m", "vismae_jax.main", f"--config={config}", f"--workdir={workdir}",
-          *overrides]
-
-
-def main_env(devices: int = 1):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  env.pop("JAX_COORDINATOR_ADDRESS", None)
-  return env
+# In-process runs share compiled executables with each other and with the CLI tests.
+jax.config.update("jax_compilation_cache_dir", helpers.CACHE)
 
 
-def run_main(workdir, *overrides, devices=1, config="configs/generic.py:tiny", check=True,
-             timeout=600, cache=True):
-  """Runs `python -m vismae_jax.main` to completion; returns the CompletedProcess.
-
-  cache=False compiles everything afresh, so that the compiler's warnings are in its stderr.
-  """
-  env = dict(main_env(devices), **({} if cache else {"JAX_ENABLE_COMPILATION_CACHE": "false"}))
-  proc = subprocess.run(main_command(workdir, *overrides, config=config), cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  return proc
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory):
+  """A tiny SwinMAE pretrained on the bundled sample through the CLI (the tiny fine-tuning
+  models' widths)."""
+  workdir = str(tmp_path_factory.mktemp("tiny_pretrained"))
+  helpers.run_main(workdir)
+  return workdir
 
 
 @pytest.fixture(scope="session")
@@ -50,12 +34,27 @@ def sample_dir(tmp_path_factory):
   return sample.write_sample_shards(str(tmp_path_factory.mktemp("sample_shards")))
 
 
-SHARED_DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+@pytest.fixture(scope="session")
+def sample_segmentation_csv(tmp_path_factory):
+  """A labelled segmentation set from the bundled ultrasound images: one mask per image, a
+  bright box on two of every three (the third has nothing to find), patients in pairs."""
+  import csv
 
+  import numpy as np
+  from PIL import Image
 
-def shared_dataset(name: str) -> str:
-  """A real dataset from ../shared/datasets, or a skip saying why (a user's clone has none)."""
-  path = os.path.join(SHARED_DATASETS, name)
-  if not os.path.exists(os.path.join(path, "labels.csv")):
-    pytest.skip(f"{path} is absent: the real {name} images live beside the project checkout")
-  return path
+  from data_pipelines import sample
+  folder = tmp_path_factory.mktemp("sample_segmentation")
+  names = sorted(os.listdir(os.path.join(sample.SAMPLE_DIR, "us")))[:48]
+  with open(folder / "labels.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image", "mask", "patient_key"])
+    for i, name in enumerate(names):
+      image = os.path.join(sample.SAMPLE_DIR, "us", name)
+      with Image.open(image) as img:
+        mask = np.zeros((img.height, img.width), np.uint8)
+      if i % 3:
+        mask[img.height // 4:img.height // 2, img.width // 3:2 * img.width // 3] = 255
+      Image.fromarray(mask).save(folder / f"mask_{i}.png")
+      writer.writerow([image, f"mask_{i}.png", f"patient{i // 2}"])
+  return str(folder / "labels.csv")

@@ -7,12 +7,13 @@ import sys
 
 import pytest
 
-from conftest import ROOT, main_env, shared_dataset
+from helpers import ROOT, main_env, shared_dataset
 
 TRAIN_THROUGHPUT_FIELDS = {"img_per_s", "step_s_median", "batch", "image_size", "dtype",
                            "devices", "backend"}
 
 
+@pytest.mark.slow
 def test_train_throughput_prints_one_line_and_writes_json(tmp_path):
   out = tmp_path / "tp.json"
   baseline = ["--baseline=torch"] if importlib.util.find_spec("torch") else []
@@ -35,6 +36,7 @@ DATA_THROUGHPUT_FIELDS = {"grain_img_per_s", "png_img_per_s", "ingest_files_per_
                           "image_size", "workers"}
 
 
+@pytest.mark.slow
 def test_data_throughput_prints_one_line_and_writes_json(tmp_path):
   if not importlib.util.find_spec("torch") or not importlib.util.find_spec("apache_beam"):
     pytest.skip("the PNG baseline needs the [torch] extra and ingest the [ingest] extra")
@@ -66,6 +68,7 @@ def subset_datasets(root, every: dict) -> str:
   return str(root)
 
 
+@pytest.mark.slow
 def test_label_efficiency_prints_one_line_and_writes_the_documented_json(tmp_path):
   """Every stage (ingest, pretraining, both protocols) on a sixth of BUSI: about 2.5 minutes."""
   if not importlib.util.find_spec("apache_beam"):

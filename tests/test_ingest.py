@@ -1,7 +1,10 @@
-"""DICOM / PNG / NIfTI ingest: windowing by hand, error report, no PHI in any output, reruns."""
+"""The ingest pipeline: every good frame a record, bad files reported, no PHI in any output,
+reruns that resume, and its command line."""
 import csv
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,56 +14,15 @@ nibabel = pytest.importorskip("nibabel")
 from pydicom.data import get_testdata_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from data_pipelines import ingest, pretrain_input, readers, records, shards  # noqa: E402
+from data_pipelines import ingest, pretrain_input, records, shards  # noqa: E402
+from helpers import ROOT, main_env  # noqa: E402
 
-OPTIONS = readers.ReadOptions()
 DICOMS = {"ct/693_UNCR.dcm": "CT", "mr/MR_small.dcm": "MR", "xr/RG3_J2KI.dcm": "XR",
           "us/examples_ybr_color.dcm": "US"}
+
+
 PHI_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
             "InstitutionName", "StudyInstanceUID", "SeriesInstanceUID", "ReferringPhysicianName")
-
-
-def read(name):
-  return readers.read_frames(get_testdata_file(name), name, OPTIONS)
-
-
-def test_ct_pixel_windowed_by_hand_from_hu_slope_intercept_center_width():
-  ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
-  assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, -1024.0)
-  assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40.0, 100.0)
-  stored = ds.pixel_array.astype(float)
-  hu = stored * 1.0 - 1024.0
-  r, c = np.argwhere((hu > 0) & (hu < 80))[0]  # a pixel inside the window
-  # DICOM linear window: (x - (c - 0.5)) / (w - 1) + 0.5, scaled to 0..255.
-  expected = round(((hu[r, c] - 39.5) / 99.0 + 0.5) * 255)
-  frames = read("693_UNCR.dcm")
-  assert len(frames) == 1 and frames[0].modality == "CT"
-  assert frames[0].image[r, c] == expected
-  assert frames[0].image[hu < -10].max() == 0 and frames[0].image[hu > 90].min() == 255
-
-
-def test_mr_and_monochrome1_radiograph_and_multiframe_ultrasound():
-  mr = read("MR_small.dcm")
-  assert [f.modality for f in mr] == ["MR"] and mr[0].image.shape == (64, 64)
-
-  ds = pydicom.dcmread(get_testdata_file("RG3_J2KI.dcm"))  # JPEG 2000, MONOCHROME1, CR
-  assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.Modality == "CR"
-  xr = read("RG3_J2KI.dcm")
-  assert xr[0].modality == "XR"
-  unit = readers.window(ds.pixel_array, float(ds.WindowCenter), float(ds.WindowWidth))
-  np.testing.assert_array_equal(xr[0].image, readers.to_uint8(1.0 - unit))  # inverted
-
-  us = read("examples_ybr_color.dcm")  # 30 JPEG-baseline YBR frames
-  assert len(us) == 30 and {f.modality for f in us} == {"US"}
-  assert us[0].image.shape == (240, 320) and us[0].image.dtype == np.uint8
-  assert not np.array_equal(us[0].image, us[29].image)
-
-
-def test_letterbox_keeps_aspect_and_centres():
-  image = np.full((100, 200), 255, np.uint8)
-  out = readers.letterbox(image, 64)
-  assert out.shape == (64, 64)
-  assert (out[:16] == 0).all() and (out[-16:] == 0).all() and (out[17:47] > 250).all()
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +111,24 @@ def test_rerun_with_other_options_refuses(ingested):
                                     size=128, files_per_shard=3))
 
 
-def test_cli_requires_a_salt(raw_dir, tmp_path, monkeypatch):
-  monkeypatch.delenv("VISMAE_INGEST_SALT", raising=False)
-  with pytest.raises(SystemExit):
-    ingest.parse_args([f"--input={raw_dir}", f"--output={tmp_path}"])
+def run_ingest(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "data_pipelines.ingest", *args], cwd=ROOT,
+                        env=env or main_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_command_line_ingests_and_requires_a_salt(raw_dir, tmp_path):
+  env = main_env()
+  env.pop("VISMAE_INGEST_SALT", None)
+  refused = run_ingest(f"--input={raw_dir}", f"--output={tmp_path / 'unsalted'}", env=env)
+  assert refused.returncode == 1 and "--salt (or $VISMAE_INGEST_SALT) is required" in (
+      refused.stderr) and "Traceback" not in refused.stderr
+  assert not (tmp_path / "unsalted").exists()
+  bad_window = run_ingest(f"--input={raw_dir}", f"--output={tmp_path}", "--salt=s",
+                          "--fallback_window=CT:40")
+  assert bad_window.returncode == 1 and "MODALITY:CENTER:WIDTH" in bad_window.stderr
+  done = run_ingest(f"--input={raw_dir}", f"--output={tmp_path / 'shards'}", "--salt=s",
+                    "--size=32", "--runner=DirectRunner")  # a Beam option passes through
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.startswith("ingest: 40 records from 9 files")
+  assert shards.load_manifest(str(tmp_path / "shards"))["num_records"] == 40

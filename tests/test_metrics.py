@@ -50,10 +50,9 @@ def test_classification_scores_match_sklearn():
   probs /= probs.sum(1, keepdims=True)
   s = metrics.classification_scores(labels, probs)
   assert s["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, probs, multi_class="ovr"))
-  binary = metrics.classification_scores(labels % 2, probs[:, :2] / probs[:, :2].sum(1,
-                                                                                      keepdims=True))
-  assert binary["roc_auc"] == pytest.approx(skm.roc_auc_score(labels % 2, probs[:, 1] / probs[
-      :, :2].sum(1)))
+  two = probs[:, :2] / probs[:, :2].sum(1, keepdims=True)
+  binary = metrics.classification_scores(labels % 2, two)
+  assert binary["roc_auc"] == pytest.approx(skm.roc_auc_score(labels % 2, two[:, 1]))
   multilabel = (rng.random((200, 4)) < 0.3).astype(float)
   scores = multilabel * 0.5 + rng.random((200, 4))
   ml = metrics.classification_scores(multilabel, scores)
@@ -96,6 +95,12 @@ def test_bootstrap_ci_and_paired_test():
   labels = np.array([0] * 50 + [1] * 50)
   auc, lo, hi = metrics.bootstrap_ci(skm.roc_auc_score, labels, labels + rng.normal(0, 1, 100))
   assert lo < auc < hi <= 1.0
+  # Three positives in 40: plain resamples would often hold none, stratified ones always three.
+  rare = np.array([1] * 3 + [0] * 37)
+  seen = []
+  auc, lo, hi = metrics.bootstrap_ci(lambda l, s: seen.append(l.sum()) or skm.roc_auc_score(l, s),
+                                     rare, rare + rng.normal(0, 1, 40), strata=rare)
+  assert set(seen) == {3} and 0 <= lo <= auc <= hi <= 1
   paired = metrics.paired_test([0.8, 0.82, 0.79, 0.85, 0.81], [0.7, 0.75, 0.72, 0.74, 0.73])
   assert paired["p_value"] == pytest.approx(stats.ttest_rel([0.8, 0.82, 0.79, 0.85, 0.81],
                                                             [0.7, 0.75, 0.72, 0.74, 0.73]).pvalue)

@@ -1,37 +1,25 @@
-"""SwinMAE against the published tensor listing, and the pieces it is built from."""
+"""SwinMAE, Swin-UNet and classifier against the published listings, and their pieces."""
 import math
-import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from vismae_jax.models import mae, swin, torch_names
-
-REFERENCE = os.path.join(os.path.dirname(__file__), "reference")
-
-
-def read_listing(name):
-  listing = {}
-  with open(os.path.join(REFERENCE, name)) as f:
-    for line in f:
-      if not line.startswith("#"):
-        key, shape, dtype = line.rstrip("\n").split("\t")
-        listing[key] = (tuple(int(d) for d in shape.strip("()").split(",") if d.strip()),
-                        dtype.replace("torch.", ""))
-  return listing
+from helpers import random_params, read_listing
+from vismae_jax import parallel
+from vismae_jax.convert import torch_names
+from vismae_jax.models import mae, swin, unet
 
 
-def zeros_params(model, image_size, in_chans, rng=jax.random.PRNGKey(0)):
-  grid = image_size // 4
-  shapes = jax.eval_shape(model.init, rng, jnp.zeros((1, image_size, image_size, in_chans)),
-                          jnp.zeros((1, grid, grid), bool))["params"]
-  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+def zero_params(model, image_size):
+  return jax.tree.map(np.zeros_like, random_params(model, image_size))
 
 
 def test_release_preset_matches_published_tensors_one_for_one():
-  state = torch_names.to_torch(zeros_params(mae.SwinMAE(), 224, 3), image_size=224)
+  state = torch_names.to_torch(zero_params(mae.SwinMAE(), 224), image_size=224)
   listing = read_listing("keys_pretrain.txt")
   assert set(state) == set(listing)
   for name, (shape, dtype) in listing.items():
@@ -41,8 +29,21 @@ def test_release_preset_matches_published_tensors_one_for_one():
   assert n_float == 26_936_916
 
 
+@pytest.mark.parametrize("model, listing, n_params", [
+    (unet.SwinUNet(), "keys_seg.txt", 41_378_628),
+    (unet.SwinClassifier(), "keys_cls.txt", 20_414_924)])
+def test_finetune_models_match_published_tensors(model, listing, n_params):
+  params = zero_params(model, 224)
+  state = torch_names.to_torch(params)
+  expected = read_listing(listing)
+  assert set(state) == set(expected)
+  for name, (shape, dtype) in expected.items():
+    assert state[name].shape == shape and str(state[name].dtype) == dtype, name
+  assert sum(x.size for x in jax.tree.leaves(params)) == n_params
+
+
 def test_options_grey_input_and_unet_depth_encoder():
-  params = zeros_params(mae.SwinMAE(in_chans=1, depths=(2, 2, 6, 2)), 224, 1)
+  params = zero_params(mae.SwinMAE(in_chans=1, depths=(2, 2, 6, 2)), 224)
   state = torch_names.to_torch(params, image_size=224)
   assert state["patch_embed.proj.weight"].shape == (96, 1, 4, 4)
   assert state["decoder_pred.weight"].shape == (16, 96)
@@ -51,18 +52,6 @@ def test_options_grey_input_and_unet_depth_encoder():
   seg = read_listing("keys_seg.txt")
   encoder = {k for k in state if k.startswith("layers.")}
   assert all(k in seg and seg[k][0] == state[k].shape for k in encoder)
-
-
-def test_torch_names_round_trip_is_exact():
-  model = mae.SwinMAE(embed_dim=16, num_heads=(1, 2, 2, 4), window=4)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
-                               jnp.zeros((1, 16, 16), bool))["params"]
-  state = torch_names.to_torch(params, image_size=64)
-  back, report = torch_names.from_torch(state, params)
-  assert not report["missing"] and not report["mismatched"]
-  assert set(report["unused"]) == {k for k in state if k.endswith("relative_position_index")} | {
-      "pos_embed"}
-  jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
 
 
 def test_relative_position_index_follows_the_swin_formula():
@@ -133,6 +122,36 @@ def test_padding_handles_maps_that_windows_do_not_divide(size):
   params = block.init(jax.random.PRNGKey(1), x)
   y = block.apply(params, x)
   assert y.shape == x.shape and bool(jnp.isfinite(y).all())
+
+
+def test_stochastic_depth_drops_whole_residual_branches_per_sample():
+  block = swin.SwinBlock(dim=8, num_heads=2, window=4, shift=0, drop_path=0.5)
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, 4, 4, 8))
+  params = block.init(jax.random.PRNGKey(1), x)
+  kept = block.apply(params, x)  # deterministic: nothing dropped
+  dropped = block.apply(params, x, deterministic=False,
+                        rngs={"dropout": jax.random.PRNGKey(2)})
+  # Both branches dropped: the sample passes unchanged; the rest differ from `kept`.
+  unchanged = np.all(np.isclose(dropped, x, atol=1e-6), axis=(1, 2, 3))
+  assert 0.1 < unchanged.mean() < 0.45  # (1/2)^2 of the samples
+  as_kept = np.all(np.isclose(dropped, kept, atol=1e-5), axis=(1, 2, 3))
+  assert not as_kept.any()  # a kept branch is scaled by 1 / (1 - rate)
+
+
+def test_models_name_their_activation_axes_and_parallel_maps_them():
+  """No mesh inside a model: outside the rules its constraint is no constraint at all, under
+  parallel.activation_sharding it pins activations to the batch layout of the run's mesh."""
+  x = jnp.ones((8, 8, 8, 4))
+  assert swin.name_axes(x) is x
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1}))
+  model = swin.SwinBlock(dim=4, num_heads=1, window=4, shift=2)
+  params = model.init(jax.random.PRNGKey(0), x)
+  apply = jax.jit(model.apply)
+  assert "sharding_constraint" not in apply.lower(params, x).as_text()
+  with parallel.activation_sharding(mesh):
+    text = apply.lower(params, x).as_text()
+  assert "sharding_constraint" in text and "fsdp" in text
+  assert nn.get_logical_axis_rules() == ()  # the rules end with the context
 
 
 def test_gelu_is_the_exact_erf_form():

@@ -1,53 +1,19 @@
-"""PyTorch interchange: UNet and classifier parity, export / import, errors."""
+"""Export to and import from PyTorch checkpoints: layouts, round trips, refusals, the CLI."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vismae_jax.models import torch_names, unet
-from test_models import read_listing
+from helpers import load_config, random_params, read_listing, run_main
+from vismae_jax.convert import torch_names
+from vismae_jax.models import unet
 
 torch = pytest.importorskip("torch", reason="the [torch] extra is not installed")
 from vismae_jax.convert import torch_export, torch_import, torch_models  # noqa: E402
 
-SMALL = dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 6), drop_path=0.0)
-
-
-def jittered_params(model, image_size, in_chans=3):
-  params = jax.jit(model.init)(jax.random.PRNGKey(2),
-                               jnp.zeros((1, image_size, image_size, in_chans)))["params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
-  return jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
-                                   for x, k in zip(leaves, keys)])
-
-
-@pytest.mark.parametrize("flax_cls, torch_cls, image_size, out_shape", [
-    (unet.SwinUNet, torch_models.SwinUNet, 320, (2, 320, 320, 3)),  # padded windows
-    (unet.SwinClassifier, torch_models.SwinClassifier, 224, (2, 3))])
-def test_finetune_models_match_in_pytorch(flax_cls, torch_cls, image_size, out_shape):
-  model = flax_cls(num_classes=3, **SMALL)
-  params = jittered_params(model, image_size)
-  images = jax.random.uniform(jax.random.PRNGKey(0), (2, image_size, image_size, 3))
-  expected, state = jax.jit(lambda p, x: model.apply(
-      {"params": p}, x, capture_intermediates=lambda m, _: m.name == "encoder"))(params, images)
-  expected_features = state["intermediates"]["encoder"]["__call__"][0][0]
-  reference = torch_cls(num_classes=3, **SMALL).eval()
-  torch_models.load_numpy_state(reference, torch_names.to_torch(params))
-  with torch.no_grad():
-    x = torch.from_numpy(np.array(images))
-    got = reference(x).numpy()
-    features = torch_models.SwinEncoder.forward(reference, x)[0].numpy()
-  assert got.shape == expected.shape == out_shape
-  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-  np.testing.assert_allclose(features, expected_features, atol=1e-4, rtol=0)
-
 
 @pytest.fixture(scope="module")
 def release_unet_params():
-  shapes = jax.eval_shape(unet.SwinUNet().init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
-  rng = np.random.default_rng(0)
-  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes["params"])
+  return random_params(unet.SwinUNet(), 224)
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +23,16 @@ def exported(release_unet_params, tmp_path_factory):
 
 def test_export_writes_the_published_layout_and_round_trips_bit_exact(exported,
                                                                       release_unet_params):
-  paths = exported
   listing = read_listing("keys_seg.txt")
   for fmt in ("pth", "safetensors"):
-    state = torch_import.load_state(paths[fmt])
+    state = torch_import.load_state(exported[fmt])
     assert set(state) == set(listing)
     for name, (shape, dtype) in listing.items():
       assert state[name].shape == shape and str(state[name].dtype) == dtype, name
-    back = torch_import.load(paths[fmt], release_unet_params)
+    back = torch_import.load(exported[fmt], release_unet_params)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(release_unet_params)):
       np.testing.assert_array_equal(a, b)
-  wrapped = torch.load(paths["pth"], weights_only=True)
+  wrapped = torch.load(exported["pth"], weights_only=True)
   assert list(wrapped) == ["model"]
   model = torch_models.SwinUNet()
   model.load_state_dict(wrapped["model"], strict=True)  # the release's own loading
@@ -75,8 +40,7 @@ def test_export_writes_the_published_layout_and_round_trips_bit_exact(exported,
 
 def test_import_errors_list_the_differences_and_name_corrupt_files(tmp_path, exported,
                                                                   release_unet_params):
-  paths = exported
-  state = torch_import.load_state(paths["safetensors"])
+  state = torch_import.load_state(exported["safetensors"])
   del state["head.weight"]
   state["layers.0.blocks.0.attn.qkv.weight"] = state["layers.0.blocks.0.attn.qkv.weight"][:10]
   state["extra.weight"] = np.zeros(3, np.float32)
@@ -87,7 +51,7 @@ def test_import_errors_list_the_differences_and_name_corrupt_files(tmp_path, exp
   assert "mis-shaped: layers.0.blocks.0.attn.qkv.weight: file (10, 96) vs model (288, 96)" in (
       message)
   bad = tmp_path / "corrupt.pth"
-  bad.write_bytes(open(paths["pth"], "rb").read()[:1000])
+  bad.write_bytes(open(exported["pth"], "rb").read()[:1000])
   with pytest.raises(ValueError, match="corrupt.pth: not a readable PyTorch checkpoint"):
     torch_import.load_state(str(bad))
 
@@ -102,14 +66,14 @@ def test_weights_only_loading_refuses_pickled_code(tmp_path):
     torch_import.load_state(str(path))
 
 
+@pytest.mark.slow
 def test_export_cli_then_fine_tune_from_the_exported_file(tmp_path):
-  import configs.finetune_seg as finetune_seg
-  from conftest import run_main
   from vismae_jax.train import finetune
 
   workdir = str(tmp_path / "pretrain")
   # A tiny SwinMAE trained with parameters sharded over 8 devices, exported by 1 process.
-  run_main(workdir, "--config.mesh.data=1", "--config.mesh.fsdp=8", devices=8)
+  run_main(workdir, "--config.mesh.data=1", "--config.mesh.fsdp=8", "--config.mesh.fsdp_min_mb=0",
+           devices=8)
   proc = run_main(workdir, "--config.task=export")
   assert "Exported swin_mae" in proc.stdout
   pth = tmp_path / "pretrain" / "export" / "model.pth"
@@ -117,7 +81,7 @@ def test_export_cli_then_fine_tune_from_the_exported_file(tmp_path):
                                decoder_depths=(1, 1, 1), num_heads=(1, 1, 2, 2), window=4)
   model.load_state_dict(torch.load(str(pth), weights_only=True)["model"], strict=True)
 
-  config = finetune_seg.get_config("tiny")
+  config = load_config("finetune_seg.py", "tiny")
   config.finetune.pretrained = str(tmp_path / "pretrain" / "export" / "model.safetensors")
   seg = finetune.build_model(config)
   target = jax.device_get(finetune.init_params(seg, config, jax.random.PRNGKey(0)))

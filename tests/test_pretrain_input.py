@@ -1,32 +1,10 @@
-"""Sample shards, the grain pretraining pipeline, and what never enters a shard."""
+"""The sample shards and the grain pretraining pipeline: slices per host, epochs, resuming,
+workers, modality filters and mixtures."""
 import hashlib
-import os
 
 import numpy as np
 
-from data_pipelines import pretrain_input, records, sample, shards
-
-
-def test_sample_shards_hold_both_modalities(sample_dir):
-  manifest = shards.load_manifest(sample_dir)
-  assert manifest["counts"] == {"US": 96, "XR": 160}
-  assert manifest["num_records"] == len(shards.load_index(sample_dir)) == 256
-  source = pretrain_input.record_source(sample_dir)
-  record = records.decode(source[200])
-  assert record["image"].shape == (224, 224) and record["image"].dtype == np.uint8
-  assert record["modality"] == "XR" and len(record["patient_key"]) == 16
-  assert 0.2 < manifest["pixel_mean"] < 0.6
-
-
-def test_no_identifier_from_file_names_reaches_any_output(sample_dir):
-  identifiers = set()
-  for folder in ("us", "xr"):
-    for name in os.listdir(os.path.join(sample.SAMPLE_DIR, folder)):
-      identifiers |= {name, os.path.splitext(name)[0], name.rsplit("-", 1)[0]}
-  assert "IM-0003" in identifiers  # patient numbers are in the chest X-ray file names
-  blob = b"".join(open(os.path.join(sample_dir, f), "rb").read() for f in os.listdir(sample_dir))
-  leaked = [i for i in identifiers if i.encode() in blob]
-  assert not leaked, leaked
+from data_pipelines import pretrain_input, records
 
 
 def test_modality_filter(sample_dir):
@@ -95,3 +73,14 @@ def test_worker_processes_give_the_same_batches_and_resume(sample_dir):
   resumed.set_state(state)
   for batch in expected[3:]:
     np.testing.assert_array_equal(next(resumed), batch)
+
+
+def test_mixture_weights_set_modality_proportions(sample_dir):
+  source = pretrain_input.record_source(sample_dir, ["US"])
+  us = {records.decode_image(source[i]).tobytes() for i in range(len(source))}
+  for weights, expected in (({"US": 1.0, "XR": 1.0}, 0.5), ({"US": 3.0, "XR": 1.0}, 0.75)):
+    ds = pretrain_input.pretrain_dataset(sample_dir, modalities=(), seed=0, per_host_batch=8,
+                                         process_index=0, process_count=1, mixture=weights)
+    it = pretrain_input.make_iterator(ds, workers=0)
+    share = np.mean([im.tobytes() in us for _ in range(50) for im in next(it)])
+    assert abs(share - expected) < 0.03, (weights, share)

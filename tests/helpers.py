@@ -1,0 +1,140 @@
+"""What several test modules share: the CLI in a subprocess, the reference listings, the real
+datasets beside the checkout, random parameters of full-size models."""
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.join(ROOT, "tests", "reference")
+SHARED_DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+# Runs of the same program in different tests share compiled executables.
+CACHE = os.path.join(tempfile.gettempdir(), "vismae_jax_test_compile_cache")
+
+
+def main_command(workdir, *overrides, config="configs/generic.py:tiny"):
+  return [sys.executable, "-m", "vismae_jax.main", f"--config={config}", f"--workdir={workdir}",
+          *overrides]
+
+
+def main_env(devices: int = 1):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env.pop("JAX_COORDINATOR_ADDRESS", None)
+  return env
+
+
+def run_main(workdir, *overrides, devices=1, config="configs/generic.py:tiny", check=True,
+             timeout=600, cache=True):
+  """Runs `python -m vismae_jax.main` to completion; returns the CompletedProcess.
+
+  cache=False compiles everything afresh, so that the compiler's warnings are in its stderr.
+  """
+  env = dict(main_env(devices), **({} if cache else {"JAX_ENABLE_COMPILATION_CACHE": "false"}))
+  proc = subprocess.run(main_command(workdir, *overrides, config=config), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def shared_dataset(name: str) -> str:
+  """A real dataset from ../shared/datasets, or a skip saying why (a user's clone has none)."""
+  path = os.path.join(SHARED_DATASETS, name)
+  if not os.path.exists(os.path.join(path, "labels.csv")):
+    pytest.skip(f"{path} is absent: the real {name} images live beside the project checkout")
+  return path
+
+
+def load_config(path, arg=""):
+  """configs/<path>'s get_config(arg), as `--config=configs/<path>:<arg>` loads it."""
+  spec = importlib.util.spec_from_file_location("config", os.path.join(ROOT, "configs", path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def read_listing(name):
+  """{torch name: (shape, dtype)} of tests/reference/<name>: the published tensors."""
+  listing = {}
+  with open(os.path.join(REFERENCE, name)) as f:
+    for line in f:
+      if not line.startswith("#"):
+        key, shape, dtype = line.rstrip("\n").split("\t")
+        listing[key] = (tuple(int(d) for d in shape.strip("()").split(",") if d.strip()),
+                        dtype.replace("torch.", ""))
+  return listing
+
+
+def read_transfer_listing(name):
+  """{section: [names]} of tests/reference/transfer_*.txt: what the release's transfer loads."""
+  sections, current = {}, None
+  with open(os.path.join(REFERENCE, name)) as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("## "):
+        current = sections.setdefault(line[3:], [])
+      elif line and not line.startswith("#"):
+        current.append(line)
+  return sections
+
+
+def model_inputs(model, image_size):
+  """Dummy inputs for `model.init`: images, and a token mask for a SwinMAE."""
+  inputs = (jnp.zeros((1, image_size, image_size, model.in_chans)),)
+  if hasattr(model, "decoder_depths"):
+    grid = image_size // model.patch_size
+    inputs += (jnp.zeros((1, grid, grid), bool),)
+  return inputs
+
+
+@functools.cache
+def random_params(model, image_size, seed=0):
+  """Random values in the model's parameter shapes (no compiled init: full-size models)."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          *model_inputs(model, image_size))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+
+
+def jittered_params(model, image_size, seed=2):
+  """Initialised parameters plus noise, so that every tensor's layout matters (zero biases
+  and tables would hide a transposition)."""
+  params = jax.jit(model.init)(jax.random.PRNGKey(seed), *model_inputs(model, image_size))[
+      "params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
+                                   for x, k in zip(leaves, keys)])
+
+
+def write_csv_with_bad_rows(folder) -> str:
+  """A segmentation CSV in `folder` whose rows 2 and 7 are good; the rest name a missing
+  image, a truncated PNG, a text file and a mask of another size than its image."""
+  from PIL import Image
+
+  def png(name, array):
+    Image.fromarray(np.asarray(array, np.uint8)).save(folder / name)
+  png("good.png", np.random.default_rng(0).integers(0, 256, (48, 40)))
+  png("good_mask.png", np.pad(np.full((8, 8), 255), ((20, 20), (16, 16))))
+  png("wide_mask.png", np.zeros((48, 41)))
+  with open(folder / "good.png", "rb") as f:
+    (folder / "truncated.png").write_bytes(f.read()[:1000])  # of ~2 KB of noise
+  (folder / "text.png").write_text("not an image")
+  (folder / "labels.csv").write_text(
+      "image,mask\ngood.png,good_mask.png\nmissing.png,good_mask.png\ntruncated.png,good_mask.png\n"
+      "text.png,good_mask.png\ngood.png,wide_mask.png\ngood.png,good_mask.png\n")
+  return str(folder / "labels.csv")
