@@ -1,13 +1,14 @@
 """Fixtures; shared helpers are in helpers.py.
 
-In-process tests see 8 CPU devices, so that sharding can be tested without a subprocess.
+In-process tests see 2 CPU devices, so that sharding is tested without a subprocess (the
+slow tier's subprocesses take 8).
 """
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8")
+                             " --xla_force_host_platform_device_count=2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

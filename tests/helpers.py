@@ -110,15 +110,21 @@ def random_params(model, image_size, seed=0):
   return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
 
 
-def jittered_params(model, image_size, seed=2):
-  """Initialised parameters plus noise, so that every tensor's layout matters (zero biases
-  and tables would hide a transposition)."""
-  params = jax.jit(model.init)(jax.random.PRNGKey(seed), *model_inputs(model, image_size))[
-      "params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  return jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
-                                   for x, k in zip(leaves, keys)])
+def plausible_params(model, image_size, seed=2):
+  """Parameters of an initialised model's scale without compiling its init: kernels with
+  variance 1 / fan-in, LayerNorm scales near 1, and no tensor at zero, so that every tensor's
+  layout matters (zero biases and tables would hide a transposition)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    noise = rng.standard_normal(leaf.shape).astype(leaf.dtype)
+    name = path[-1].key
+    if name == "kernel":
+      return noise / np.sqrt(np.prod(leaf.shape[:-1]))
+    return 1.0 + 0.02 * noise if name == "scale" else 0.02 * noise
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          *model_inputs(model, image_size))["params"]
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def write_csv_with_bad_rows(folder) -> str:

@@ -25,14 +25,13 @@ def test_a_frozen_encoder_gets_no_gradient_and_no_backward_pass():
     config = config_lib.finetune("classification", "tiny")
     config.finetune.freeze_encoder = frozen
     fns = finetune.functions(config)
-    params = fns.init_params(jax.random.PRNGKey(0))
-    batch = classification_batch()
-    grad = jax.jit(jax.grad(fns.loss_fn)).lower(params, batch, jax.random.PRNGKey(1)).compile()
+    params = jax.jit(fns.init_params)(jax.random.PRNGKey(0))
+    grad = jax.jit(jax.grad(fns.loss_fn)).lower(params, classification_batch(),
+                                                jax.random.PRNGKey(1))
     flops[frozen] = grad.cost_analysis()["flops"]
-    grads = grad(params, batch, jax.random.PRNGKey(1))
-    encoder = [np.abs(g).max() for k in optim.ENCODER for g in jax.tree.leaves(grads[k])]
-    assert (max(encoder) == 0) == frozen
-    assert np.abs(grads["head"]["kernel"]).max() > 0
+  grads = grad.compile()(params, classification_batch(), jax.random.PRNGKey(1))
+  assert all(not np.any(g) for k in optim.ENCODER for g in jax.tree.leaves(grads[k]))
+  assert np.abs(grads["head"]["kernel"]).max() > 0
   # Without the encoder's backward pass a step is little more than the forward pass.
   assert flops[True] < 0.5 * flops[False], flops
 
@@ -42,7 +41,7 @@ def test_probe_first_holds_the_encoder_while_the_head_trains_then_releases_it():
   config.finetune.probe_first = 0.2
   fns = finetune.functions(config)
   tx = optim.make_optimizer(config)
-  state = loop.make_state_initializer(tx, 0)(fns.init_params(jax.random.PRNGKey(0)))
+  state = loop.make_state_initializer(tx, 0)(jax.jit(fns.init_params)(jax.random.PRNGKey(0)))
   schedule = optim.schedule(config, steps_per_epoch=2.0, total_steps=10)
   assert schedule["probe_steps"] == 2
   step = jax.jit(loop.make_train_step(fns.loss_fn, tx))

@@ -27,12 +27,12 @@ def final_params(workdir, step):
 def train_in_process(sample_dir, workdir):
   config = load_config("generic.py", "tiny")
   config.data.source, config.data.path = "shards", sample_dir
-  mesh = parallel.make_mesh(config.mesh)  # the 8 devices of the test process
+  mesh = parallel.make_mesh(config.mesh)  # every device of the test process
   return loop.train(pretrain.make_task(config, workdir, mesh), config, workdir, mesh)
 
 
 def test_a_resumed_run_replays_an_uninterrupted_one(sample_dir, tmp_path):
-  """Training in this process over 8 devices: the checkpoint holds the state and the data
+  """Training in this process over its devices: the checkpoint holds the state and the data
   iterator, so a run continued from step 10 ends where the uninterrupted one ended."""
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   last = train_in_process(sample_dir, straight)
