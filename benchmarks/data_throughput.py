@@ -9,9 +9,9 @@ and ArrayRecord shards written by data_pipelines.ingest. Then, in one run under 
 - grain: the pretraining pipeline (shuffle, decode, batch) into global jax.Arrays;
 - baseline: the release's way, a PyTorch DataLoader over a Dataset that opens each PNG with PIL
   (needs the [torch] extra), each batch then moved into a jax.Array;
-- ingest: files/s of the Beam pipeline (DirectRunner, one process per core) on copies of a real
-  CT DICOM from pydicom-data, and its peak resident memory for each `--ingest_files` count, to
-  show memory stays flat as the number of files grows.
+- ingest: files/s of the Beam pipeline (its local default, one thread per core) on copies of a
+  real CT DICOM from pydicom-data, and its peak resident memory for each `--ingest_files` count,
+  to show memory stays flat as the number of files grows.
 Prints one summary line; `--json` writes the figures.
 """
 import json

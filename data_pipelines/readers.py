@@ -10,7 +10,8 @@ Center/Width pair with its VOI LUT Function), else a per-modality fallback windo
 0.5-99.5 percentile range of the image; MONOCHROME1 is inverted last so bone is always bright.
 
 A Frame carries the raw patient, study and series identifiers only so that the caller can hash
-them; they are never written anywhere.
+them; they are never written anywhere. Files that hold none (PNG, JPEG; NIfTI but for its own
+series) carry empty ones, which stay empty keys: no shared hash of nothing.
 """
 import dataclasses
 import os
@@ -148,8 +149,7 @@ def _read_picture(path, rel_path, options):
     else:
       unit = np.asarray(img.convert("L"), np.float64) / 255.0
   modality = _resolve_modality(modality_from_path(rel_path), rel_path, options)
-  folder = os.path.dirname(rel_path)
-  return [Frame(to_uint8(unit), modality, folder, folder, folder)]
+  return [Frame(to_uint8(unit), modality, "", "", "")]  # a picture names no patient
 
 
 def _read_nifti(path, rel_path, options):
@@ -162,9 +162,9 @@ def _read_nifti(path, rel_path, options):
   modality = _resolve_modality(modality_from_path(rel_path), rel_path, options)
   unit = _fallback(volume, modality, options)  # one window for the whole volume
   slices = np.moveaxis(unit, options.nifti_axis, 0)
-  folder = os.path.dirname(rel_path)
   # Voxel axes are (x, y): rotate so rows run top to bottom in the usual radiological view.
-  return [Frame(to_uint8(np.rot90(s)), modality, folder, rel_path, rel_path) for s in slices]
+  # A volume names no patient or study; its slices are one series.
+  return [Frame(to_uint8(np.rot90(s)), modality, "", "", rel_path) for s in slices]
 
 
 def _read_dicom(path, rel_path, options):

@@ -48,5 +48,8 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def salted_hash(value: str, salt: str, length: int = 16) -> str:
-  """Stable de-identified key: the salt stays in the config and is never written anywhere."""
+  """Stable de-identified key: the salt stays in the config and is never written anywhere.
+  An empty value (nothing known) stays empty, rather than one key shared by every unknown."""
+  if not value:
+    return ""
   return hashlib.sha256(f"{salt}\x00{value}".encode()).hexdigest()[:length]

@@ -47,7 +47,7 @@ def ingested(raw_dir, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("ingested"))
   config = ingest.IngestConfig(input=raw_dir, output=out, salt="test-salt", size=64,
                                files_per_shard=3)
-  manifest = ingest.ingest(config, beam_args=["--runner=DirectRunner"])
+  manifest = ingest.ingest(config, beam_args=[])  # Beam's local default
   return config, manifest
 
 
@@ -69,7 +69,10 @@ def test_ingest_writes_every_good_frame_and_reports_bad_files(ingested):
     assert record["image"].shape == (64, 64) and record["modality"] == index[i]["modality"]
     assert record["source_hash"] == index[i]["source_hash"]
   ct = [r for r in index if r["modality"] == "CT"]
-  assert len({r["patient_key"] for r in ct}) == 3  # 693, CT_small, the NIfTI's folder
+  assert len({r["patient_key"] for r in ct}) == 3  # 693, CT_small, and none for the NIfTI
+  png = [r for r in index if r["modality"] == "US"][-1]  # a.png: a picture names no patient
+  assert png["patient_key"] == png["study_hash"] == png["series_hash"] == ""
+  assert len(png["source_hash"]) == 16
 
 
 def test_no_phi_value_reaches_any_output_byte(ingested, raw_dir):
@@ -111,6 +114,12 @@ def test_rerun_with_other_options_refuses(ingested):
                                     size=128, files_per_shard=3))
 
 
+def test_shards_are_planned_so_that_every_core_has_work():
+  assert ingest.auto_files_per_shard(999, 2) == 125  # 8 shards: 4 per core
+  assert ingest.auto_files_per_shard(5, 2) == 1
+  assert ingest.auto_files_per_shard(10 ** 7, 64) == ingest.MAX_FILES_PER_SHARD
+
+
 def run_ingest(*args, env=None):
   return subprocess.run([sys.executable, "-m", "data_pipelines.ingest", *args], cwd=ROOT,
                         env=env or main_env(), capture_output=True, text=True, timeout=600)
@@ -128,7 +137,7 @@ def test_the_command_line_ingests_and_requires_a_salt(raw_dir, tmp_path):
                           "--fallback_window=CT:40")
   assert bad_window.returncode == 1 and "MODALITY:CENTER:WIDTH" in bad_window.stderr
   done = run_ingest(f"--input={raw_dir}", f"--output={tmp_path / 'shards'}", "--salt=s",
-                    "--size=32", "--runner=DirectRunner")  # a Beam option passes through
+                    "--size=32", "--direct_num_workers=1")  # a Beam option passes through
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.startswith("ingest: 40 records from 9 files")
   assert shards.load_manifest(str(tmp_path / "shards"))["num_records"] == 40

@@ -13,7 +13,9 @@ def test_sample_shards_hold_both_modalities(sample_dir):
   source = pretrain_input.record_source(sample_dir)
   record = records.decode(source[200])
   assert record["image"].shape == (224, 224) and record["image"].dtype == np.uint8
-  assert record["modality"] == "XR" and len(record["patient_key"]) == 16
+  assert record["modality"] == "XR" and len(record["source_hash"]) == 16
+  # The pictures name no patient, study or series: their keys are empty, not a shared hash.
+  assert record["patient_key"] == record["study_hash"] == record["series_hash"] == ""
   assert 0.2 < manifest["pixel_mean"] < 0.6
 
 

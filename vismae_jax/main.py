@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vismae_jax import config_lib, parallel, protocol
+from vismae_jax import config_lib, console, parallel, protocol
 from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
 
@@ -24,6 +24,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", "",
                                    "host:port of process 0, for multi-host runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-host run.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Also show the INFO lines of Orbax and of JAX's "
+                             "backend discovery.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # What a user can get wrong: reported in one line, without a traceback.
@@ -53,16 +55,9 @@ def parse_flags(argv):
     _fail(f"a --config override does not fit the config: {text}")
 
 
-def _quiet_orbax():
-  """Orbax logs every save step by step at INFO; keep its warnings and errors only."""
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.converter.STANDARD_WARNING
-      or "orbax" not in record.pathname)
-
-
 def main(argv):
   del argv
-  _quiet_orbax()
+  console.setup(_VERBOSE.value)
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
