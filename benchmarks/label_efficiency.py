@@ -118,6 +118,7 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
     config.model.in_chans, config.dtype = 1, "bfloat16"
     config.finetune.fill_deeper = kind == "segmentation"
   config.data.csv = csv_path
+  config.data.fold_column = ""  # drawn folds, as in the recorded runs (not BUSI's fold column)
   config.finetune.pretrained = pretrained
   config.finetune.freeze_encoder = args.freeze_encoder
   config.finetune.probe_first = args.probe_first

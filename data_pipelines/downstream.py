@@ -3,8 +3,10 @@
 
 A dataset is a CSV whose `image` column (and `mask` column, for segmentation) holds paths
 relative to the CSV's folder, and whose `label` column holds a class index or, for multi-label
-tasks, 0/1 flags separated by `|` (e.g. the 14 NIH chest X-ray findings). Optional columns:
-`patient_key` (keeps a patient's images in one fold), `fold`, `split`. This covers
+tasks, 0/1 flags separated by `|` (e.g. the 14 NIH chest X-ray findings); a segmentation CSV
+without labels takes "the mask has foreground" as its label for stratified splits. Optional
+columns, named by the caller (`Columns`): a group (by default `patient_key`: a patient's images
+stay in one fold), a fold, a pixel size in mm, and `split`. This covers
 (a) the release's convention, one CSV per split and fold (`{train,val,test}_fold{N}.csv`:
 release_fold_tables), and (b) any folder + CSV, which tfds_builders turns into a TFDS dataset.
 
@@ -25,49 +27,80 @@ from data_pipelines import readers
 
 
 @dataclasses.dataclass(frozen=True)
+class Columns:
+  """The optional columns a CSV is read with; "" reads none. A group or pixel-size column that
+  is named but absent is an error; the default group and fold columns may be absent."""
+  group: str = "patient_key"
+  fold: str = "fold"
+  pixel_size: str = ""
+
+
+DEFAULT_COLUMNS = Columns()
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
   images: list          # absolute paths
   masks: list | None    # absolute paths (segmentation) or None
-  labels: np.ndarray    # (N,) int class, or (N, C) float32 multi-label flags
-  groups: np.ndarray | None  # patient keys where known
+  labels: np.ndarray | None  # (N,) int class, (N, C) float32 multi-label flags; None: from masks
+  groups: np.ndarray | None  # group (patient) keys where known
   folds: np.ndarray | None
   splits: np.ndarray | None
+  pixel_sizes: np.ndarray | None = None  # mm per pixel of the original image, where known
+  sizes: np.ndarray | None = None  # (N, 2) original height and width, once read
 
   def __len__(self):
     return len(self.images)
 
   def subset(self, indices) -> "Table":
-    pick = lambda a: None if a is None else (np.asarray(a)[indices] if isinstance(a, np.ndarray)
-                                             else [a[i] for i in indices])
-    return Table(pick(self.images), pick(self.masks), self.labels[indices], pick(self.groups),
-                 pick(self.folds), pick(self.splits))
+    def pick(a):
+      if a is None:
+        return None
+      return np.asarray(a)[indices] if isinstance(a, np.ndarray) else [a[i] for i in indices]
+    return Table(*(pick(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+  def distance_scale(self, image_size: int) -> np.ndarray:
+    """Per case, what one pixel of the model's size x size input measures: original-image
+    pixels (letterboxing scaled the longer side to image_size), times the pixel size in mm
+    where the CSV gives one."""
+    scale = self.sizes.max(axis=1) / image_size
+    return scale * self.pixel_sizes if self.pixel_sizes is not None else scale
 
 
 def parse_label(text: str):
   return [float(v) for v in text.split("|")] if "|" in text else int(text)
 
 
-def read_table(csv_path: str) -> Table:
+def read_table(csv_path: str, columns: Columns = DEFAULT_COLUMNS) -> Table:
   """Reads a dataset CSV; paths resolve against the CSV's folder. Fails naming the column."""
   root = os.path.dirname(os.path.abspath(csv_path))
   with open(csv_path, newline="") as f:
     rows = list(csv.DictReader(f))
   if not rows:
     raise ValueError(f"{csv_path}: no rows")
-  columns = rows[0].keys()
-  if "image" not in columns or not {"mask", "label"} & set(columns):
+  present = rows[0].keys()
+  if "image" not in present or not {"mask", "label"} & set(present):
     raise ValueError(f"{csv_path}: expected columns image,mask (segmentation) or image,label "
-                     f"(classification); found {sorted(columns)}")
+                     f"(classification); found {sorted(present)}")
+  for what, name, default in (("group", columns.group, DEFAULT_COLUMNS.group),
+                              ("pixel size", columns.pixel_size, DEFAULT_COLUMNS.pixel_size)):
+    if name and name != default and name not in present:
+      raise ValueError(f"{csv_path}: no {what} column {name!r}; its columns are "
+                       f"{sorted(present)}")
   column = lambda name, cast=str: (np.array([cast(r[name]) for r in rows])
-                                   if name in columns else None)
-  labels = ([parse_label(r["label"]) for r in rows] if "label" in columns
-            else [int(np.any(np.asarray(Image.open(os.path.join(root, r["mask"]))) > 127))
-                  for r in rows])  # segmentation without labels: lesion present or not
+                                   if name and name in present else None)
+  labels = [parse_label(r["label"]) for r in rows] if "label" in present else None
+  pixel_sizes = column(columns.pixel_size, float)
+  if pixel_sizes is not None and not np.all(pixel_sizes > 0):
+    raise ValueError(f"{csv_path}: column {columns.pixel_size!r} holds sizes <= 0 (line "
+                     f"{int(np.argmax(pixel_sizes <= 0)) + 2})")
   return Table(
       images=[os.path.join(root, r["image"]) for r in rows],
-      masks=[os.path.join(root, r["mask"]) for r in rows] if "mask" in columns else None,
-      labels=np.array(labels, np.float32 if isinstance(labels[0], list) else np.int64),
-      groups=column("patient_key"), folds=column("fold", int), splits=column("split"))
+      masks=[os.path.join(root, r["mask"]) for r in rows] if "mask" in present else None,
+      labels=None if labels is None else np.array(
+          labels, np.float32 if isinstance(labels[0], list) else np.int64),
+      groups=column(columns.group), folds=column(columns.fold, int), splits=column("split"),
+      pixel_sizes=pixel_sizes)
 
 
 def release_fold_tables(folder: str, fold: int) -> dict[str, Table]:
@@ -87,7 +120,8 @@ class UnreadableExample(Exception):
 
 
 class ExampleSource:
-  """Random-access examples {"image", "label"[, "mask"]} at size x size, uint8 pixels."""
+  """Random-access examples {"image", "label"[, "mask"], "orig_size"} at size x size, uint8
+  pixels; orig_size is the image's (height, width) before letterboxing."""
 
   def __init__(self, table: Table, size: int):
     self.table, self.size = table, size
@@ -100,7 +134,8 @@ class ExampleSource:
     path = self.table.images[i]
     try:
       image = read_grey(path)
-      example = {"image": readers.letterbox(image, self.size), "label": self.table.labels[i]}
+      example = {"image": readers.letterbox(image, self.size),
+                 "orig_size": np.array(image.shape, np.int32)}
       if self.table.masks is not None:
         path = self.table.masks[i]
         mask = (read_grey(path) > 127).astype(np.uint8)
@@ -109,20 +144,24 @@ class ExampleSource:
                            f"{image.shape[1]}x{image.shape[0]}")
         # Nearest neighbours keep the mask 0/1 and aligned with the letterboxed image.
         example["mask"] = readers.letterbox(mask, self.size, Image.NEAREST)
+      example["label"] = (self.table.labels[i] if self.table.labels is not None
+                          else np.int64(mask.any()))
     except Exception as e:  # whatever the decoder raises (OSError, SyntaxError, ...)
       raise UnreadableExample(f"{path}: {e or type(e).__name__}") from e
     return example
 
 
-def load_readable(table: Table, size: int) -> tuple[dict, np.ndarray, list[dict]]:
+def load_readable(table: Table, size: int) -> tuple[dict, Table, list[dict]]:
   """Every readable example in memory, letterboxed (fine-tuning sets are small).
 
-  Returns the stacked examples, the indices of their rows in `table`, and the rows left out as
-  {"line": CSV line number, "problem": message naming the file}. Fails when no row is readable,
-  which is a wrong path rather than a bad file.
+  Returns the stacked examples {"image", "label"[, "mask"]}, the table of their rows (labels
+  and original sizes filled in), and the rows left out as {"line": CSV line number, "problem":
+  message naming the file}. Fails when no row is readable, which is a wrong path rather than
+  a bad file.
   """
   source, rows, kept, skipped = ExampleSource(table, size), [], [], []
-  for i in tqdm.trange(len(table), desc="reading examples", unit="image", leave=False):
+  for i in tqdm.trange(len(table), desc="reading examples", unit="image", leave=False,
+                       disable=None):  # None: on a terminal only
     try:
       rows.append(source[i])
       kept.append(i)
@@ -131,4 +170,7 @@ def load_readable(table: Table, size: int) -> tuple[dict, np.ndarray, list[dict]
   if not rows:
     raise ValueError(f"none of the {len(table)} rows could be read; the first: "
                      f"{skipped[0]['problem']}")
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, np.array(kept), skipped
+  examples = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  readable = dataclasses.replace(table.subset(np.array(kept)), labels=examples["label"],
+                                 sizes=examples.pop("orig_size"))
+  return examples, readable, skipped

@@ -5,9 +5,9 @@
 
 Examples are stored letterboxed to size x size as uint8 `tfds.features.Tensor`s in ArrayRecord
 files, so `tfds.data_source(...)` (or `load_source` below) feeds grain with random access and no
-TensorFlow. Features: `image`, `label` (class index, or multi-label flags), `mask` when the CSV
-has one, `patient_key` (hashed as in ingest when the CSV has one, else the image's own key),
-`fold` (-1 when absent). Splits come from the CSV's `split` column, else everything is `train`.
+TensorFlow. Features: `image`, `orig_size` (height, width before letterboxing), `label` (class
+index, or multi-label flags), `mask` when the CSV has one, `patient_key` (hashed as in ingest
+when the CSV has one, else the image's own key), `fold` (-1 when absent). Splits come from the CSV's `split` column, else everything is `train`.
 A row whose image or mask cannot be read is left out with a warning naming the file.
 """
 import os
@@ -39,8 +39,9 @@ class FolderCsv(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     table = downstream.read_table(self.builder_config.csv_path)
     size = self.builder_config.size
     features = {"image": tfds.features.Tensor(shape=(size, size), dtype=np.uint8),
+                "orig_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
                 "patient_key": tfds.features.Text(), "fold": np.int32}
-    if table.labels.ndim == 2:
+    if table.labels is not None and table.labels.ndim == 2:
       features["label"] = tfds.features.Tensor(shape=table.labels.shape[1:], dtype=np.float32)
     else:
       features["label"] = np.int64

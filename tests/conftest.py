@@ -46,7 +46,8 @@ def sample_segmentation_csv(tmp_path_factory):
 
   from data_pipelines import sample
   folder = tmp_path_factory.mktemp("sample_segmentation")
-  names = sorted(os.listdir(os.path.join(sample.SAMPLE_DIR, "us")))[:48]
+  names = sorted(n for n in os.listdir(os.path.join(sample.SAMPLE_DIR, "us"))
+                 if n.endswith(".png"))[:48]
   with open(folder / "labels.csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["image", "mask", "patient_key"])

@@ -45,7 +45,9 @@ def test_read_table_multilabel_and_errors(tmp_path):
 def test_unreadable_rows_are_left_out_and_listed_by_file(tmp_path):
   table = downstream.read_table(write_csv_with_bad_rows(tmp_path))
   examples, readable, skipped = downstream.load_readable(table, 32)
-  np.testing.assert_array_equal(readable, [0, 5])
+  assert readable.images == [table.images[0], table.images[5]]
+  np.testing.assert_array_equal(readable.sizes, [[48, 40], [48, 40]])  # before letterboxing
+  np.testing.assert_array_equal(readable.labels, [1, 1])  # no label column: the mask has some
   assert examples["image"].shape == examples["mask"].shape == (2, 32, 32)
   assert examples["mask"].sum() > 0
   assert [row["line"] for row in skipped] == [3, 4, 5, 6]
@@ -57,3 +59,21 @@ def test_unreadable_rows_are_left_out_and_listed_by_file(tmp_path):
   (tmp_path / "none.csv").write_text("image,label\nmissing.png,0\ntext.png,1\n")
   with pytest.raises(ValueError, match="none of the 2 rows could be read; the first: .*missing"):
     downstream.load_readable(downstream.read_table(str(tmp_path / "none.csv")), 32)
+
+
+def test_columns_are_named_by_the_config_and_named_columns_must_exist(tmp_path):
+  (tmp_path / "labels.csv").write_text(
+      "image,label,subject_id,fold,pixel_size_mm\na.png,0,s1,0,0.1\nb.png,1,s1,1,0.25\n")
+  columns = downstream.Columns(group="subject_id", pixel_size="pixel_size_mm")
+  table = downstream.read_table(str(tmp_path / "labels.csv"), columns)
+  assert list(table.groups) == ["s1", "s1"] and list(table.folds) == [0, 1]
+  np.testing.assert_allclose(table.pixel_sizes, [0.1, 0.25])
+  with pytest.raises(ValueError, match="no pixel size column 'spacing'; its columns are"):
+    downstream.read_table(str(tmp_path / "labels.csv"), downstream.Columns(pixel_size="spacing"))
+  (tmp_path / "zero.csv").write_text("image,label,pixel_size_mm\na.png,0,0.1\nb.png,1,0\n")
+  with pytest.raises(ValueError, match="holds sizes <= 0 \\(line 3\\)"):
+    downstream.read_table(str(tmp_path / "zero.csv"),
+                          downstream.Columns(pixel_size="pixel_size_mm"))
+  # By default the fold column is read where the CSV has one; "" reads none.
+  assert downstream.read_table(str(tmp_path / "labels.csv"),
+                               downstream.Columns(fold="")).folds is None

@@ -101,6 +101,7 @@ def test_bootstrap_ci_and_paired_test():
   auc, lo, hi = metrics.bootstrap_ci(lambda l, s: seen.append(l.sum()) or skm.roc_auc_score(l, s),
                                      rare, rare + rng.normal(0, 1, 40), strata=rare)
   assert set(seen) == {3} and 0 <= lo <= auc <= hi <= 1
+  assert metrics.bootstrap_ci(np.mean, [0.7]) == (0.7, 0.7, 0.7)  # one case: no spread
   paired = metrics.paired_test([0.8, 0.82, 0.79, 0.85, 0.81], [0.7, 0.75, 0.72, 0.74, 0.73])
   assert paired["p_value"] == pytest.approx(stats.ttest_rel([0.8, 0.82, 0.79, 0.85, 0.81],
                                                             [0.7, 0.75, 0.72, 0.74, 0.73]).pvalue)

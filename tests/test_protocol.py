@@ -9,13 +9,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from helpers import run_main, shared_dataset
+from data_pipelines import downstream
 from vismae_jax import checkpoint, config_lib, parallel, protocol
 
 SEG = "configs/finetune_seg.py:tiny"
 
 
 def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds(
-    tmp_path, sample_segmentation_csv):
+    tmp_path, sample_segmentation_csv, caplog):
   """Runs differ in data, length and seed only (the schedule is an argument): one trace of
   the step and of predict serves all. Each run keeps only its best checkpoint."""
   traced = []
@@ -50,6 +51,59 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
   assert random["per_fold"] == [pytest.approx(np.mean(metrics))]
   for name in ("report.json", "report.csv", "report.md", "label_efficiency.png", "overlays.png"):
     assert os.path.getsize(os.path.join(tmp_path, name)) > 0
+  assert summary["splits"]["groups"].startswith("grouped by the CSV's 'patient_key' column")
+  assert summary["units"] == {"hd95": "px"}
+  # Run again: every run is reused, none trains, and the log says so.
+  with caplog.at_level("INFO"):
+    again = protocol.run(config, str(tmp_path), mesh)
+  assert "reusing 4 finished runs of 4" in caplog.text and "run 1/" not in caplog.text
+  assert again["by_fraction"] == summary["by_fraction"]
+
+
+def frames_of_subjects(folder, with_folds: bool) -> str:
+  """A CSV of 120 frames of 30 subjects (4 each), labels by subject, optionally a fold column;
+  the files need not exist to be split."""
+  rows = ["image,label,subject_id" + (",fold" if with_folds else "")]
+  for frame in range(120):
+    subject = frame // 4
+    rows.append(f"f{frame}.png,{subject % 3},s{subject}" + (f",{subject % 5}" if with_folds
+                                                             else ""))
+  (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+  return str(folder / "labels.csv")
+
+
+def splits_of(csv_path, **data):
+  config = config_lib.finetune("classification", "tiny")
+  config.data.update(csv=csv_path, **data)
+  table = downstream.read_table(csv_path, protocol.columns(config))
+  return table, protocol.protocol_splits(config, table), protocol.describe_splits(config, table)
+
+
+def test_a_named_group_column_keeps_every_subject_on_one_side(tmp_path):
+  table, folds, described = splits_of(frames_of_subjects(tmp_path, False),
+                                      group_column="subject_id")
+  assert described["groups"].startswith("grouped by the CSV's 'subject_id' column: 30 groups")
+  assert described["folds"] == "5 folds drawn, stratified by label"
+  assert len(folds) == 5
+  for _, train, val, test in folds:
+    sides = [set(table.groups[part]) for part in (train, val, test)]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+  # The default column is absent here: nothing groups the frames, and the report says so.
+  table, folds, described = splits_of(frames_of_subjects(tmp_path, False))
+  assert table.groups is None and described["groups"].startswith("not grouped")
+  with pytest.raises(ValueError, match="no group column 'subject'; its columns are"):
+    splits_of(frames_of_subjects(tmp_path, False), group_column="subject")
+
+
+def test_the_csv_fold_column_makes_the_folds_unless_told_otherwise(tmp_path):
+  csv_path = frames_of_subjects(tmp_path, True)
+  table, folds, described = splits_of(csv_path, group_column="subject_id")
+  assert described["folds"].startswith("the CSV's 'fold' column (5 folds")
+  for k, _, _, test in folds:
+    np.testing.assert_array_equal(test, np.flatnonzero(table.folds == k))
+  _, drawn, described = splits_of(csv_path, group_column="subject_id", fold_column="")
+  assert described["folds"] == "5 folds drawn, stratified by label"
+  assert any(not np.array_equal(a[3], b[3]) for a, b in zip(folds, drawn))
 
 
 def busi_with_bad_rows(folder) -> str:
@@ -79,7 +133,8 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, tiny_
           "--config.optim.layer_decay=0.75")
   proc = run_main(workdir, *args, config=SEG)
   assert "Report: json:" in proc.stdout
-  assert "segmentation runs: 100%" in proc.stderr and "| 4/4 [" in proc.stderr  # progress
+  assert "run 4/4 done, random_labels100_fold1: dice" in proc.stderr  # progress: a log line
+  assert "s to go" in proc.stderr
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)
   assert report["metric"] == "dice" and report["fractions"] == [1.0]
@@ -93,7 +148,7 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, tiny_
   for name in ("report.csv", "report.md", "label_efficiency.png", "overlays.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   with open(os.path.join(workdir, "report.md")) as f:
-    assert "| hd95 |" in f.read()
+    assert "| hd95 (px) |" in f.read()  # pixels of the original images: BUSI has no sizes
   # The two bad rows are left out, named in the log and listed in the report.
   assert [row["line"] for row in report["skipped_rows"]] == [782, 783]
   assert "truncated.png: image file is truncated" in report["skipped_rows"][0]["problem"]
@@ -101,6 +156,7 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, tiny_
   assert "2 of 782 rows of" in proc.stderr and "line 783 left out" in proc.stderr
   again = run_main(workdir, *args, config=SEG)  # a finished protocol is not trained again
   assert "Done:" not in again.stdout and "Report: json:" in again.stdout
+  assert "reusing 4 finished runs of 4" in again.stderr and "run 1/" not in again.stderr
   # Another recipe in the same workdir fails instead of reporting the old runs.
   other = run_main(workdir, *args, "--config.finetune.freeze_encoder=True", config=SEG,
                    check=False)

@@ -1,4 +1,5 @@
 """What runs mean: repeats averaged within folds, intervals, tests, and the report's files."""
+import dataclasses
 import json
 import os
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from data_pipelines import downstream
 from vismae_jax import config_lib, metrics, report
 
 
@@ -21,7 +23,7 @@ def classification_results(rng, folds=4):
         probs = np.stack([1 - stats.norm.cdf(score), stats.norm.cdf(score)], 1)
         results.append({"name": f"{init}_{fold}_{repeat}", "fold": fold, "fraction": 1.0,
                         "init": init, **report.score(config, probs, {"label": labels},
-                                                     np.arange(40))})
+                                                     np.arange(40), None)})
   return results
 
 
@@ -64,18 +66,66 @@ def test_the_report_files_say_the_same_numbers(tmp_path):
   assert os.path.getsize(paths["curve"]) > 10_000
 
 
-def test_segmentation_scores_pool_images_with_something_to_find(tmp_path):
+def test_segmentation_scores_pool_images_with_something_to_find():
   config = config_lib.finetune("segmentation", "tiny")
   masks = np.zeros((3, 8, 8), np.int64)
   masks[0, :4, :4] = 1
   masks[1, 4:, 4:] = 1  # image 2 has nothing to find
   predictions = masks.copy()
   predictions[1] = 0
-  scored = report.score(config, predictions, {"mask": masks}, np.arange(3))
+  scored = report.score(config, predictions, {"mask": masks}, np.arange(3), np.ones(3))
   assert scored["per_case"] == [1.0, 0.0] and scored["metric"] == 0.5
-  images = np.zeros((3, 8, 8), np.uint8)
-  results = [{"name": "random_labels100_fold0", "fraction": 1.0, "init": "random", "fold": 0,
-              "test": [0, 1, 2]}]
-  path = report.write_overlays(str(tmp_path), results, {"image": images, "mask": masks},
-                               lambda name: predictions)
-  assert os.path.getsize(path) > 0
+
+
+def test_hd95_is_in_millimetres_where_the_csv_gives_pixel_sizes(tmp_path):
+  """A point 5 model pixels from the target's (the 3-4-5 triangle) on 64 px inputs letterboxed
+  from 100 x 200 images of 0.5 mm pixels: 5 * 200 / 64 * 0.5 mm; without a pixel size the
+  same distance in pixels of the original image."""
+  target, prediction = np.zeros((1, 64, 64), np.int64), np.zeros((1, 64, 64), np.int64)
+  target[0, 10, 10], prediction[0, 13, 14] = 1, 1
+  table = downstream.Table(images=["a.png"], masks=None, labels=None, groups=None, folds=None,
+                           splits=None, pixel_sizes=np.array([0.5]), sizes=np.array([[100, 200]]))
+  config = config_lib.finetune("segmentation", "tiny")
+  config.data.pixel_size_column = "pixel_size_mm"
+  scored = report.score(config, prediction, {"mask": target}, [0], table.distance_scale(64))
+  assert scored["hd95"] == pytest.approx(5 * 200 / 64 * 0.5)
+  assert report.distance_unit(config) == "mm"
+  in_pixels = dataclasses.replace(table, pixel_sizes=None).distance_scale(64)
+  config.data.pixel_size_column = ""
+  assert report.score(config, prediction, {"mask": target}, [0], in_pixels)["hd95"] == (
+      pytest.approx(5 * 200 / 64))
+  summary = {**report.summarize(config, [{**scored, "name": "random_labels100_fold0", "fold": 0,
+                                          "fraction": 1.0, "init": "random"}]),
+             "skipped_rows": []}
+  paths = report.write_report(config, str(tmp_path), summary)
+  assert "| hd95 (px) |" in open(paths["markdown"]).read()
+  assert ",hd95_px," in open(paths["csv"]).readline()
+
+
+def test_overlays_show_the_best_median_and_worst_cases_each_once():
+  dice = {case: value for case, value in enumerate([0.5, 0.9, 0.1, 0.7, 0.3, 0.8, 0.2, 0.6])}
+  rows = report.overlay_rows(dice)
+  # Ranked 1, 5, 3, 7, 0, 4, 6, 2: the top two, the middle two, the bottom two.
+  assert [case for _, case in rows] == [1, 5, 7, 0, 6, 2]
+  assert rows[0][0] == "best: case 1" and rows[-1][0] == "worst: case 2"
+  few = report.overlay_rows({0: 0.4, 1: 0.6, 2: 0.5})
+  assert sorted(case for _, case in few) == [0, 1, 2]  # every case once
+
+
+def test_overlays_put_every_initialisation_on_the_same_cases(tmp_path):
+  config = config_lib.finetune("segmentation", "tiny")
+  rng = np.random.default_rng(0)
+  masks = (rng.random((10, 16, 16)) < 0.3).astype(np.int64)
+  images = rng.integers(0, 255, (10, 16, 16), np.uint8)
+  results = [{"name": f"{init}_labels100_fold{fold}", "fraction": 1.0, "init": init,
+              "fold": fold, "repeat": 0, "test": list(range(5 * fold, 5 * fold + 5))}
+             for init in report.INITS for fold in range(2)]
+  shown = {}
+
+  def predictions(name):
+    fold = int(name[-1])
+    shown[name] = masks[5 * fold:5 * fold + 5] * (name.startswith("pretrained"))
+    return shown[name]
+  path = report.write_overlays(config, str(tmp_path), results,
+                               {"image": images, "mask": masks}, predictions)
+  assert os.path.getsize(path) > 0 and len(shown) == 4  # both folds of both initialisations

@@ -15,6 +15,7 @@ def test_a_built_dataset_holds_the_readable_rows_letterboxed(tmp_path):
   examples, _, _ = downstream.load_readable(downstream.read_table(csv_path), 32)
   np.testing.assert_array_equal(source[1]["mask"], examples["mask"][1])
   np.testing.assert_array_equal(source[0]["image"], examples["image"][0])
+  np.testing.assert_array_equal(source[0]["orig_size"], [48, 40])
   assert source[0]["fold"] == -1 and source[0]["patient_key"] != b"good.png"
 
 

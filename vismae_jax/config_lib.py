@@ -52,7 +52,9 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   # crop_scale: random resized crop area range, on device ((1, 1): none, as the release;
   # (0.2, 1.0): MAE's).
   c.input = dict(image_size=224, normalization="minmax", hflip=True, crop_scale=(1.0, 1.0))
-  # data.path: a directory written by data_pipelines (dataset.json, index.csv, shards).
+  # data.path: a directory written by data_pipelines (dataset.json, index.csv, shards); when
+  # given it is what trains, whatever data.source says. source=sample: without a path, the
+  # bundled sample (the :sample and :tiny variants).
   # data.modalities: keep only these (empty: all, the Generic model).
   # data.mixture: sampling weight per modality (all zero: natural proportions, each record once
   # per epoch), e.g. --config.data.mixture.PT=3 to see PET three times as often as its share.
@@ -139,15 +141,20 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   c.finetune = dict(kind=kind, num_classes=2, pretrained="", encoder_only=False,
                     fill_deeper=False, freeze_encoder=False, probe_first=0.0)
   c.input = dict(image_size=224, hflip=True)
-  # data.csv: image,mask or image,label columns (data_pipelines/downstream.py).
-  c.data = dict(csv="", workers=0)
-  # kind: kfold (by patient where the CSV has patient_key) or fixed (72/8/20). Inside each
+  # data.csv: image,mask or image,label columns (data_pipelines/downstream.py), and optionally:
+  # group_column: cases sharing its value (a patient, a subject) never straddle a split;
+  # fold_column: the folds of k-fold cross-validation, when the CSV has it ("": drawn folds);
+  # pixel_size_column: mm per pixel of each original image: distances (HD95) in mm, else in
+  # original-image pixels.
+  c.data = dict(csv="", workers=0, group_column="patient_key", fold_column="fold",
+                pixel_size_column="")
+  # kind: kfold (from data.fold_column, else drawn by group) or fixed (72/8/20). Inside each
   # fold val_fraction of the training cases validate (best checkpoint); fractions are the
   # label fractions to train on; compare_random also fine-tunes from random initialisation;
   # repeats: runs per (fold, fraction, initialisation) with seeds seed, seed + 1, ... (new
   # layers, data order, augmentation; the splits stay), averaged within the fold.
-  c.protocol = dict(kind="kfold", folds=5, max_folds=0, folds_from_csv=False, val_fraction=0.1,
-                    fractions=(1.0,), compare_random=False, repeats=1)
+  c.protocol = dict(kind="kfold", folds=5, max_folds=0, val_fraction=0.1, fractions=(1.0,),
+                    compare_random=False, repeats=1)
   c.batch_size = 32 if seg else 48
   c.eval_batch_size = 32
   c.num_epochs = 150.0 if seg else 50.0

@@ -62,18 +62,28 @@ def label_efficiency_curve(summary: dict, path: str) -> str:
   return path
 
 
-def segmentation_overlays(images, masks, predictions, path: str, title: str = "") -> str:
-  """Images with the ground-truth (green) and predicted (red) foreground outlined."""
-  n = len(images)
-  fig, axes = plt.subplots(1, n, figsize=(2.0 * n, 2.3), squeeze=False)
-  for i in range(n):
-    ax = axes[0, i]
-    ax.imshow(images[i], cmap="gray")
-    for label, colour in ((masks[i], "lime"), (predictions[i], "red")):
-      if np.any(label > 0):
-        ax.contour(label > 0, levels=[0.5], colors=colour, linewidths=1.0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def segmentation_overlays(images, masks, predictions: dict, row_labels, path: str,
+                          title: str = "") -> str:
+  """One row per case: the image with its ground truth (green), then each model's prediction
+  (red) over the same outline, titled with its Dice. `predictions`: {model name: [(label map,
+  Dice) per case]}."""
+  names = list(predictions)
+  fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(2.2 * (1 + len(names)),
+                                                                 2.3 * len(images)),
+                           squeeze=False)
+  for row, (image, mask) in enumerate(zip(images, masks)):
+    panels = [(None, row_labels[row])] + [
+        (predictions[n][row][0], f"{n}: Dice {predictions[n][row][1]:.2f}") for n in names]
+    for col, (label_map, text) in enumerate(panels):
+      ax = axes[row, col]
+      ax.imshow(image, cmap="gray")
+      outlines = [(mask, "lime")] + ([(label_map, "red")] if label_map is not None else [])
+      for outline, colour in outlines:
+        if np.any(outline > 0):
+          ax.contour(outline > 0, levels=[0.5], colors=colour, linewidths=1.0)
+      ax.set_title(text, fontsize=8)
+      ax.set_xticks([])
+      ax.set_yticks([])
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()

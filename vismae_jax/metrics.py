@@ -88,18 +88,24 @@ def bootstrap_ci(statistic, *arrays, strata=None, n_resamples: int = 1000,
   holds every class, so a statistic that needs them all is always defined.
   """
   arrays = [np.asarray(a) for a in arrays]
+  estimate = float(statistic(*arrays))
   cases = np.arange(len(arrays[0]))
   groups = ([cases] if strata is None else
             [cases[np.asarray(strata) == s] for s in np.unique(strata)])
+  # A stratum of one case is the same in every resample (scipy takes none under two).
+  varying = [g for g in groups if len(g) > 1]
+  fixed = np.concatenate([g for g in groups if len(g) == 1] + [np.zeros(0, int)])
+  if not varying:
+    return estimate, estimate, estimate
 
   def resampled(*indices):
-    rows = np.concatenate(indices)
+    rows = np.concatenate([*indices, fixed])
     return statistic(*(a[rows] for a in arrays))
-  result = stats.bootstrap(groups, resampled, n_resamples=n_resamples, vectorized=False,
+  result = stats.bootstrap(varying, resampled, n_resamples=n_resamples, vectorized=False,
                            confidence_level=level, method="percentile",
                            rng=np.random.default_rng(seed))
   interval = result.confidence_interval
-  return float(statistic(*arrays)), float(interval.low), float(interval.high)
+  return estimate, float(interval.low), float(interval.high)
 
 
 def delong_test(labels, scores_a, scores_b) -> dict:

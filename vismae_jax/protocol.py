@@ -11,6 +11,7 @@ different recipe. What the runs mean (statistics, tables, figures) is report.py'
 """
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -30,14 +31,41 @@ def stratification_labels(table: downstream.Table) -> np.ndarray:
   return labels
 
 
+def columns(config) -> downstream.Columns:
+  d = config.data
+  return downstream.Columns(group=d.group_column, fold=d.fold_column,
+                            pixel_size=d.pixel_size_column)
+
+
+def describe_splits(config, table: downstream.Table) -> dict:
+  """How the cases were split, in words: for the log and report.json."""
+  d, p = config.data, config.protocol
+  if p.kind == "fixed":
+    folds = "one fixed 72/8/20 split, stratified by label"
+  elif table.folds is not None:
+    folds = (f"the CSV's {d.fold_column!r} column ({len(np.unique(table.folds))} folds; "
+             "config.protocol.folds is not used)")
+  else:
+    folds = f"{p.folds} folds drawn, stratified by label"
+  if table.groups is not None:
+    groups = (f"grouped by the CSV's {d.group_column!r} column: {len(np.unique(table.groups))} "
+              f"groups of {len(table)} cases never straddle a split")
+  else:
+    groups = (f"not grouped: the CSV has no {d.group_column!r} column, so every image is its own "
+              "group and images of one patient may land on both sides of a split (name the "
+              "column with --config.data.group_column)")
+  return {"folds": folds, "groups": groups}
+
+
 def protocol_splits(config, table: downstream.Table):
-  """[(fold, train, val, test)] from config.protocol: k-fold (by patient) or fixed 72/8/20."""
+  """[(fold, train, val, test)] from config.protocol: k-fold (the CSV's folds, or drawn by
+  group) or fixed 72/8/20; validation hold-outs are drawn by group."""
   p = config.protocol
   strat = stratification_labels(table)
   if p.kind == "fixed":
     train, val, test = splits.fixed_split(strat, table.groups, seed=config.seed)
     return [(0, train, val, test)]
-  if p.folds_from_csv and table.folds is not None:
+  if table.folds is not None:
     folds = [(np.flatnonzero(table.folds != k), np.flatnonzero(table.folds == k))
              for k in np.unique(table.folds)]
   else:
@@ -49,31 +77,35 @@ def protocol_splits(config, table: downstream.Table):
   return out
 
 
-def _predictions_path(workdir: str, name: str) -> str:
-  return os.path.join(workdir, "runs", name, "test_predictions.npy")
+def _run_path(workdir: str, name: str, file: str) -> str:
+  return os.path.join(workdir, "runs", name, file)
 
 
-def run_one(config, name: str, workdir: str, mesh, examples: dict, train, val, test, init: str):
-  """One fine-tuning run, scored on `test` with its best checkpoint (or its earlier result)."""
-  out_dir = os.path.join(workdir, "runs", name)
-  result_path = os.path.join(out_dir, "result.json")
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      return json.load(f)
-  task = finetune.make_task(config, examples, train, val, init)
+def _labelled(result: dict, run: dict) -> dict:
+  """A run's result with where it stands in the protocol, for the report."""
+  return {**result, **{k: run[k] for k in ("fold", "fraction", "repeat")}}
+
+
+def run_one(config, run: dict, workdir: str, mesh, examples: dict, distance_scale) -> dict:
+  """Trains one planned run and scores its best checkpoint on the run's test cases."""
+  out_dir = os.path.dirname(_run_path(workdir, run["name"], ""))
+  task = finetune.make_task(config, examples, run["train"], run["val"], run["init"])
   loop.train(task, config, out_dir, mesh)
   # On the mesh, as validation saw the parameters: predict keeps its one trace.
   params = jax.device_put(checkpoint.load_params(out_dir, task.best_metric),
                           parallel.replicated(mesh))
+  test = run["test"]
   predictions = finetune.predict_all(finetune.functions(config).predict, params,
                                      {k: v[test] for k, v in examples.items()},
                                      config.eval_batch_size)
-  result = {"name": name, "init": init, "test": np.asarray(test).tolist(),
-            "train_size": len(train), **report.score(config, predictions, examples, test)}
+  result = {"name": run["name"], "init": run["init"], "test": np.asarray(test).tolist(),
+            "train_size": len(run["train"]),
+            **report.score(config, predictions, examples, test, distance_scale[test])}
   if jax.process_index() == 0:
     if config.finetune.kind == config_lib.SEGMENTATION:
-      np.save(_predictions_path(workdir, name), predictions.astype(np.uint8))
-    with open(result_path, "w") as f:
+      np.save(_run_path(workdir, run["name"], "test_predictions.npy"),
+              predictions.astype(np.uint8))
+    with open(_run_path(workdir, run["name"], "result.json"), "w") as f:
       json.dump(result, f)
   checkpoint.keep_best_only(out_dir, task.best_metric)
   return result
@@ -96,11 +128,15 @@ def check_same_config(config, workdir: str):
       f.write(config.to_json(indent=1))
 
 
-def plan(config, table: downstream.Table) -> list[tuple]:
-  """Every run of the protocol: (fold, fraction, init, repeat, train, val, test)."""
+def plan(config, table: downstream.Table) -> list[dict]:
+  """Every run of the protocol: name, fold, fraction, init, repeat and its train/val/test
+  cases. Repeat 0 is the run of a single-repeat protocol, so that adding repeats reuses it."""
   inits = report.INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
       ("pretrained",) if config.finetune.pretrained else ("random",))
-  return [(fold, fraction, init, repeat, subset, val, test)
+  return [{"name": f"{init}_labels{round(fraction * 100):03d}_fold{fold}" + (
+               f"_seed{repeat}" if repeat else ""),
+           "fold": fold, "fraction": fraction, "init": init, "repeat": repeat,
+           "train": subset, "val": val, "test": test}
           for fold, train, val, test in protocol_splits(config, table)
           for fraction, subset in splits.label_fractions(
               train, stratification_labels(table), tuple(config.protocol.fractions),
@@ -117,34 +153,55 @@ def run(config, workdir: str, mesh) -> dict:
   check_same_config(config, workdir)
   if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
-  table = downstream.read_table(config.data.csv)
-  examples, readable, skipped = downstream.load_readable(table, config.input.image_size)
-  table = table.subset(readable)
+  examples, table, skipped = downstream.load_readable(
+      downstream.read_table(config.data.csv, columns(config)), config.input.image_size)
   for row in skipped[:5]:
     logging.warning("%s line %d left out: %s", config.data.csv, row["line"], row["problem"])
   if skipped:
     logging.warning("%d of %d rows of %s left out (unreadable); the report lists them",
                     len(skipped), len(skipped) + len(table), config.data.csv)
-  results = []
-  # The protocol's progress (runs done, rate, ETA) on stderr; a long protocol is many runs.
-  bar = tqdm.tqdm(plan(config, table), desc=f"{config.finetune.kind} runs", unit="run",
-                  disable=jax.process_index() != 0)
-  for fold, fraction, init, repeat, subset, val, test in bar:
-    # Repeat 0 is the run of a single-repeat protocol, so that adding repeats reuses it.
-    name = f"{init}_labels{round(fraction * 100):03d}_fold{fold}" + (
-        f"_seed{repeat}" if repeat else "")
-    logging.info("run %s: %d train, %d val, %d test cases", name, len(subset), len(val),
-                 len(test))
+  splits_made = describe_splits(config, table)
+  logging.info("splits: %s; %s", splits_made["folds"], splits_made["groups"])
+  if table.groups is None:
+    logging.warning("%s is %s", config.data.csv, splits_made["groups"])
+  distance_scale = table.distance_scale(config.input.image_size)
+
+  runs = plan(config, table)
+  results, todo = [], []
+  for r in runs:
+    path = _run_path(workdir, r["name"], "result.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        results.append(_labelled(json.load(f), r))
+    else:
+      todo.append(r)
+  if results:
+    logging.info("reusing %d finished runs of %d from %s", len(results), len(runs), workdir)
+  # Progress over the runs still to do: a bar on a terminal, a log line after every run.
+  bar = tqdm.tqdm(total=len(todo), desc=f"{config.finetune.kind} runs", unit="run",
+                  disable=None if jax.process_index() == 0 else True)
+  start = time.perf_counter()
+  for done, r in enumerate(todo, start=1):
+    logging.info("run %s: %d train, %d val, %d test cases", r["name"], len(r["train"]),
+                 len(r["val"]), len(r["test"]))
     run_config = config.copy_and_resolve_references()
-    run_config.seed = config.seed + repeat  # new layers, data order, augmentation; not splits
-    result = run_one(run_config, name, workdir, mesh, examples, subset, val, test, init)
-    results.append({**result, "fold": fold, "fraction": fraction})
-    bar.set_postfix_str(f"{name}: {result['metric']:.3f}")
-  summary = {**report.summarize(config, results), "skipped_rows": skipped}
+    run_config.seed = config.seed + r["repeat"]  # new layers, data order, augmentation
+    result = run_one(run_config, r, workdir, mesh, examples, distance_scale)
+    results.append(_labelled(result, r))
+    per_run = (time.perf_counter() - start) / done
+    logging.info("run %d/%d done, %s: %s %.4f; %.0f s per run, %.0f s to go", done, len(todo),
+                 r["name"], report.metric_name(config), result["metric"], per_run,
+                 per_run * (len(todo) - done))
+    bar.set_postfix_str(f"{r['name']}: {result['metric']:.3f}")
+    bar.update()
+  bar.close()
+  summary = {**report.summarize(config, results), "splits": splits_made,
+             "skipped_rows": skipped}
   if jax.process_index() == 0:
     paths = report.write_report(config, workdir, summary)
     if config.finetune.kind == config_lib.SEGMENTATION:
       paths["overlays"] = report.write_overlays(
-          workdir, results, examples, lambda name: np.load(_predictions_path(workdir, name)))
+          config, workdir, results, examples,
+          lambda name: np.load(_run_path(workdir, name, "test_predictions.npy")))
     print("Report: " + " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
   return summary

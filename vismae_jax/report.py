@@ -24,7 +24,7 @@ from vismae_jax import config_lib, figures, metrics
 INITS = ("pretrained", "random")
 # Reported beside the main metric (means over folds); the first also in the CSV / Markdown.
 SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
-OVERLAY_CASES = 8
+OVERLAY_EACH = 2  # cases shown at the best, the median and the worst Dice
 
 
 def _nanmean(values) -> float:
@@ -32,11 +32,25 @@ def _nanmean(values) -> float:
   return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
-def score(config, predictions: np.ndarray, examples: dict, indices) -> dict:
-  """Metrics of one run on its test cases, and the per-case values the statistics pool."""
+def metric_name(config) -> str:
+  return "dice" if config.finetune.kind == config_lib.SEGMENTATION else "roc_auc"
+
+
+def distance_unit(config) -> str:
+  """HD95's unit: mm where the CSV gives pixel sizes, else pixels of the original images."""
+  return "mm" if config.data.pixel_size_column else "px"
+
+
+def score(config, predictions: np.ndarray, examples: dict, indices, distance_scale) -> dict:
+  """Metrics of one run on its test cases, and the per-case values the statistics pool.
+
+  predictions are at the model's input size; `distance_scale` (per test case) turns one of its
+  pixels into the distance unit (downstream.Table.distance_scale).
+  """
   if config.finetune.kind == config_lib.SEGMENTATION:
     s = metrics.segmentation_scores(predictions, examples["mask"][indices],
                                     config.finetune.num_classes)
+    s["hd95"] = s["hd95"] * np.asarray(distance_scale)[:, None]
     dice = s["dice"][~np.all(np.isnan(s["dice"]), axis=1)]  # images with something to find
     per_case = np.nanmean(dice, axis=1)
     return {"metric": float(per_case.mean()), "per_case": per_case.tolist(),
@@ -81,7 +95,8 @@ def summarize(config, results: list[dict]) -> dict:
   """Per fraction: each initialisation's fold values, mean with CI, pooled bootstrap CI, tests."""
   seg = config.finetune.kind == config_lib.SEGMENTATION
   results = average_repeats(results)
-  summary = {"metric": "dice" if seg else "roc_auc", "repeats": config.protocol.repeats,
+  summary = {"metric": metric_name(config), "repeats": config.protocol.repeats,
+             "units": {"hd95": distance_unit(config)} if seg else {},
              "fractions": [], "by_fraction": {}}
   for fraction in sorted({r["fraction"] for r in results}):
     rows = {init: sorted((r for r in results if r["fraction"] == fraction and r["init"] == init),
@@ -131,12 +146,15 @@ def write_report(config, workdir: str, summary: dict) -> dict:
     json.dump(summary, f, indent=1)
   name = summary["metric"]
   second = SECONDARY[config.finetune.kind == config_lib.SEGMENTATION][0]
+  unit = summary["units"].get(second)
   lines = [f"| labels | init | {name} (mean over folds) | 95% CI | pooled 95% CI (bootstrap) | "
-           f"p (paired t) | {second} |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           f"p (paired t) | {second}{f' ({unit})' if unit else ''} |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
   with open(paths["csv"], "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["fraction", "init", "mean", "ci_low", "ci_high", "pooled", "pooled_ci_low",
-                "pooled_ci_high", "p_value", second, "per_fold"])
+                "pooled_ci_high", "p_value", f"{second}_{unit}" if unit else second,
+                "per_fold"])
     for fraction in summary["fractions"]:
       entry = summary["by_fraction"][str(fraction)]
       for init in INITS:
@@ -153,18 +171,49 @@ def write_report(config, workdir: str, summary: dict) -> dict:
   if summary["skipped_rows"]:
     lines.append(f"\n{len(summary['skipped_rows'])} rows of {config.data.csv} could not be read "
                  "and were left out (`skipped_rows` in report.json).")
+  if "splits" in summary:
+    lines.append(f"\nFolds: {summary['splits']['folds']}; {summary['splits']['groups']}.")
   with open(paths["markdown"], "w") as f:
     f.write(_markdown_title(config, summary) + "\n\n" + "\n".join(lines) + "\n")
   figures.label_efficiency_curve(summary, paths["curve"])
   return paths
 
 
-def write_overlays(workdir: str, results: list[dict], examples: dict, predictions) -> str:
-  """overlays.png: test cases of the run with the most labels (pretrained where there is one)
-  with their ground truth and prediction; `predictions(run name)` loads a run's label maps."""
-  run = max(results, key=lambda r: (r["fraction"], r["init"] == "pretrained", -r["fold"]))
-  cases = run["test"][:OVERLAY_CASES]
+def overlay_rows(dice: dict) -> list[tuple[str, int]]:
+  """(label, case) rows for the overlays: OVERLAY_EACH cases at the best, the median and the
+  worst of `dice` ({case: Dice}), each case once."""
+  ranked = sorted(dice, key=dice.get, reverse=True)
+  middle = (len(ranked) - OVERLAY_EACH) // 2
+  picks = {"best": ranked[:OVERLAY_EACH], "median": ranked[middle:middle + OVERLAY_EACH],
+           "worst": ranked[-OVERLAY_EACH:]}
+  rows = []
+  for what, chosen in picks.items():
+    rows += [(f"{what}: case {case}", case) for case in chosen
+             if case not in [c for _, c in rows]]
+  return rows
+
+
+def write_overlays(config, workdir: str, results: list[dict], examples: dict,
+                   predictions) -> str:
+  """overlays.png: the test cases at the best, median and worst Dice of the runs with the most
+  labels, pooled over folds; each row the case with its ground truth and every initialisation's
+  prediction with its Dice, so pretrained and random are compared on the same images.
+  `predictions(run name)` loads a run's label maps (its test cases, in order)."""
+  top = max(r["fraction"] for r in results)
+  runs = [r for r in results if r["fraction"] == top and r.get("repeat", 0) == 0]
+  inits = [i for i in INITS if any(r["init"] == i for r in runs)]
+  maps, dice = {i: {} for i in inits}, {i: {} for i in inits}
+  for r in runs:
+    label_maps = predictions(r["name"])
+    scores = metrics.segmentation_scores(label_maps, examples["mask"][r["test"]],
+                                         config.finetune.num_classes, hd95=False)["dice"]
+    for case, label_map, value in zip(r["test"], label_maps, scores):
+      maps[r["init"]][case], dice[r["init"]][case] = label_map, _nanmean(value)
+  ranking = {c: d for c, d in dice[inits[0]].items() if not np.isnan(d)}  # something to find
+  rows = overlay_rows(ranking)
   return figures.segmentation_overlays(
-      examples["image"][cases], examples["mask"][cases],
-      predictions(run["name"])[:OVERLAY_CASES], os.path.join(workdir, "overlays.png"),
-      title=f"{run['name']}: ground truth (green), prediction (red)")
+      [examples["image"][c] for _, c in rows], [examples["mask"][c] for _, c in rows],
+      {i: [(maps[i][c], dice[i][c]) for _, c in rows] for i in inits},
+      [label for label, _ in rows], os.path.join(workdir, "overlays.png"),
+      title=f"test cases at {top:.0%} of the labels, by {inits[0]} Dice, all folds: ground "
+            "truth (green), prediction (red)")
