@@ -10,7 +10,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["vismae_jax*", "data_pipelines*"]),
-    package_data={"data_pipelines": ["sample/*.md", "sample/us/*.png", "sample/xr/*.jpeg"]},
+    package_data={"data_pipelines": ["sample/*.md", "sample/us/*.png", "sample/us/labels.csv",
+                                     "sample/xr/*.jpeg"]},
     # Lower bounds are the versions tested together (Python 3.11, CPU).
     install_requires=[
         "jax>=0.10.2",

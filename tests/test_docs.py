@@ -75,3 +75,20 @@ def test_the_quick_start_starts_training(tmp_path):
     proc.wait()
   assert re.search(r"step 100/2000 loss \d", seen[-1]), "".join(seen[-20:])
   assert os.path.exists(tmp_path / "tmp" / "vismae_sample" / "sample_shards")
+
+
+@pytest.mark.slow
+def test_the_own_dataset_walkthrough_runs(tmp_path):
+  """docs/your_data.md's commands in order, each run shortened to a few steps and 2 folds."""
+  shorter = {"configs/us.py": " --config.total_steps=10",
+             "configs/finetune_cls.py": " --config.total_steps=10 --config.protocol.max_folds=2"}
+  for command in documented_commands(os.path.join(ROOT, "docs", "your_data.md")):
+    command = localised(command, tmp_path) + next(
+        (extra for config, extra in shorter.items() if config in command), "")
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT,
+                          env=dict(main_env(), SECRET="salt"), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+  report = open(tmp_path / "tmp" / "my_finetuning" / "report.md").read()
+  assert "| 50% | pretrained |" in report and "Folds: 5 folds drawn" in report
+  assert "not grouped" in report  # the sample's CSV names no patients, and the report says so

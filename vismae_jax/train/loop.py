@@ -149,8 +149,8 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
 
   # Optimiser and schedule.
   steps_per_epoch = task.num_examples / config.batch_size
-  total_steps = config.total_steps or max(1, config.get("min_steps", 0),
-                                          int(config.num_epochs * steps_per_epoch))
+  epoch_steps = int(config.num_epochs * steps_per_epoch)
+  total_steps = config.total_steps or max(1, config.get("min_steps", 0), epoch_steps)
   tx = optim.make_optimizer(config)
   schedule = jax.tree.map(lambda x: parallel.global_batch(x, parallel.replicated(mesh)),
                           optim.schedule(config, steps_per_epoch, total_steps))
@@ -171,9 +171,13 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
                                data_iterator)
     logging.info("resumed from step %d in %s", latest, mngr.directory)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  logging.info("%d examples, global batch %d (%d per host), %d steps, %.2fM parameters, mesh %s",
-               task.num_examples, config.batch_size, per_host_batch, total_steps,
-               n_params / 1e6, dict(mesh.shape))
+  length = ("config.total_steps; num_epochs is not used" if config.total_steps else
+            f"{config.num_epochs:g} epochs" + (
+                f" are {epoch_steps} steps, raised to config.min_steps"
+                if total_steps > epoch_steps else ""))
+  logging.info("%d examples, global batch %d (%d per host), %d steps (%s), %.2fM parameters, "
+               "mesh %s", task.num_examples, config.batch_size, per_host_batch, total_steps,
+               length, n_params / 1e6, dict(mesh.shape))
 
   train_step = compile_train_step(task, tx, shardings, mesh)
   start = int(state["step"])

@@ -9,6 +9,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from data_pipelines import pretrain_input, records, sample
 from vismae_jax import augment, config_lib, figures, parallel, preprocess
@@ -83,12 +84,22 @@ def reconstruct(model, config, params, images_u8, rng):
 
 
 def resolve_data_dir(config, workdir: str) -> str:
-  """The shard directory: config.data.path, or the bundled sample written into the workdir."""
-  if config.data.source == "sample":
-    # One copy per process: hosts need not share a filesystem.
-    return sample.write_sample_shards(
-        os.path.join(workdir, "sample_shards", f"process_{jax.process_index()}"))
-  return config.data.path
+  """The shard directory: config.data.path whenever it is given, else (data.source=sample,
+  as the :sample and :tiny variants set it) the bundled sample written into the workdir.
+
+  Why the path wins: it is what the user named on the command line, while the source may come
+  from a variant chosen for its model and schedule; the log says which one trains.
+  """
+  if config.data.path:
+    if config.data.source == "sample":
+      logging.info("training on config.data.path=%s (config.data.source='sample' applies only "
+                   "without a path)", config.data.path)
+    return config.data.path
+  logging.info("training on the bundled sample (config.data.source='sample'; pass "
+               "--config.data.path=SHARDS for your own shards)")
+  # One copy per process: hosts need not share a filesystem.
+  return sample.write_sample_shards(
+      os.path.join(workdir, "sample_shards", f"process_{jax.process_index()}"))
 
 
 def figure_batch(data_dir: str, config) -> np.ndarray:
