@@ -44,7 +44,9 @@ class Frame:
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
-  modality: str = "auto"          # auto: from the DICOM header or the folder name; else forced
+  # auto: from the DICOM header or the folder name, else the file is refused; any: the same, or
+  # none (prediction, where the modality plays no part); else forced.
+  modality: str = "auto"
   fallback_windows: tuple = (("CT", 40.0, 400.0),)  # (modality, center, width) without a VOI
   nifti_axis: int = 2
 
@@ -87,14 +89,38 @@ def letterbox(image: np.ndarray, size: int, resample=Image.LANCZOS) -> np.ndarra
   Keeping the aspect ratio and every pixel of anatomy matters more than filling the square.
   Masks pass resample=Image.NEAREST so labels stay labels.
   """
-  h, w = image.shape
-  scale = size / max(h, w)
-  new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+  top, left, new_h, new_w = letterbox_box(image.shape, size)
   resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample), np.uint8)
   out = np.zeros((size, size), np.uint8)
-  top, left = (size - new_h) // 2, (size - new_w) // 2
   out[top:top + new_h, left:left + new_w] = resized
   return out
+
+
+def letterbox_box(shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+  """(top, left, height, width) of an image of `shape` inside its size x size letterbox."""
+  h, w = shape
+  scale = size / max(h, w)
+  new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+  return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
+
+
+def unletterbox(array: np.ndarray, shape: tuple[int, int], resample=Image.NEAREST) -> np.ndarray:
+  """The inverse of `letterbox` for a (size, size[, C]) array made on a letterboxed image of
+  `shape`: the padding cut off and the rest resized back to `shape` (nearest neighbours by
+  default, so label maps stay label maps; float channels resample one by one)."""
+  top, left, new_h, new_w = letterbox_box(shape, array.shape[0])
+  inner = array[top:top + new_h, left:left + new_w]
+  if inner.ndim == 3:
+    return np.stack([_resized(inner[..., c], shape, resample)
+                     for c in range(inner.shape[-1])], -1)
+  return _resized(inner, shape, resample)
+
+
+def _resized(plane: np.ndarray, shape: tuple[int, int], resample) -> np.ndarray:
+  """One (h, w) plane resized to `shape`; floats stay floats."""
+  mode = "F" if plane.dtype.kind == "f" else None
+  image = Image.fromarray(plane.astype(np.float32) if mode else plane.astype(np.uint8), mode)
+  return np.asarray(image.resize((shape[1], shape[0]), resample)).astype(plane.dtype)
 
 
 def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR"):
@@ -129,6 +155,8 @@ def _fallback(values: np.ndarray, modality: str, options: ReadOptions) -> np.nda
 
 
 def _resolve_modality(found: str | None, rel_path: str, options: ReadOptions) -> str:
+  if options.modality == "any":
+    return found or ""
   if options.modality != "auto":
     return options.modality
   if found is None:
@@ -206,3 +234,24 @@ def _read_dicom(path, rel_path, options):
 def _first(value) -> float:
   """Window Center/Width may hold several alternatives: the first is the default view."""
   return float(value[0]) if hasattr(value, "__len__") else float(value)
+
+
+def nifti_affine(path: str) -> np.ndarray:
+  """The RAS affine of a DICOM image's pixel grid, for a NIfTI array indexed (column, row,
+  frame): from Image Position and Orientation (Patient) and the pixel spacing where the file
+  has them, else from the pixel spacing alone. Only geometry is read, no identifier."""
+  import pydicom  # optional: the [ingest] extra
+  ds = pydicom.dcmread(path, stop_before_pixels=True)
+  spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (1.0, 1.0)
+  row_spacing, column_spacing = float(spacing[0]), float(spacing[1])
+  orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+  along_row, along_column, origin = np.eye(3)[0], np.eye(3)[1], np.zeros(3)
+  if orientation is not None and position is not None:
+    along_row, along_column = np.array(orientation[:3], float), np.array(orientation[3:], float)
+    origin = np.array(position, float)
+  affine = np.eye(4)
+  affine[:3, 0] = along_row * column_spacing  # next column
+  affine[:3, 1] = along_column * row_spacing  # next row
+  affine[:3, 2] = np.cross(along_row, along_column) * float(ds.get("SliceThickness") or 1.0)
+  affine[:3, 3] = origin
+  return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS -> NIfTI's RAS

@@ -7,7 +7,8 @@ Examples are stored letterboxed to size x size as uint8 `tfds.features.Tensor`s 
 files, so `tfds.data_source(...)` (or `load_source` below) feeds grain with random access and no
 TensorFlow. Features: `image`, `orig_size` (height, width before letterboxing), `label` (class
 index, or multi-label flags), `mask` when the CSV has one, `patient_key` (hashed as in ingest
-when the CSV has one, else the image's own key), `fold` (-1 when absent). Splits come from the CSV's `split` column, else everything is `train`.
+when the CSV has one, else the image's own key), `fold` (-1 when absent). Splits come from the
+CSV's `split` column, else everything is `train`.
 A row whose image or mask cannot be read is left out with a warning naming the file.
 """
 import os

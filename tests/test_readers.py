@@ -51,3 +51,17 @@ def test_letterbox_keeps_aspect_and_centres():
   out = readers.letterbox(image, 64)
   assert out.shape == (64, 64)
   assert (out[:16] == 0).all() and (out[-16:] == 0).all() and (out[17:47] > 250).all()
+
+
+@pytest.mark.parametrize("shape", [(120, 360), (360, 120), (257, 131), (224, 224)])
+def test_unletterbox_returns_a_mask_to_its_images_size_and_place(shape):
+  mask = np.zeros(shape, np.uint8)
+  mask[shape[0] // 5:shape[0] // 2, shape[1] // 3:3 * shape[1] // 4] = 1
+  boxed = readers.letterbox(mask, 224, readers.Image.NEAREST)
+  back = readers.unletterbox(boxed, shape)
+  assert back.shape == shape and back.dtype == np.uint8
+  assert (back & mask).sum() / (back | mask).sum() > 0.95
+  probabilities = np.stack([1.0 - boxed, boxed], -1).astype(np.float32)
+  smooth = readers.unletterbox(probabilities, shape, readers.Image.BILINEAR)
+  assert smooth.shape == shape + (2,) and smooth.dtype == np.float32
+  np.testing.assert_allclose(smooth.sum(-1), 1.0, atol=1e-5)

@@ -14,7 +14,10 @@ import ml_collections
 from data_pipelines import records
 from vismae_jax import preprocess
 
-TASKS = ("pretrain", "finetune", "export")
+TASKS = ("pretrain", "finetune", "predict", "evaluate", "export")
+# What each task can run: pretraining and export from either kind of config, fine-tuning,
+# prediction and evaluation from a fine-tuning config only.
+FINETUNE_TASKS = ("finetune", "predict", "evaluate")
 SEGMENTATION = "segmentation"
 FINETUNE_KINDS = (SEGMENTATION, "classification")
 DTYPES = ("float32", "bfloat16")
@@ -23,7 +26,7 @@ DATA_SOURCES = ("shards", "sample")
 # Settings that say where and how a run executes, never what it computes: a workdir resumes
 # under other values of these.
 EXECUTION = ("mesh", "data.workers", "log_every", "keep_checkpoints", "figure_images",
-             "eval_batch_size")
+             "eval_batch_size", "predict")
 # One run may also continue with another schedule length or validation interval (it goes on
 # from its checkpoint), and does not depend on which other runs its protocol does.
 RUN_RESUMABLE = EXECUTION + ("checkpoint_every", "total_steps", "num_epochs", "min_steps",
@@ -138,8 +141,15 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   # probe_first: LP-FT, the patch embedding and encoder held for that share of the run's steps
   # (0 to 1, so that min_steps stretches it too) while what follows them trains, then everything
   # trains (layer_decay still applies).
-  c.finetune = dict(kind=kind, num_classes=2, pretrained="", encoder_only=False,
+  # multilabel: classification with 0/1 flags per label (sigmoid per label; the CSV's labels
+  # look like 0|1|0).
+  c.finetune = dict(kind=kind, num_classes=2, multilabel=False, pretrained="", encoder_only=False,
                     fill_deeper=False, freeze_encoder=False, probe_first=0.0)
+  # task=predict: input, a folder of images (PNG, JPEG, DICOM) or a CSV with an image column;
+  # output, where masks (at each input's own size) or predictions.csv and overlays go; tta, the
+  # mean over flipped copies; probabilities, also each mask's class probabilities (.npy).
+  # task=evaluate: input, a labelled CSV as fine-tuning reads it; output, its report.
+  c.predict = dict(input="", output="", tta=False, probabilities=False)
   c.input = dict(image_size=224, hflip=True)
   # data.csv: image,mask or image,label columns (data_pipelines/downstream.py), and optionally:
   # group_column: cases sharing its value (a patient, a subject) never straddle a split;
@@ -243,6 +253,9 @@ def validate(config, device_count: int, process_count: int) -> None:
   if finetuning and config.finetune.kind not in FINETUNE_KINDS:
     raise ConfigError(f"config.finetune.kind={config.finetune.kind!r}: expected one of "
                       f"{FINETUNE_KINDS}")
+  if config.task in FINETUNE_TASKS and not finetuning:
+    raise ConfigError(f"config.task={config.task!r} needs a fine-tuning config "
+                      "(configs/finetune_seg.py or configs/finetune_cls.py)")
   errors = []
 
   def check(ok, message):
@@ -250,7 +263,9 @@ def validate(config, device_count: int, process_count: int) -> None:
       errors.append(message)
 
   _check_model(config, check)
-  if config.task != "export":  # exporting needs the model only
+  if config.task in ("predict", "evaluate"):
+    _check_apply(config, device_count, check)
+  elif config.task != "export":  # exporting needs the model only
     (_check_finetune if finetuning else _check_pretrain)(config, check)
     _check_run(config, device_count, process_count, check)
   if errors:
@@ -338,6 +353,25 @@ def _check_finetune(config, check):
         "config.protocol.compare_random needs config.finetune.pretrained to compare against")
 
 
+def _check_apply(config, device_count, check):
+  """Prediction and evaluation: a model, inputs, a place for the outputs, batches that split."""
+  p = config.predict
+  if config.task == "evaluate":
+    check(p.input.endswith(".csv") and os.path.isfile(p.input),
+          f"config.predict.input={p.input!r}: task=evaluate needs a labelled CSV (image,mask or "
+          "image,label columns)")
+  else:
+    check(bool(p.input) and os.path.exists(p.input),
+          f"config.predict.input={p.input!r} does not exist: give a folder of images (PNG, JPEG, "
+          "DICOM) or a CSV with an image column")
+  check(bool(p.output), "config.predict.output is empty: name a folder for the outputs")
+  check(not config.finetune.pretrained or os.path.exists(config.finetune.pretrained),
+        f"config.finetune.pretrained={config.finetune.pretrained!r} does not exist")
+  check(config.eval_batch_size % device_count == 0,
+        f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the device "
+        f"count {device_count}")
+
+
 def _check_run(config, device_count, process_count, check):
   check(config.batch_size % process_count == 0,
         f"config.batch_size={config.batch_size} is the global batch and must split evenly over "
@@ -362,4 +396,8 @@ def _check_run(config, device_count, process_count, check):
         ">= 0")
   for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
     check(config[key] > 0, f"config.{key}={config[key]}: must be positive")
+  if "eval_batch_size" in config:
+    check(config.eval_batch_size % device_count == 0,
+          f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the device "
+          f"count {device_count}")
   check(mesh.fsdp_min_mb >= 0, f"config.mesh.fsdp_min_mb={mesh.fsdp_min_mb}: must be >= 0")

@@ -64,20 +64,22 @@ def label_efficiency_curve(summary: dict, path: str) -> str:
 
 def segmentation_overlays(images, masks, predictions: dict, row_labels, path: str,
                           title: str = "") -> str:
-  """One row per case: the image with its ground truth (green), then each model's prediction
-  (red) over the same outline, titled with its Dice. `predictions`: {model name: [(label map,
-  Dice) per case]}."""
+  """One row per case: the image with its ground truth (green; `masks` None: none known),
+  then each model's prediction (red) over it, titled with its Dice where known.
+  `predictions`: {model name: [(label map, Dice or None) per case]}."""
   names = list(predictions)
   fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(2.2 * (1 + len(names)),
                                                                  2.3 * len(images)),
                            squeeze=False)
+  masks = [None] * len(images) if masks is None else masks
   for row, (image, mask) in enumerate(zip(images, masks)):
     panels = [(None, row_labels[row])] + [
-        (predictions[n][row][0], f"{n}: Dice {predictions[n][row][1]:.2f}") for n in names]
+        (label_map, n if dice is None else f"{n}: Dice {dice:.2f}")
+        for n, (label_map, dice) in ((n, predictions[n][row]) for n in names)]
     for col, (label_map, text) in enumerate(panels):
       ax = axes[row, col]
       ax.imshow(image, cmap="gray")
-      outlines = [(mask, "lime")] + ([(label_map, "red")] if label_map is not None else [])
+      outlines = [(o, c) for o, c in ((mask, "lime"), (label_map, "red")) if o is not None]
       for outline, colour in outlines:
         if np.any(outline > 0):
           ax.contour(outline > 0, levels=[0.5], colors=colour, linewidths=1.0)

@@ -2,7 +2,8 @@
 
 The config file may take an argument (`configs/generic.py:sample`) and any field can be
 overridden on the command line (`--config.batch_size=64`). `config.task` chooses what runs:
-pretrain, finetune (a protocol of fine-tuning runs) or export (to PyTorch). Multi-host runs
+pretrain, finetune (a protocol of fine-tuning runs), predict (a fine-tuned model on new
+images), evaluate (fine-tuned models on a labelled set) or export (to PyTorch). Multi-host runs
 pass the coordinator flags below, set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
 JAX_PROCESS_ID, or rely on JAX's cluster detection (SLURM, Open MPI, TPU pods); see
 docs/multihost.md.
@@ -13,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vismae_jax import config_lib, console, parallel, protocol
+from vismae_jax import config_lib, console, evaluate, parallel, predict, protocol
 from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
 
@@ -70,7 +71,8 @@ def main(argv):
     if config.task == "pretrain":
       loop.train(pretrain.make_task(config, workdir, mesh), config, workdir, mesh)
     else:
-      protocol.run(config, workdir, mesh)
+      {"finetune": protocol.run, "predict": predict.run, "evaluate": evaluate.run}[config.task](
+          config, workdir, mesh)
   except USER_ERRORS as e:
     _fail(str(e))
 

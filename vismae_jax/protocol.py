@@ -11,6 +11,7 @@ different recipe. What the runs mean (statistics, tables, figures) is report.py'
 """
 import json
 import os
+import re
 import time
 
 import jax
@@ -35,6 +36,18 @@ def columns(config) -> downstream.Columns:
   d = config.data
   return downstream.Columns(group=d.group_column, fold=d.fold_column,
                             pixel_size=d.pixel_size_column)
+
+
+def read_labelled(config, csv_path: str):
+  """A labelled CSV read as fine-tuning reads it: (examples, table, skipped rows); labels that
+  do not match config.finetune.multilabel fail, naming the setting."""
+  table = downstream.read_table(csv_path, columns(config))
+  multilabel = table.labels is not None and table.labels.ndim == 2
+  if multilabel != bool(config.finetune.multilabel):
+    raise config_lib.ConfigError(
+        f"{csv_path}: the labels are {'0|1 flags per label' if multilabel else 'class indices'}"
+        f"; set --config.finetune.multilabel={multilabel}")
+  return downstream.load_readable(table, config.input.image_size)
 
 
 def describe_splits(config, table: downstream.Table) -> dict:
@@ -89,22 +102,22 @@ def _labelled(result: dict, run: dict) -> dict:
 def run_one(config, run: dict, workdir: str, mesh, examples: dict, distance_scale) -> dict:
   """Trains one planned run and scores its best checkpoint on the run's test cases."""
   out_dir = os.path.dirname(_run_path(workdir, run["name"], ""))
-  task = finetune.make_task(config, examples, run["train"], run["val"], run["init"])
+  task = finetune.make_task(config, examples, run["train"], run["val"], run["init"], mesh)
   loop.train(task, config, out_dir, mesh)
   # On the mesh, as validation saw the parameters: predict keeps its one trace.
   params = jax.device_put(checkpoint.load_params(out_dir, task.best_metric),
                           parallel.replicated(mesh))
   test = run["test"]
   predictions = finetune.predict_all(finetune.functions(config).predict, params,
-                                     {k: v[test] for k, v in examples.items()},
-                                     config.eval_batch_size)
+                                     examples["image"][test], config.eval_batch_size, mesh)
+  if config.finetune.kind == config_lib.SEGMENTATION:
+    predictions = finetune.label_maps(predictions)
   result = {"name": run["name"], "init": run["init"], "test": np.asarray(test).tolist(),
             "train_size": len(run["train"]),
             **report.score(config, predictions, examples, test, distance_scale[test])}
   if jax.process_index() == 0:
     if config.finetune.kind == config_lib.SEGMENTATION:
-      np.save(_run_path(workdir, run["name"], "test_predictions.npy"),
-              predictions.astype(np.uint8))
+      np.save(_run_path(workdir, run["name"], "test_predictions.npy"), predictions)
     with open(_run_path(workdir, run["name"], "result.json"), "w") as f:
       json.dump(result, f)
   checkpoint.keep_best_only(out_dir, task.best_metric)
@@ -128,13 +141,32 @@ def check_same_config(config, workdir: str):
       f.write(config.to_json(indent=1))
 
 
+RUN_NAME = re.compile(r"^(?P<init>pretrained|random)_labels(?P<percent>\d+)_fold(?P<fold>\d+)"
+                      r"(?:_seed(?P<repeat>\d+))?$")
+
+
+def run_name(init: str, fraction: float, fold: int, repeat: int) -> str:
+  """A run's folder under runs/. Repeat 0 is the run of a single-repeat protocol, so that
+  adding repeats reuses it."""
+  return f"{init}_labels{round(fraction * 100):03d}_fold{fold}" + (
+      f"_seed{repeat}" if repeat else "")
+
+
+def parse_run_name(name: str) -> dict | None:
+  """{init, fraction, fold, repeat} of a run folder's name, or None for another name."""
+  m = RUN_NAME.match(name)
+  if not m:
+    return None
+  return {"init": m["init"], "fraction": int(m["percent"]) / 100, "fold": int(m["fold"]),
+          "repeat": int(m["repeat"] or 0)}
+
+
 def plan(config, table: downstream.Table) -> list[dict]:
   """Every run of the protocol: name, fold, fraction, init, repeat and its train/val/test
-  cases. Repeat 0 is the run of a single-repeat protocol, so that adding repeats reuses it."""
+  cases."""
   inits = report.INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
       ("pretrained",) if config.finetune.pretrained else ("random",))
-  return [{"name": f"{init}_labels{round(fraction * 100):03d}_fold{fold}" + (
-               f"_seed{repeat}" if repeat else ""),
+  return [{"name": run_name(init, fraction, fold, repeat),
            "fold": fold, "fraction": fraction, "init": init, "repeat": repeat,
            "train": subset, "val": val, "test": test}
           for fold, train, val, test in protocol_splits(config, table)
@@ -153,8 +185,7 @@ def run(config, workdir: str, mesh) -> dict:
   check_same_config(config, workdir)
   if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
-  examples, table, skipped = downstream.load_readable(
-      downstream.read_table(config.data.csv, columns(config)), config.input.image_size)
+  examples, table, skipped = read_labelled(config, config.data.csv)
   for row in skipped[:5]:
     logging.warning("%s line %d left out: %s", config.data.csv, row["line"], row["problem"])
   if skipped:

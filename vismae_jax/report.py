@@ -18,6 +18,7 @@ import json
 import os
 
 import numpy as np
+from scipy import stats
 
 from vismae_jax import config_lib, figures, metrics
 
@@ -176,6 +177,70 @@ def write_report(config, workdir: str, summary: dict) -> dict:
   with open(paths["markdown"], "w") as f:
     f.write(_markdown_title(config, summary) + "\n\n" + "\n".join(lines) + "\n")
   figures.label_efficiency_curve(summary, paths["curve"])
+  return paths
+
+
+def summarize_evaluation(config, results: list[dict]) -> dict:
+  """Models scored on one labelled set (evaluate.py): each with its bootstrap CI over the
+  cases, and every pretrained run against the random run of the same fold, fraction and seed,
+  tested on the same cases (paired: DeLong for a binary AUC, Wilcoxon on per-image Dice)."""
+  seg = config.finetune.kind == config_lib.SEGMENTATION
+  models = []
+  for r in results:
+    estimate, low, high = _pooled_ci(seg, [r])
+    models.append({**{k: r[k] for k in ("name", "init", "fraction", "fold", "repeat") if k in r},
+                   "metric": estimate, "ci95": [low, high],
+                   **{k: r[k] for k in SECONDARY[seg]}})
+  comparisons = []
+  for a in results:
+    b = next((r for r in results if r.get("init") == "random" and a.get("init") == "pretrained"
+              and all(r[k] == a[k] for k in ("fraction", "fold", "repeat"))), None)
+    if b is None:
+      continue
+    test = {"pretrained": a["name"], "random": b["name"],
+            "difference": a["metric"] - b["metric"]}
+    if seg:
+      test.update(test="wilcoxon", p_value=float(stats.wilcoxon(a["per_case"],
+                                                                b["per_case"]).pvalue))
+    elif np.asarray(a["labels"]).ndim == 1 and np.asarray(a["probs"]).shape[1] == 2:
+      delong = metrics.delong_test(a["labels"], np.asarray(a["probs"])[:, 1],
+                                   np.asarray(b["probs"])[:, 1])
+      test.update(test="delong", p_value=delong["p_value"])
+    comparisons.append(test)
+  return {"metric": metric_name(config), "units": {"hd95": distance_unit(config)} if seg else {},
+          "models": models, "comparisons": comparisons}
+
+
+def write_evaluation(config, output: str, summary: dict) -> dict:
+  """report.json, report.csv (a row per model) and report.md; returns their paths."""
+  paths = {k: os.path.join(output, f) for k, f in (
+      ("json", "report.json"), ("csv", "report.csv"), ("markdown", "report.md"))}
+  with open(paths["json"], "w") as f:
+    json.dump(summary, f, indent=1)
+  name, secondary = summary["metric"], SECONDARY[config.finetune.kind == config_lib.SEGMENTATION]
+  unit = summary["units"].get(secondary[0])
+  header = [f"{k}_{unit}" if k == secondary[0] and unit else k for k in secondary]
+  with open(paths["csv"], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["model", name, "ci_low", "ci_high", *header])
+    for m in summary["models"]:
+      w.writerow([m["name"], m["metric"], *m["ci95"], *(m[k] for k in secondary)])
+  lines = [f"# {config.finetune.kind} models on {summary['input']}: {name}", "",
+           f"| model | {name} | 95% CI (bootstrap over cases) | {header[0]} |",
+           "| --- | --- | --- | --- |"]
+  lines += [f"| {m['name']} | {m['metric']:.4f} | {m['ci95'][0]:.4f}-{m['ci95'][1]:.4f} | "
+            f"{m[secondary[0]]:.4f} |" for m in summary["models"]]
+  if summary["comparisons"]:
+    lines += ["", "| pretrained | random | difference | test | p |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {c['pretrained']} | {c['random']} | {c['difference']:+.4f} | "
+              f"{c.get('test', '')} | {c.get('p_value', float('nan')):.3g} |"
+              for c in summary["comparisons"]]
+  if summary["skipped_rows"]:
+    lines.append(f"\n{len(summary['skipped_rows'])} rows could not be read and were left out "
+                 "(`skipped_rows` in report.json).")
+  with open(paths["markdown"], "w") as f:
+    f.write("\n".join(lines) + "\n")
   return paths
 
 

@@ -12,6 +12,8 @@ from vismae_jax.convert import torch_names
 
 # Buffers and tables that a published checkpoint may carry but our parameters do not hold.
 IGNORED = ("relative_position_index", "attn_mask", "pos_embed")
+# The files read here (a path ending otherwise is an Orbax checkpoint).
+SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 class CheckpointError(ValueError):

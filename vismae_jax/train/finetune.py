@@ -16,9 +16,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
-from vismae_jax import augment, checkpoint, config_lib, metrics, preprocess
-from vismae_jax.convert import transfer
+from vismae_jax import augment, checkpoint, config_lib, metrics, parallel, preprocess
+from vismae_jax.convert import torch_import, transfer
 from vismae_jax.models import unet
 from vismae_jax.train import loop, optim
 
@@ -84,29 +85,53 @@ def make_loss_fn(model, config):
   return loss_fn
 
 
+# Test-time augmentation: every image also seen flipped along these axes of (B, H, W, C).
+TTA_FLIPS = ((), (2,), (1,), (1, 2))
+
+
 def make_predict_fn(model, config):
-  """params, batch -> label maps (segmentation) or class probabilities (classification)."""
-  def predict(params, batch):
-    x, _ = model_inputs(config, batch, None, train=False)
+  """params, images (B, H, W) uint8 -> probabilities: per pixel (B, H, W, classes) for
+  segmentation, per image (B, classes) for classification (a sigmoid per label with
+  finetune.multilabel). With predict.tta, the mean over the image and its flips (a
+  segmentation flipped back), as nnU-Net's mirroring does."""
+  seg = config.finetune.kind == config_lib.SEGMENTATION
+
+  def probabilities(params, x):
     logits = model.apply({"params": params}, x, deterministic=True)
-    if config.finetune.kind == config_lib.SEGMENTATION:
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    multilabel = batch["label"].ndim == 2
-    return jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
+    if not seg and config.finetune.multilabel:
+      return jax.nn.sigmoid(logits)
+    return jax.nn.softmax(logits, axis=-1)
+
+  def predict(params, images):
+    x, _ = model_inputs(config, {"image": images}, None, train=False)
+    if not config.predict.tta:
+      return probabilities(params, x)
+    views = []
+    for axes in TTA_FLIPS:
+      p = probabilities(params, jnp.flip(x, axes))
+      views.append(jnp.flip(p, axes) if seg else p)
+    return jnp.mean(jnp.stack(views), axis=0)
   return predict
 
 
-def predict_all(predict, params, examples: dict, batch: int) -> np.ndarray:
-  """Predictions for a whole in-memory split, in order (the last batch padded, then cut)."""
-  n = len(examples["image"])
+def predict_all(predict, params, images: np.ndarray, batch: int, mesh) -> np.ndarray:
+  """`predict` over a whole in-memory set, in order: each batch split over the mesh's devices
+  (the last one padded, then cut) and gathered back, on every process."""
+  sharding = parallel.batch_sharding(mesh)
   outputs = []
-  for start in range(0, n, batch):
-    rows = {k: v[start:start + batch] for k, v in examples.items()}
-    pad = batch - len(rows["image"])
-    if pad:
-      rows = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in rows.items()}
-    outputs.append(np.asarray(predict(params, rows))[:batch - pad])
+  for start in range(0, len(images), batch):
+    rows = images[start:start + batch]
+    n = len(rows)
+    rows = np.concatenate([rows, np.repeat(rows[-1:], batch - n, axis=0)])
+    x = jax.make_array_from_callback(rows.shape, sharding, lambda index, rows=rows: rows[index])
+    outputs.append(np.asarray(multihost_utils.process_allgather(predict(params, x),
+                                                                tiled=True))[:n])
   return np.concatenate(outputs)
+
+
+def label_maps(probabilities: np.ndarray) -> np.ndarray:
+  """Per-pixel classes (B, H, W) of segmentation probabilities (B, H, W, classes)."""
+  return probabilities.argmax(axis=-1).astype(np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +139,7 @@ class Functions:
   """The functions of a fine-tuning config's model that the loop and the evaluation jit."""
   init_params: Callable  # rng -> random parameters
   loss_fn: Callable      # (params, batch, rng) -> loss
-  predict: Callable      # jitted (params, batch) -> label maps or class probabilities
+  predict: Callable      # jitted (params, images) -> probabilities (make_predict_fn)
 
 
 def functions(config) -> Functions:
@@ -153,8 +178,7 @@ class ArraySource:
 def pretrained_params(config, target_params):
   """The configured pretraining checkpoint transferred into `target_params` (host arrays)."""
   f = config.finetune
-  if f.pretrained.endswith((".pth", ".pt", ".safetensors")):
-    from vismae_jax.convert import torch_import  # published PyTorch weights
+  if f.pretrained.endswith(torch_import.SUFFIXES):  # published PyTorch weights
     source = torch_import.load_state(f.pretrained)
   else:
     source = checkpoint.load_params(f.pretrained)
@@ -169,7 +193,7 @@ def best_metric(config) -> str:
   return "val_dice" if config.finetune.kind == config_lib.SEGMENTATION else "val_auc"
 
 
-def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
+def make_task(config, examples: dict, train, val, init: str, mesh) -> loop.Task:
   """Fine-tuning on examples[train], validated on examples[val] at every checkpoint."""
   fns = functions(config)
   seg = config.finetune.kind == config_lib.SEGMENTATION
@@ -182,9 +206,10 @@ def make_task(config, examples: dict, train, val, init: str) -> loop.Task:
   metric = best_metric(config)
 
   def validate(params, step):
-    predictions = predict_all(fns.predict, params, val_examples, config.eval_batch_size)
+    predictions = predict_all(fns.predict, params, val_examples["image"],
+                              config.eval_batch_size, mesh)
     if seg:
-      scores = metrics.segmentation_scores(predictions, val_examples["mask"],
+      scores = metrics.segmentation_scores(label_maps(predictions), val_examples["mask"],
                                            config.finetune.num_classes, hd95=False)
       return {metric: float(np.nanmean(scores["dice"]))}
     try:
