@@ -14,7 +14,6 @@ and ArrayRecord shards written by data_pipelines.ingest. Then, in one run under 
   to show memory stays flat as the number of files grows.
 Prints one summary line; `--json` writes the figures.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -25,6 +24,8 @@ import time
 import numpy as np
 from absl import app, flags
 from PIL import Image
+
+import output  # benchmarks/output.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -170,10 +171,7 @@ def main(argv):
     summary += "; DICOM ingest " + ", ".join(
         f"{r['files']} files {r['files_per_s']:.0f}/s peak {r['peak_rss_mb']:.0f} MB"
         for r in ingests)
-  print(summary)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
+  output.write(summary, result, args.json)
   if not args.scratch:
     shutil.rmtree(scratch)
 

@@ -37,12 +37,13 @@ with the same `--scratch` after an interruption.
 """
 import contextlib
 import csv
-import json
 import os
 import sys
 import time
 
 from absl import app, flags
+
+import output  # benchmarks/output.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -190,11 +191,8 @@ def main(argv):
   titles = {"busi_seg": "BUSI Dice", "busi_cls": "malignancy AUC"}
   how = (", frozen encoders" if args.freeze_encoder else "") + (
       f", the first {args.probe_first:.0%} frozen" if args.probe_first else "")
-  print(f"label_efficiency ({args.variant}{how}, pretrained vs random): "
-        + "; ".join(f"{titles[n]} {line(n)}" for n in names))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
+  output.write(f"label_efficiency ({args.variant}{how}, pretrained vs random): "
+               + "; ".join(f"{titles[n]} {line(n)}" for n in names), result, args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ also times the release's PyTorch step (same architecture, batch and size; needs 
 extra) in the same run, so the ratio is measured under the same machine load. Prints one
 summary line.
 """
-import json
 import os
 import statistics
 import subprocess
@@ -21,6 +20,9 @@ import sys
 import time
 
 from absl import app, flags
+
+import output  # benchmarks/output.py
+
 
 # Dense peak FLOP/s per device by compute dtype, for MFU (vendor datasheets, no sparsity).
 PEAK_FLOPS = {
@@ -196,10 +198,7 @@ def main(argv):
                           "threads": torch.get_num_threads()}
     result["speedup_vs_baseline"] = torch_s / step_s
     summary += f"; PyTorch {torch_s:.3f} s, speed-up {torch_s / step_s:.2f}x"
-  print(summary)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
+  output.write(summary, result, args.json)
 
 
 if __name__ == "__main__":

@@ -9,49 +9,58 @@ import pytest
 
 from helpers import ROOT, main_env, shared_dataset
 
-TRAIN_THROUGHPUT_FIELDS = {"img_per_s", "step_s_median", "batch", "image_size", "dtype",
-                           "devices", "backend"}
+TORCH_BASELINE = ["--baseline=torch"] if importlib.util.find_spec("torch") else []
+
+
+def run_benchmark(tmp_path, script, *args, timeout=600) -> tuple[str, dict]:
+  """benchmarks/<script> with --json: its one summary line and its JSON."""
+  out = tmp_path / "result.json"
+  proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args, f"--json={out}"],
+                        cwd=ROOT, env=main_env(), capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [line for line in proc.stdout.splitlines() if line.strip()]
+  assert len(lines) == 1, proc.stdout
+  return lines[0], json.loads(out.read_text())
 
 
 @pytest.mark.slow
-def test_train_throughput_prints_one_line_and_writes_json(tmp_path):
-  out = tmp_path / "tp.json"
-  baseline = ["--baseline=torch"] if importlib.util.find_spec("torch") else []
-  proc = subprocess.run(
-      [sys.executable, "benchmarks/train_throughput.py", "--preset=tiny", "--batch=8",
-       "--image_size=64", "--steps=2", "--warmup=0", "--devices=2", f"--json={out}", *baseline],
-      cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [line for line in proc.stdout.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("train_throughput: tiny batch 8 at 64 px")
-  result = json.loads(out.read_text())
-  assert TRAIN_THROUGHPUT_FIELDS <= set(result)
+def test_train_throughput(tmp_path):
+  line, result = run_benchmark(tmp_path, "train_throughput.py", "--preset=tiny", "--batch=8",
+                               "--image_size=64", "--steps=2", "--warmup=0", "--devices=2",
+                               *TORCH_BASELINE)
+  assert line.startswith("train_throughput: tiny batch 8 at 64 px")
+  assert {"img_per_s", "step_s_median", "batch", "image_size", "dtype", "devices",
+          "backend"} <= set(result)
   assert result["devices"] == 2 and result["backend"] == "cpu" and result["batch"] == 8
   assert result["img_per_s"] > 0 and len(result["step_s_all"]) == 2
-  if baseline:
+  if TORCH_BASELINE:
     assert result["baseline"]["img_per_s"] > 0 and result["speedup_vs_baseline"] > 0
 
 
-DATA_THROUGHPUT_FIELDS = {"grain_img_per_s", "png_img_per_s", "ingest_files_per_s", "batch",
-                          "image_size", "workers"}
+@pytest.mark.slow
+def test_data_throughput(tmp_path):
+  if not TORCH_BASELINE or not importlib.util.find_spec("apache_beam"):
+    pytest.skip("the PNG baseline needs the [torch] extra and ingest the [ingest] extra")
+  line, result = run_benchmark(tmp_path, "data_throughput.py", "--images=64", "--batch=16",
+                               "--image_size=64", "--epochs=1", "--ingest_files=20")
+  assert line.startswith("data_throughput: grain")
+  assert {"grain_img_per_s", "png_img_per_s", "ingest_files_per_s", "batch", "image_size",
+          "workers"} <= set(result)
+  assert result["grain_img_per_s"] > 0 and result["png_img_per_s"] > 0
+  assert result["ingest_runs"][0]["files"] == 20 and result["ingest_files_per_s"] > 0
 
 
 @pytest.mark.slow
-def test_data_throughput_prints_one_line_and_writes_json(tmp_path):
-  if not importlib.util.find_spec("torch") or not importlib.util.find_spec("apache_beam"):
-    pytest.skip("the PNG baseline needs the [torch] extra and ingest the [ingest] extra")
-  out = tmp_path / "dt.json"
-  proc = subprocess.run(
-      [sys.executable, "benchmarks/data_throughput.py", "--images=64", "--batch=16",
-       "--image_size=64", "--epochs=1", "--ingest_files=20", f"--json={out}"],
-      cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [line for line in proc.stdout.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("data_throughput: grain"), proc.stdout
-  result = json.loads(out.read_text())
-  assert DATA_THROUGHPUT_FIELDS <= set(result)
-  assert result["grain_img_per_s"] > 0 and result["png_img_per_s"] > 0
-  assert result["ingest_runs"][0]["files"] == 20 and result["ingest_files_per_s"] > 0
+def test_predict_throughput(tmp_path):
+  line, result = run_benchmark(tmp_path, "predict_throughput.py", "--model=classification",
+                               "--images=8", "--batch=4", "--image_size=64", "--steps=2",
+                               *TORCH_BASELINE)
+  assert line.startswith("predict_throughput: classification at 64 px")
+  assert result["end_to_end_img_per_s"] > 0 and result["model_img_per_s"] > 0
+  assert result["images"] == 8 and len(result["model_s_all"]) == 2
+  if TORCH_BASELINE:
+    assert result["baseline"]["img_per_s"] > 0
 
 
 def subset_datasets(root, every: dict) -> str:
@@ -69,21 +78,15 @@ def subset_datasets(root, every: dict) -> str:
 
 
 @pytest.mark.slow
-def test_label_efficiency_prints_one_line_and_writes_the_documented_json(tmp_path):
-  """Every stage (ingest, pretraining, both protocols) on a sixth of BUSI: about 2.5 minutes."""
+def test_label_efficiency(tmp_path):
+  """Every stage (ingest, pretraining, both protocols) on a sixth of BUSI."""
   if not importlib.util.find_spec("apache_beam"):
     pytest.skip("ingest needs the [ingest] extra")
   datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
-  out = tmp_path / "le.json"
-  proc = subprocess.run(
-      [sys.executable, "benchmarks/label_efficiency.py", "--variant=tiny", "--max_folds=2",
-       "--fractions=1.0", f"--datasets={datasets}", f"--scratch={tmp_path / 'scratch'}",
-       f"--json={out}"],
-      cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [line for line in proc.stdout.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("label_efficiency (tiny, pretrained vs random)")
-  result = json.loads(out.read_text())
+  line, result = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
+                               "--max_folds=2", "--fractions=1.0", f"--datasets={datasets}",
+                               f"--scratch={tmp_path / 'scratch'}", timeout=900)
+  assert line.startswith("label_efficiency (tiny, pretrained vs random)")
   assert result["variant"] == "tiny" and result["image_size"] == 64
   for task, metric in (("busi_seg", "dice"), ("busi_cls", "roc_auc")):
     r = result[task]
