@@ -30,6 +30,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "scikit-learn>=1.5",
+        "cryptography>=44.0",  # ingest's plan files, which name the source files
     ],
     extras_require={
         "torch": ["torch>=2.1", "safetensors>=0.8.0"],

@@ -1,21 +1,29 @@
 r"""Raw clinical files -> ArrayRecord shards of 224x224 uint8 records, as an Apache Beam pipeline.
 
   python -m data_pipelines.ingest --input=/data/raw --output=/data/shards --salt=$SALT \
-      [--modality=auto|CT|MR|PT|XR|US] [--size=224] [--files_per_shard=0] [--verbose] [Beam options]
+      [--modality=auto|CT|MR|PT|XR|US] [--size=224] [--files_per_shard=0] [--verbose] \
+      [--error_paths=PRIVATE.csv] [Beam options]
 
 Three steps, each safe to repeat:
-1. Plan (on the launcher): a sorted, streaming walk of --input writes the relative paths into
-   `_plan/shard-NNNNN.txt`, `files_per_shard` to a file (by default sized so that every core
-   gets several shards), so no process ever holds the whole file list. A rerun reuses the plan,
-   so shard k always holds the same files in the same order.
+1. Plan (on the launcher): a sorted, streaming walk of --input writes the relative paths,
+   encrypted with a key made from the salt, into `_plan/shard-NNNNN.txt`, `files_per_shard` to
+   a file (by default sized so that every core gets several shards), so no process ever holds
+   the whole file list. A rerun reuses the plan, so shard k always holds the same files in the
+   same order.
 2. Shards (one Beam element each, on any worker): read, window and letterbox every frame of the
    shard's files (data_pipelines.readers), write `shard-NNNNN.array_record` and its index rows,
    then `shard-NNNNN.json` (counts, pixel sums, unreadable files) last, as the completion mark.
    A shard whose mark exists is skipped: an interrupted run resumes where it stopped.
 3. Finish (on the launcher): `index.csv` (one row per record, global order), `errors.csv`
-   (path relative to --input, reason) and `dataset.json` (shards, counts per modality, pixel
-   mean/std) from the per-shard files. The plan, which names source files, is then deleted; a
-   rerun walks the same files into the same plan and finds its shards marked done.
+   (per file that is not an image, or not a readable one: its number in the sorted walk, its
+   salted hash, the reason) and `dataset.json` (shards, counts per modality, pixel mean/std)
+   from the per-shard files; then the plan is deleted. A rerun walks the same files into the
+   same plan and finds its shards marked done.
+
+Hostile inputs: any file name the filesystem allows is read (bytes that are not UTF-8, line
+breaks); a file is read only if it is a regular file of bounded size whose header promises a
+bounded number of pixels (readers.read_frames), and values that are not finite are an error;
+whatever fails for one file becomes its row of errors.csv and the ingest goes on.
 
 Runners: by default Beam's FnApiRunner with one thread per core. For millions of files
 pass e.g. `--runner=FlinkRunner --flink_master=host:8081 --environment_type=PROCESS` or
@@ -26,10 +34,14 @@ because shards are written with local file APIs.
 
 Privacy: patient, study and series identifiers and source paths are stored only as salted
 SHA-256 prefixes; the salt (--salt or $VISMAE_INGEST_SALT) is never written. No other DICOM
-attribute is read into a record, and logs carry counts only.
+attribute is read into a record; no output, plan or log names a file (errors.csv's reasons
+have the file's name cut out). `--error_paths=FILE`, outside --output, is the one opt-in place
+where the names of the files in errors.csv are written, for the user to keep private.
 """
+import base64
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -41,11 +53,12 @@ import tqdm
 from absl import app, flags
 from array_record.python import array_record_module
 
-from data_pipelines import readers, records, shards
+from data_pipelines import DatasetError, readers, records, shards
 from vismae_jax import console
 
 PLAN_DIR = "_plan"
 ERRORS = "errors.csv"
+ERROR_FIELDS = ("file", "source_hash", "reason")
 SKIPPED_SUFFIXES = (".md", ".txt", ".csv", ".json", ".xml", ".html", ".pdf")
 SHARDS_PER_WORKER = 4
 MAX_FILES_PER_SHARD = 1024
@@ -59,6 +72,7 @@ class IngestConfig:
   size: int = 224
   files_per_shard: int = 0  # 0: auto_files_per_shard
   read: readers.ReadOptions = readers.ReadOptions()
+  error_paths: str = ""  # where to write errors.csv's rows with the file names (private)
 
   def recorded(self) -> dict:
     """What the outputs depend on, minus the salt: stored with the plan and the manifest."""
@@ -66,15 +80,43 @@ class IngestConfig:
                                   "read": dataclasses.asdict(self.read)}))
 
 
-def walk_files(root: str, skip_dir: str = ""):
-  """Relative paths under root in sorted order, streamed (one directory listing at a time)."""
+def walk_files(root: str, skip_dir: str = "", unreadable: list | None = None):
+  """Relative paths under root in sorted order, streamed (one directory listing at a time).
+
+  Any name the filesystem allows comes through (bytes that are not UTF-8 as surrogate
+  escapes, line breaks and all). Links to folders are not followed but listed, so that they
+  are reported like any other input that is not an image; folders that cannot be listed are
+  appended to `unreadable` as (relative path, reason).
+  """
   skip_dir = os.path.realpath(skip_dir) if skip_dir else ""
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+
+  def failed(error: OSError):
+    if unreadable is not None:
+      unreadable.append((os.path.relpath(error.filename, root),
+                         f"a folder that cannot be listed ({type(error).__name__})"))
+  for dirpath, dirnames, filenames in os.walk(root, onerror=failed):
+    links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in links
                          and os.path.realpath(os.path.join(dirpath, d)) != skip_dir)
-    for name in sorted(filenames):
+    for name in sorted(filenames + links):
       if not name.startswith(".") and not name.lower().endswith(SKIPPED_SUFFIXES):
         yield os.path.relpath(os.path.join(dirpath, name), root)
+
+
+def _plan_cipher(config: IngestConfig):
+  """Plan files name the source files, so they are encrypted with a key made from the salt:
+  what a killed run leaves behind names no patient, and the workers, which know the salt, can
+  still read them."""
+  from cryptography import fernet  # the [ingest] extra
+  digest = hashlib.sha256(b"vismae-ingest-plan\x00" + config.salt.encode()).digest()
+  return fernet.Fernet(base64.urlsafe_b64encode(digest))
+
+
+def _error_row(config: IngestConfig, position: int | None, rel: str, reason: str) -> dict:
+  """An errors.csv row: where the file is in the sorted walk and its salted hash, never its
+  name (names can identify patients); --error_paths maps them back, privately."""
+  return {"file": position or "", "source_hash": records.salted_hash(rel, config.salt),
+          "reason": readers.scrubbed(reason, rel, os.path.join(config.input, rel))}
 
 
 def shard_name(shard: int, suffix: str) -> str:
@@ -108,7 +150,7 @@ def plan(config: IngestConfig) -> int:
       with open(earlier) as f:
         saved = json.load(f)["config"]
       if saved != config.recorded():
-        raise ValueError(f"{config.output} was written with {saved}, not "
+        raise DatasetError(f"{config.output} was written with {saved}, not "
                          f"{config.recorded()}: use a new --output or the same options")
   if os.path.exists(plan_file):  # an interrupted run: keep its plan
     with open(plan_file) as f:
@@ -117,22 +159,25 @@ def plan(config: IngestConfig) -> int:
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   per_shard = _files_per_shard(config)
+  cipher = _plan_cipher(config)
   num_files = num_shards = 0
-  out = None
-  for rel in walk_files(config.input, skip_dir=config.output):
+  out, unreadable = None, []
+  for rel in walk_files(config.input, skip_dir=config.output, unreadable=unreadable):
     if num_files % per_shard == 0:
       if out:
         out.close()
       out = open(os.path.join(tmp, shard_name(num_shards, ".txt")), "w")
       num_shards += 1
-    out.write(rel + "\n")
+    out.write(cipher.encrypt(os.fsencode(rel)).decode("ascii") + "\n")
     num_files += 1
   if out:
     out.close()
   if not num_files:
-    raise ValueError(f"--input={config.input}: no files found")
+    raise DatasetError(f"--input={config.input}: no files found")
   with open(os.path.join(tmp, "plan.json"), "w") as f:
     json.dump({"num_shards": num_shards, "num_files": num_files, "files_per_shard": per_shard,
+               "walk_errors": [_error_row(config, None, rel, reason)
+                               for rel, reason in unreadable],
                "config": config.recorded()}, f)
   os.replace(tmp, plan_dir)
   return num_shards
@@ -151,7 +196,9 @@ def write_shard(shard: int, config: IngestConfig) -> dict:
     with open(out(".json")) as f:
       return json.load(f)
   with open(os.path.join(config.output, PLAN_DIR, shard_name(shard, ".txt"))) as f:
-    rel_paths = f.read().splitlines()
+    cipher = _plan_cipher(config)
+    rel_paths = [os.fsdecode(cipher.decrypt(line.encode())) for line in f.read().split()]
+  first = shard * _planned(config)["files_per_shard"] + 1  # this shard's first file, 1-based
   # One record per chunk for cheap random access; snappy reads twice as fast as the default
   # zstd on uint8 images (measured: 19k against 8.5k records/s) for a similar size.
   writer = array_record_module.ArrayRecordWriter(out(".array_record.tmp"),
@@ -159,11 +206,11 @@ def write_shard(shard: int, config: IngestConfig) -> dict:
   rows, errors, counts = [], [], {}
   pixel_sum = pixel_sq_sum = 0.0
   key = lambda value: records.salted_hash(value, config.salt)
-  for rel in rel_paths:
+  for position, rel in enumerate(rel_paths, start=first):
     try:
       frames = readers.read_frames(os.path.join(config.input, rel), rel, config.read)
-    except (readers.UnreadableFile, OSError) as e:
-      errors.append({"path": rel, "reason": str(e) or type(e).__name__})
+    except Exception as e:  # one file never stops the ingest: it becomes a row of the report
+      errors.append(_error_row(config, position, rel, str(e) or type(e).__name__))
       continue
     for k, frame in enumerate(frames):
       image = readers.letterbox(frame.image, config.size)
@@ -197,6 +244,31 @@ def write_shard(shard: int, config: IngestConfig) -> dict:
   return summary
 
 
+def _planned(config: IngestConfig) -> dict:
+  with open(os.path.join(config.output, PLAN_DIR, "plan.json")) as f:
+    return json.load(f)
+
+
+def _write_error_paths(config: IngestConfig, errors: list[dict]):
+  """The private map from errors.csv's rows back to file names (--error_paths)."""
+  cipher, per_shard = _plan_cipher(config), _planned(config)["files_per_shard"]
+  wanted = {int(e["file"]) for e in errors if e["file"]}
+  names = {}
+  for name in sorted(os.listdir(os.path.join(config.output, PLAN_DIR))):
+    if name.endswith(".txt"):
+      first = int(name[len("shard-"):-len(".txt")]) * per_shard + 1
+      with open(os.path.join(config.output, PLAN_DIR, name)) as f:
+        for position, line in enumerate(f.read().split(), start=first):
+          if position in wanted:
+            names[position] = os.fsdecode(cipher.decrypt(line.encode()))
+  with open(config.error_paths, "w", newline="", encoding="utf-8",
+            errors="surrogateescape") as f:
+    w = csv.writer(f)
+    w.writerow(["file", "source_hash", "path"])
+    w.writerows([e["file"], e["source_hash"], names.get(int(e["file"] or 0), "")]
+                for e in errors)
+
+
 def finish(config: IngestConfig, num_shards: int) -> dict:
   """index.csv, errors.csv and dataset.json from the per-shard outputs; returns the manifest."""
   summaries = [write_shard(k, config) for k in range(num_shards)]  # all done: reads the marks
@@ -209,14 +281,16 @@ def finish(config: IngestConfig, num_shards: int) -> dict:
                 newline="") as part:
         for row in csv.DictReader(part):
           w.writerow({"shard": shard_name(s["shard"], ".array_record"), **row})
-  errors = [e for s in summaries for e in s["errors"]]
+  errors = _planned(config)["walk_errors"] + [e for s in summaries for e in s["errors"]]
   with open(os.path.join(config.output, ERRORS), "w", newline="") as f:
-    w = csv.DictWriter(f, ("path", "reason"))
+    w = csv.DictWriter(f, ERROR_FIELDS)
     w.writeheader()
     w.writerows(errors)
+  if config.error_paths:
+    _write_error_paths(config, errors)
   num_records = sum(s["records"] for s in summaries)
   if not num_records:
-    raise ValueError(f"--input={config.input}: none of the files could be read; see "
+    raise DatasetError(f"--input={config.input}: none of the files could be read; see "
                      f"{os.path.join(config.output, ERRORS)}")
   counts = {}
   for s in summaries:
@@ -229,8 +303,7 @@ def finish(config: IngestConfig, num_shards: int) -> dict:
               "num_files": sum(s["files"] for s in summaries), "num_errors": len(errors),
               "pixel_mean": mean, "pixel_std": float(np.sqrt(max(var, 0.0))),
               "image_shape": [config.size, config.size], "config": config.recorded()}
-  with open(os.path.join(config.output, PLAN_DIR, "plan.json")) as f:
-    manifest["files_per_shard"] = json.load(f)["files_per_shard"]
+  manifest["files_per_shard"] = _planned(config)["files_per_shard"]
   with open(os.path.join(config.output, shards.MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1)
   shutil.rmtree(os.path.join(config.output, PLAN_DIR))
@@ -311,6 +384,9 @@ def define_flags():
                             "MODALITY:CENTER:WIDTH for images without a VOI window (default "
                             "CT:40:400; others use the 0.5-99.5 percentile range)")
   flags.DEFINE_bool("verbose", False, "also show Apache Beam's INFO and WARNING lines")
+  flags.DEFINE_string("error_paths", "", "also write errors.csv's rows with the files' names to "
+                      "this file, outside --output: names can identify patients, so keep it "
+                      "private")
   flags.DEFINE_integer("nifti_axis", 2, "NIfTI volumes are cut into slices along this voxel "
                        "axis", lower_bound=0, upper_bound=2)
   flags.register_validator(
@@ -339,13 +415,24 @@ def main(argv):
       modality=f.modality, nifti_axis=f.nifti_axis,
       fallback_windows=tuple(parse_window(t) for t in f.fallback_window)
       or readers.ReadOptions.fallback_windows)
+  if f.error_paths and _inside(f.error_paths, f.output):
+    raise app.UsageError(f"--error_paths={f.error_paths} is inside --output={f.output}, which "
+                         "must stay free of file names: put it elsewhere")
   config = IngestConfig(input=f.input, output=f.output, salt=f.salt, size=f.size,
-                        files_per_shard=f.files_per_shard, read=read)
-  manifest = ingest(config, argv[1:])
+                        files_per_shard=f.files_per_shard, read=read, error_paths=f.error_paths)
+  try:
+    manifest = ingest(config, argv[1:])
+  except DatasetError as e:
+    sys.exit(f"error: {e}")
   print(f"ingest: {manifest['num_records']} records from {manifest['num_files']} files "
         f"{manifest['counts']} in {len(manifest['shards'])} shards at {f.output}; "
         f"{manifest['num_errors']} unreadable files listed in "
         f"{os.path.join(f.output, ERRORS)}")
+
+
+def _inside(path: str, folder: str) -> bool:
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
 
 
 def parse_flags(argv):

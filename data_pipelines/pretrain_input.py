@@ -13,7 +13,7 @@ import os
 import grain
 import numpy as np
 
-from data_pipelines import records, shards
+from data_pipelines import DatasetError, records, shards
 
 
 class _Subset:
@@ -43,7 +43,7 @@ def record_source(data_dir: str, modalities=None):
     return source
   positions = np.flatnonzero(np.isin(modality_column(data_dir), list(modalities)))
   if positions.size == 0:
-    raise ValueError(f"{data_dir}: no records of modality {list(modalities)}; the dataset has "
+    raise DatasetError(f"{data_dir}: no records of modality {list(modalities)}; the dataset has "
                      f"{manifest['counts']}")
   return _Subset(source, positions)
 

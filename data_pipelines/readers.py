@@ -15,6 +15,7 @@ series) carry empty ones, which stay empty keys: no shared hash of nothing.
 """
 import dataclasses
 import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,9 @@ FOLDER_MODALITIES = {"ct": "CT", "mr": "MR", "mri": "MR", "pt": "PT", "pet": "PT
                      "xray": "XR", "x-ray": "XR", "cr": "XR", "dx": "XR", "us": "US",
                      "ultrasound": "US"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Bounds of the work per file (read_frames): pixels a header may promise, bytes on disk.
+MAX_PIXELS = 2 ** 28
+MAX_FILE_BYTES = 4 * 2 ** 30
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 
 
@@ -67,9 +71,21 @@ def modality_from_path(rel_path: str) -> str | None:
 
 
 def read_frames(path: str, rel_path: str, options: ReadOptions) -> list[Frame]:
-  """All 2-D frames of one file. Raises UnreadableFile with the reason for any failure."""
+  """All 2-D frames of one file. Raises UnreadableFile with the reason for any failure; the
+  reason never names the file (the caller knows which it is, and names can identify people).
+
+  Bounded work: only regular files are opened (a FIFO would block, a device never ends), and
+  a file whose header promises more than MAX_PIXELS pixels (or a file over MAX_FILE_BYTES) is
+  refused before decoding, so that no input can hang the reader or exhaust its memory.
+  """
   lower = rel_path.lower()
   try:
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+      raise UnreadableFile("not a regular file (a folder, FIFO, device or socket)")
+    if status.st_size > MAX_FILE_BYTES:
+      raise UnreadableFile(f"{status.st_size / 2 ** 30:.1f} GiB: larger than the "
+                           f"{MAX_FILE_BYTES / 2 ** 30:.0f} GiB read per file")
     if lower.endswith(IMAGE_EXTENSIONS):
       return _read_picture(path, rel_path, options)
     if lower.endswith(NIFTI_EXTENSIONS):
@@ -79,8 +95,21 @@ def read_frames(path: str, rel_path: str, options: ReadOptions) -> list[Frame]:
   except UnreadableFile:
     raise
   except Exception as e:  # every reader error becomes a report line, never a crash
-    raise UnreadableFile(f"{type(e).__name__}: {_first_line(e)}") from e
+    raise UnreadableFile(scrubbed(f"{type(e).__name__}: {_first_line(e)}", path, rel_path)) from e
   raise UnreadableFile("unsupported file type (expected DICOM, PNG, JPEG or NIfTI)")
+
+
+def scrubbed(reason: str, *names: str) -> str:
+  """`reason` with every spelling of the file's path and name replaced by "<file>": decoders
+  quote the path they failed on, and folder and file names can name patients."""
+  spellings = set()
+  for name in names:
+    for part in (name, os.path.basename(name)):
+      if part:
+        spellings |= {part, repr(part)[1:-1], os.fsencode(part).decode("utf-8", "replace")}
+  for spelling in sorted(spellings, key=len, reverse=True):  # the longest first
+    reason = reason.replace(spelling, "<file>")
+  return reason
 
 
 def letterbox(image: np.ndarray, size: int, resample=Image.LANCZOS) -> np.ndarray:
@@ -139,12 +168,29 @@ def percentile_window(values: np.ndarray) -> np.ndarray:
   return np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
 
+def check_finite(values: np.ndarray):
+  """Values that are not finite (a NaN voxel, a NaN rescale slope) are an error, not a silent
+  black or garbage image."""
+  bad = ~np.isfinite(values)
+  if bad.any():
+    raise UnreadableFile(f"{int(bad.sum())} of {values.size} values are not finite (NaN or "
+                         "infinite)")
+
+
 def to_uint8(unit: np.ndarray) -> np.ndarray:
+  """[0, 1] -> uint8, checked finite."""
+  check_finite(unit)
   return np.round(unit * 255.0).astype(np.uint8)
 
 
 def _first_line(e: Exception) -> str:
   return (str(e).splitlines() or [""])[0][:200]
+
+
+def _check_pixels(count: int, what: str):
+  if count > MAX_PIXELS:
+    raise UnreadableFile(f"{what} of {count:,} pixels: more than the {MAX_PIXELS:,} read per "
+                         "file")
 
 
 def _fallback(values: np.ndarray, modality: str, options: ReadOptions) -> np.ndarray:
@@ -171,6 +217,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 def _read_picture(path, rel_path, options):
   with Image.open(path) as img:
+    _check_pixels(img.width * img.height, "an image")
     img.load()  # decode now: a truncated file fails here
     if img.mode in ("I", "I;16", "I;16B", "F"):
       unit = percentile_window(np.asarray(img, np.float64))
@@ -182,7 +229,10 @@ def _read_picture(path, rel_path, options):
 
 def _read_nifti(path, rel_path, options):
   import nibabel  # optional: the [ingest] extra
-  volume = np.asanyarray(nibabel.load(path).dataobj).astype(np.float64)
+  image = nibabel.load(path)
+  _check_pixels(int(np.prod(image.shape)), "a volume")
+  volume = np.asanyarray(image.dataobj).astype(np.float64)
+  check_finite(volume)
   if volume.ndim == 2:
     volume = volume[..., None]
   if volume.ndim != 3:
@@ -202,6 +252,9 @@ def _read_dicom(path, rel_path, options):
   ds = pydicom.dcmread(path)
   if "PixelData" not in ds:
     raise UnreadableFile("DICOM without pixel data")
+  _check_pixels(int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+                * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1) or 1),
+                "pixel data")
   modality = _resolve_modality(DICOM_MODALITIES.get(str(ds.get("Modality", ""))), rel_path,
                                options)
   frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -216,6 +269,7 @@ def _read_dicom(path, rel_path, options):
     unit = _luminance(pixels) / float(np.iinfo(pixels.dtype).max)
   else:
     values = processing.apply_modality_lut(pixels, ds)
+    check_finite(values)
     if "VOILUTSequence" in ds:
       lut = processing.apply_voi(values, ds, index=0)
       bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])

@@ -52,4 +52,6 @@ def salted_hash(value: str, salt: str, length: int = 16) -> str:
   An empty value (nothing known) stays empty, rather than one key shared by every unknown."""
   if not value:
     return ""
-  return hashlib.sha256(f"{salt}\x00{value}".encode()).hexdigest()[:length]
+  # surrogateescape: a file name that is not UTF-8 hashes as the bytes it is.
+  return hashlib.sha256(f"{salt}\x00{value}".encode("utf-8", "surrogateescape")).hexdigest()[
+      :length]

@@ -45,8 +45,9 @@ def raw_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ingested(raw_dir, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("ingested"))
+  error_paths = str(tmp_path_factory.mktemp("private") / "error_paths.csv")
   config = ingest.IngestConfig(input=raw_dir, output=out, salt="test-salt", size=64,
-                               files_per_shard=3)
+                               files_per_shard=3, error_paths=error_paths)
   manifest = ingest.ingest(config, beam_args=[])  # Beam's local default
   return config, manifest
 
@@ -57,10 +58,17 @@ def test_ingest_writes_every_good_frame_and_reports_bad_files(ingested):
   assert manifest["counts"] == {"CT": 7, "MR": 1, "US": 31, "XR": 1}
   assert manifest["num_files"] == 9 and manifest["num_errors"] == 2
   with open(os.path.join(config.output, ingest.ERRORS)) as f:
-    errors = {row["path"]: row["reason"] for row in csv.DictReader(f)}
-  assert set(errors) == {os.path.join("mr", "corrupt.dcm"), os.path.join("us", "png",
-                                                                         "truncated.png")}
-  assert all(reason for reason in errors.values())
+    errors = list(csv.DictReader(f))
+  # Rows name no file: its number in the sorted walk and its salted hash; the private map
+  # (--error_paths, outside the output) says which files they are.
+  with open(config.error_paths) as f:
+    paths = {row["file"]: row["path"] for row in csv.DictReader(f)}
+  assert {paths[row["file"]] for row in errors} == {
+      os.path.join("mr", "corrupt.dcm"), os.path.join("us", "png", "truncated.png")}
+  for row in errors:
+    assert row["reason"] and "corrupt.dcm" not in row["reason"] and "truncated.png" not in (
+        row["reason"])
+    assert row["source_hash"] == records.salted_hash(paths[row["file"]], "test-salt")
   source = pretrain_input.record_source(config.output)
   index = shards.load_index(config.output)
   assert len(source) == len(index) == 40
