@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from data_pipelines import readers
+from data_pipelines import DatasetError, readers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,39 +68,62 @@ class Table:
 
 
 def parse_label(text: str):
+  """A class index, or 0/1 flags separated by `|` (multi-label)."""
   return [float(v) for v in text.split("|")] if "|" in text else int(text)
+
+
+KINDS = {parse_label: "a class index or 0|1 flags", int: "an integer", float: "a number"}
 
 
 def read_table(csv_path: str, columns: Columns = DEFAULT_COLUMNS) -> Table:
   """Reads a dataset CSV; paths resolve against the CSV's folder. Fails naming the column."""
   root = os.path.dirname(os.path.abspath(csv_path))
-  with open(csv_path, newline="") as f:
-    rows = list(csv.DictReader(f))
+  try:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+      rows = list(csv.DictReader(f))
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise DatasetError(f"{csv_path}: not a UTF-8 CSV file ({e})") from e
   if not rows:
-    raise ValueError(f"{csv_path}: no rows")
+    raise DatasetError(f"{csv_path}: no rows")
   present = rows[0].keys()
   if "image" not in present or not {"mask", "label"} & set(present):
-    raise ValueError(f"{csv_path}: expected columns image,mask (segmentation) or image,label "
+    raise DatasetError(f"{csv_path}: expected columns image,mask (segmentation) or image,label "
                      f"(classification); found {sorted(present)}")
   for what, name, default in (("group", columns.group, DEFAULT_COLUMNS.group),
                               ("pixel size", columns.pixel_size, DEFAULT_COLUMNS.pixel_size)):
     if name and name != default and name not in present:
-      raise ValueError(f"{csv_path}: no {what} column {name!r}; its columns are "
+      raise DatasetError(f"{csv_path}: no {what} column {name!r}; its columns are "
                        f"{sorted(present)}")
-  column = lambda name, cast=str: (np.array([cast(r[name]) for r in rows])
-                                   if name and name in present else None)
-  labels = [parse_label(r["label"]) for r in rows] if "label" in present else None
+  def column(name, cast=str):
+    """The column's values, cast; a value that does not cast fails naming its line."""
+    if not name or name not in present:
+      return None
+    values = []
+    for line, row in enumerate(rows, start=2):
+      try:
+        values.append(cast(row[name] or ""))
+      except (TypeError, ValueError) as e:
+        raise DatasetError(f"{csv_path} line {line}: {name}={row[name]!r} is not "
+                           f"{KINDS.get(cast, 'a value')} ({e})") from e
+    return values
+
+  labels = column("label", parse_label)
+  if labels is not None and len({np.shape(v) for v in labels}) > 1:
+    raise DatasetError(f"{csv_path}: the label column mixes class indices and flag lists of "
+                       "different lengths")
   pixel_sizes = column(columns.pixel_size, float)
+  pixel_sizes = None if pixel_sizes is None else np.array(pixel_sizes)
   if pixel_sizes is not None and not np.all(pixel_sizes > 0):
-    raise ValueError(f"{csv_path}: column {columns.pixel_size!r} holds sizes <= 0 (line "
+    raise DatasetError(f"{csv_path}: column {columns.pixel_size!r} holds sizes <= 0 (line "
                      f"{int(np.argmax(pixel_sizes <= 0)) + 2})")
+  as_array = lambda values: None if values is None else np.array(values)
   return Table(
-      images=[os.path.join(root, r["image"]) for r in rows],
-      masks=[os.path.join(root, r["mask"]) for r in rows] if "mask" in present else None,
+      images=[os.path.join(root, r["image"] or "") for r in rows],
+      masks=[os.path.join(root, r["mask"] or "") for r in rows] if "mask" in present else None,
       labels=None if labels is None else np.array(
           labels, np.float32 if isinstance(labels[0], list) else np.int64),
-      groups=column(columns.group), folds=column(columns.fold, int), splits=column("split"),
-      pixel_sizes=pixel_sizes)
+      groups=as_array(column(columns.group)), folds=as_array(column(columns.fold, int)),
+      splits=as_array(column("split")), pixel_sizes=pixel_sizes)
 
 
 def release_fold_tables(folder: str, fold: int) -> dict[str, Table]:
@@ -168,7 +191,7 @@ def load_readable(table: Table, size: int) -> tuple[dict, Table, list[dict]]:
     except UnreadableExample as e:
       skipped.append({"line": i + 2, "problem": str(e)})  # line 1 is the header
   if not rows:
-    raise ValueError(f"none of the {len(table)} rows could be read; the first: "
+    raise DatasetError(f"none of the {len(table)} rows could be read; the first: "
                      f"{skipped[0]['problem']}")
   examples = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
   readable = dataclasses.replace(table.subset(np.array(kept)), labels=examples["label"],

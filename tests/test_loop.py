@@ -43,6 +43,8 @@ def test_a_resumed_run_replays_an_uninterrupted_one(sample_dir, tmp_path):
   shutil.rmtree(os.path.join(resumed, "checkpoints", "20"))  # as if killed after step 10
   resumed_last = train_in_process(sample_dir, resumed)
   assert resumed_last["loss"] == last["loss"]
+  # The replayed steps 15 and 20 were logged before the "kill": each step still has one line.
+  assert [m["step"] for m in read_metrics(resumed)] == [m["step"] for m in read_metrics(straight)]
   jax.tree.map(np.testing.assert_array_equal, final_params(resumed, 20),
                final_params(straight, 20))
 
@@ -85,6 +87,8 @@ def test_sigkill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
 
   resumed = run_main(workdir, *schedule, "--config.keep_checkpoints=5")  # may change
   assert "resumed from step" in resumed.stderr
+  steps = [m["step"] for m in read_metrics(workdir)]
+  assert steps == list(range(5, 45, 5))  # one line per logged step, however far the kill got
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                final_params(workdir, 40), final_params(str(tmp_path / "straight"), 40))
   assert losses(workdir)[-1] == pytest.approx(losses(tmp_path / "straight")[-1], rel=1e-5)

@@ -272,9 +272,29 @@ def validate(config, device_count: int, process_count: int) -> None:
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
+def _positive(config, names, check) -> bool:
+  """Checks that every dotted setting in `names` (ints or tuples of ints) is positive; returns
+  whether all are, since the geometry checks divide by them."""
+  ok = True
+  for name in names:
+    value = config
+    for part in name.split("."):
+      value = value[part]
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not values or not all(isinstance(v, int) and v > 0 for v in values):
+      check(False, f"config.{name}={value!r}: must be positive"
+                   + (" integers" if isinstance(value, (tuple, list)) else ""))
+      ok = False
+  return ok
+
+
 def _check_model(config, check):
   """The Swin geometry every task shares."""
   m, size = config.model, config.input.image_size
+  if not _positive(config, ("model.in_chans", "model.patch_size", "model.embed_dim",
+                            "model.depths", "model.num_heads", "model.window",
+                            "input.image_size"), check):
+    return  # the checks below divide by these
   n_stages = len(m.depths)
   check(config.dtype in DTYPES, f"config.dtype={config.dtype!r}: expected one of {DTYPES}")
   check(len(m.num_heads) == n_stages,
@@ -289,7 +309,6 @@ def _check_model(config, check):
         f"config.input.image_size={size} must be a multiple of patch_size * 2^(stages-1) = "
         f"{reduction}, so that every patch merging halves an even grid; try "
         f"{max(reduction, size // reduction * reduction)}")
-  check(m.window >= 1, f"config.model.window={m.window}: must be >= 1")
 
 
 def _check_pretrain(config, check):
@@ -367,12 +386,20 @@ def _check_apply(config, device_count, check):
   check(bool(p.output), "config.predict.output is empty: name a folder for the outputs")
   check(not config.finetune.pretrained or os.path.exists(config.finetune.pretrained),
         f"config.finetune.pretrained={config.finetune.pretrained!r} does not exist")
-  check(config.eval_batch_size % device_count == 0,
-        f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the device "
-        f"count {device_count}")
+  _check_eval_batch(config, device_count, check)
+
+
+def _check_eval_batch(config, device_count, check):
+  if _positive(config, ("eval_batch_size",), check):
+    check(config.eval_batch_size % device_count == 0,
+          f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the device "
+          f"count {device_count}")
 
 
 def _check_run(config, device_count, process_count, check):
+  if not _positive(config, ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"),
+                   check):
+    return
   check(config.batch_size % process_count == 0,
         f"config.batch_size={config.batch_size} is the global batch and must split evenly over "
         f"{process_count} processes")
@@ -390,14 +417,13 @@ def _check_run(config, device_count, process_count, check):
   else:
     check(mesh.data * mesh.fsdp == device_count,
           f"config.mesh data={mesh.data} x fsdp={mesh.fsdp} must equal the {device_count} devices")
+  check(config.total_steps >= 0 and config.num_epochs >= 0,
+        f"config.total_steps={config.total_steps}, config.num_epochs={config.num_epochs}: "
+        "neither may be negative")
   check(config.total_steps > 0 or config.num_epochs > 0,
         "set config.num_epochs or config.total_steps to a positive number")
   check(config.get("min_steps", 0) >= 0, f"config.min_steps={config.get('min_steps')}: must be "
         ">= 0")
-  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
-    check(config[key] > 0, f"config.{key}={config[key]}: must be positive")
-  if "eval_batch_size" in config:
-    check(config.eval_batch_size % device_count == 0,
-          f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the device "
-          f"count {device_count}")
+  if "eval_batch_size" in config:  # fine-tuning validates and tests in batches of it
+    _check_eval_batch(config, device_count, check)
   check(mesh.fsdp_min_mb >= 0, f"config.mesh.fsdp_min_mb={mesh.fsdp_min_mb}: must be >= 0")

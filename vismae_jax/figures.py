@@ -43,7 +43,8 @@ def label_efficiency_curve(summary: dict, path: str) -> str:
   fractions = summary["fractions"]
   for init, colour in (("pretrained", "tab:blue"), ("random", "tab:orange")):
     points = [(f, summary["by_fraction"][str(f)][init]) for f in fractions
-              if init in summary["by_fraction"][str(f)]]
+              if init in summary["by_fraction"][str(f)]
+              and np.isfinite(summary["by_fraction"][str(f)][init]["mean"])]
     if not points:
       continue
     x = [100 * f for f, _ in points]

@@ -14,6 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data_pipelines import DatasetError
 from vismae_jax import config_lib, console, evaluate, parallel, predict, protocol
 from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
@@ -29,9 +30,9 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Also show the INFO lines of Orba
                              "backend discovery.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# What a user can get wrong: reported in one line, without a traceback.
+# What a user can get wrong (settings, weights, data, paths): one line, no traceback.
 USER_ERRORS = (config_lib.ConfigError, transfer.TransferError, FloatingPointError,
-               FileNotFoundError, torch_import.CheckpointError)
+               torch_import.CheckpointError, DatasetError, OSError)
 
 
 def _fail(message: str):

@@ -47,6 +47,17 @@ def read_labelled(config, csv_path: str):
     raise config_lib.ConfigError(
         f"{csv_path}: the labels are {'0|1 flags per label' if multilabel else 'class indices'}"
         f"; set --config.finetune.multilabel={multilabel}")
+  classifying = config.finetune.kind != config_lib.SEGMENTATION  # else labels only stratify
+  if classifying and table.labels is not None and not multilabel:
+    found = np.unique(table.labels)
+    if len(found) < 2 and config.task == "finetune":
+      raise config_lib.ConfigError(f"{csv_path}: every row has label {found[0]}: a classifier "
+                                   "needs at least two classes to learn and to be scored")
+    if found.min() < 0 or found.max() >= config.finetune.num_classes:
+      raise config_lib.ConfigError(
+          f"{csv_path}: labels run from {found.min()} to {found.max()}, but "
+          f"config.finetune.num_classes={config.finetune.num_classes}: set it to "
+          f"{found.max() + 1}")
   return downstream.load_readable(table, config.input.image_size)
 
 
@@ -161,6 +172,24 @@ def parse_run_name(name: str) -> dict | None:
           "repeat": int(m["repeat"] or 0)}
 
 
+def splittable(config, table: downstream.Table) -> list:
+  """protocol_splits, or the reason the cases cannot be split so, with the numbers and the
+  settings to change (scikit-learn's own message names neither)."""
+  try:
+    return protocol_splits(config, table)
+  except ValueError as e:
+    p = config.protocol
+    classes = np.unique(stratification_labels(table), return_counts=True)
+    counts = ", ".join(f"class {c}: {n}" for c, n in zip(*classes))
+    groups = len(np.unique(table.groups)) if table.groups is not None else len(table)
+    folds = "the CSV's folds" if table.folds is not None else f"{p.folds} folds"
+    raise config_lib.ConfigError(
+        f"{config.data.csv}: {len(table)} cases ({counts}; {groups} groups) cannot be split into "
+        f"{folds} with a {p.val_fraction:.0%} validation hold-out in each: "
+        f"{str(e).rstrip('.')}. Lower "
+        "config.protocol.folds, raise config.protocol.val_fraction, or use more cases") from e
+
+
 def plan(config, table: downstream.Table) -> list[dict]:
   """Every run of the protocol: name, fold, fraction, init, repeat and its train/val/test
   cases."""
@@ -169,7 +198,7 @@ def plan(config, table: downstream.Table) -> list[dict]:
   return [{"name": run_name(init, fraction, fold, repeat),
            "fold": fold, "fraction": fraction, "init": init, "repeat": repeat,
            "train": subset, "val": val, "test": test}
-          for fold, train, val, test in protocol_splits(config, table)
+          for fold, train, val, test in splittable(config, table)
           for fraction, subset in splits.label_fractions(
               train, stratification_labels(table), tuple(config.protocol.fractions),
               seed=config.seed + fold).items()
@@ -180,11 +209,10 @@ def plan(config, table: downstream.Table) -> list[dict]:
 def run(config, workdir: str, mesh) -> dict:
   """The whole protocol of `config` on `mesh`; returns the summary (also written as the
   report)."""
+  # Everything that can be wrong with the config, the weights and the data fails here, before
+  # the workdir is touched.
   config_lib.validate(config, jax.device_count(), jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
-  check_same_config(config, workdir)
-  if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
+  finetune.check_pretrained(config)
   examples, table, skipped = read_labelled(config, config.data.csv)
   for row in skipped[:5]:
     logging.warning("%s line %d left out: %s", config.data.csv, row["line"], row["problem"])
@@ -196,8 +224,12 @@ def run(config, workdir: str, mesh) -> dict:
   if table.groups is None:
     logging.warning("%s is %s", config.data.csv, splits_made["groups"])
   distance_scale = table.distance_scale(config.input.image_size)
-
   runs = plan(config, table)
+
+  os.makedirs(workdir, exist_ok=True)
+  check_same_config(config, workdir)
+  if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
   results, todo = [], []
   for r in runs:
     path = _run_path(workdir, r["name"], "result.json")

@@ -24,25 +24,44 @@ class CheckpointMismatch(CheckpointError):
   pass
 
 
+def _why(e: Exception) -> str:
+  """One line on what is wrong with a file torch or safetensors could not load. A pickle
+  that would run code is named as such: PyTorch's own message opens with the advice to switch
+  its safety check off, which is the one thing not to do with an untrusted file."""
+  text = str(e)
+  if "Weights only load failed" in text:
+    found = next((line.strip() for line in text.splitlines() if "Unsupported global" in line),
+                 "")
+    found = found.split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")
+    return ("it holds pickled objects beyond tensors, which are never loaded because "
+            f"unpickling can run code ({found or 'not a plain state dict'}); save the weights "
+            "as a plain state dict or as .safetensors")
+  return f"{type(e).__name__}: {(text.splitlines() or ['no detail'])[0][:200]}"
+
+
 def load_state(path: str) -> dict:
   """{name: numpy array} from a .pth or .safetensors file."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such checkpoint file")
+  if os.path.getsize(path) == 0:
+    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: the file is empty")
   try:
     if path.endswith(".safetensors"):
       import safetensors.numpy
       return dict(safetensors.numpy.load_file(path))
     import torch
     state = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # corrupt, truncated, or holding code: say which file
-    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:200]})") from e
+  except Exception as e:  # corrupt, truncated, or holding code: say which file and why
+    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {_why(e)}") from e
   if isinstance(state, dict) and isinstance(state.get("model"), dict):
     state = state["model"]  # the release's (and Microsoft Swin's) wrapper
   if not isinstance(state, dict):
     raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-  return {k: v.float().numpy() if v.dtype.is_floating_point else v.numpy()
-          for k, v in state.items() if hasattr(v, "numpy")}
+  tensors = {k: v.float().numpy() if v.dtype.is_floating_point else v.numpy()
+             for k, v in state.items() if hasattr(v, "numpy")}
+  if not tensors:
+    raise CheckpointError(f"{path}: holds no tensors")
+  return tensors
 
 
 def to_flax(state: dict, params_like, strict: bool = True):

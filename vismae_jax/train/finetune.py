@@ -193,6 +193,14 @@ def best_metric(config) -> str:
   return "val_dice" if config.finetune.kind == config_lib.SEGMENTATION else "val_auc"
 
 
+def check_pretrained(config):
+  """Reads finetune.pretrained and transfers it into the model's shapes once, so that a file
+  that cannot be read, or that does not fit, fails before any data is read."""
+  if config.finetune.pretrained:
+    shapes = jax.eval_shape(functions(config).init_params, jax.random.PRNGKey(0))
+    pretrained_params(config, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+
+
 def make_task(config, examples: dict, train, val, init: str, mesh) -> loop.Task:
   """Fine-tuning on examples[train], validated on examples[val] at every checkpoint."""
   fns = functions(config)

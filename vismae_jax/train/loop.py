@@ -92,6 +92,23 @@ def compile_train_step(task: Task, tx, state_shardings, mesh):
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
+def _keep_steps_up_to(path: str, step: int):
+  """Drops the lines of a metrics.jsonl after `step` (and a line cut short by a kill)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line)
+      except (ValueError, KeyError):
+        continue
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
 class _Logger:
   """Scalars to TensorBoard and metrics.jsonl (process 0), a progress bar with rate and ETA."""
 
@@ -99,8 +116,14 @@ class _Logger:
     self.primary = jax.process_index() == 0
     self.batch, self.total_steps = batch, total_steps
     self.tb_dir = os.path.join(workdir, "tensorboard")
-    self.tb = SummaryWriter(self.tb_dir) if self.primary else None
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.primary else None
+    self.tb = self.jsonl = None
+    if self.primary:
+      # A resumed run replays the steps after its checkpoint: what was logged of them before
+      # goes, so that every step has one entry (TensorBoard's purge_step hides the old ones).
+      self.tb = SummaryWriter(self.tb_dir, purge_step=start + 1 if start else None)
+      path = os.path.join(workdir, "metrics.jsonl")
+      _keep_steps_up_to(path, start)
+      self.jsonl = open(path, "a")
     self.bar = tqdm.tqdm(total=total_steps, initial=start, unit="step",
                          disable=None if self.primary else True,  # None: off unless a tty
                          dynamic_ncols=True, mininterval=5.0)
