@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, main_env
+from helpers import ROOT, in_parallel, main_env
 
 DOCS = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 # Paths in the docs that stand for the user's own: the tests put them in a temporary folder.
@@ -49,10 +49,12 @@ def test_every_documented_command_parses(tmp_path):
   os.makedirs(tmp_path / "data" / "raw")
   commands = [c for path in DOCS for c in documented_commands(path)]
   assert len(commands) >= 12 and any("vismae_jax.main" in c for c in commands)
-  for command in commands:
-    proc = subprocess.run(["bash", "-c", localised(command, tmp_path) + " --only_check_args"],
+
+  def parse(command):
+    return subprocess.run(["bash", "-c", localised(command, tmp_path) + " --only_check_args"],
                           cwd=ROOT, env=dict(main_env(), SECRET="salt"), capture_output=True,
                           text=True, timeout=300)
+  for command, proc in zip(commands, in_parallel(parse, commands)):
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
 
 
@@ -79,9 +81,11 @@ def test_the_quick_start_starts_training(tmp_path):
 
 @pytest.mark.slow
 def test_the_own_dataset_walkthrough_runs(tmp_path):
-  """docs/your_data.md's commands in order, each run shortened to a few steps and 2 folds."""
+  """docs/your_data.md's commands in order, each run shortened to a few steps, 2 folds and
+  all the labels."""
   shorter = {"configs/us.py": " --config.total_steps=10",
-             "configs/finetune_cls.py": " --config.total_steps=10 --config.protocol.max_folds=2"}
+             "configs/finetune_cls.py": " --config.total_steps=10 --config.protocol.max_folds=2 "
+                                        "--config.protocol.fractions='(1.0,)'"}
   for command in documented_commands(os.path.join(ROOT, "docs", "your_data.md")):
     command = localised(command, tmp_path) + next(
         (extra for config, extra in shorter.items() if config in command), "")
@@ -90,5 +94,5 @@ def test_the_own_dataset_walkthrough_runs(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
   report = open(tmp_path / "tmp" / "my_finetuning" / "report.md").read()
-  assert "| 50% | pretrained |" in report and "Folds: 5 folds drawn" in report
+  assert "| 100% | pretrained |" in report and "Folds: 5 folds drawn" in report
   assert "not grouped" in report  # the sample's CSV names no patients, and the report says so

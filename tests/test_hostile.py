@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ROOT, main_env, run_main
+from helpers import ROOT, in_parallel, main_env, run_main
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
@@ -214,12 +214,13 @@ HOSTILE_CONFIGS = {
 
 @pytest.mark.slow
 def test_every_config_mistake_is_one_line_before_any_work(tmp_path):
-  for override, expected in HOSTILE_CONFIGS.items():
-    workdir = tmp_path / override.strip("-").replace("=", "_")
-    proc = run_main(str(workdir), override, check=False)
+  def workdir(override):
+    return tmp_path / override.strip("-").replace("=", "_")
+  procs = in_parallel(lambda o: run_main(str(workdir(o)), o, check=False), HOSTILE_CONFIGS)
+  for (override, expected), proc in zip(HOSTILE_CONFIGS.items(), procs):
     assert proc.returncode == 1, (override, proc.stderr[-2000:])
     assert expected in proc.stderr and "Traceback" not in proc.stderr, (override, proc.stderr)
-    assert not workdir.exists(), override
+    assert not workdir(override).exists(), override
 
 
 def weights_files(folder) -> dict:
@@ -251,12 +252,15 @@ def weights_files(folder) -> dict:
 def test_every_unusable_weights_file_is_refused_before_the_data_is_read(
     tmp_path, sample_segmentation_csv):
   pytest.importorskip("torch")
-  for path, expected in weights_files(tmp_path).items():
-    workdir = tmp_path / ("run_" + path.name)
-    proc = run_main(str(workdir), f"--config.data.csv={sample_segmentation_csv}",
-                    f"--config.finetune.pretrained={path}", config="configs/finetune_seg.py:tiny",
-                    check=False)
+  files = weights_files(tmp_path)
+  def workdir(path):
+    return tmp_path / ("run_" + path.name)
+  procs = in_parallel(lambda path: run_main(
+      str(workdir(path)), f"--config.data.csv={sample_segmentation_csv}",
+      f"--config.finetune.pretrained={path}", config="configs/finetune_seg.py:tiny",
+      check=False), files)
+  for (path, expected), proc in zip(files.items(), procs):
     assert proc.returncode == 1 and expected in proc.stderr, (path.name, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr and "splits:" not in proc.stderr  # no data read
     assert str(path) in proc.stderr or "does not fit" in proc.stderr
-    assert not workdir.exists(), path.name
+    assert not workdir(path).exists(), path.name
