@@ -37,6 +37,7 @@ with the same `--scratch` after an interruption.
 """
 import contextlib
 import csv
+import json
 import os
 import sys
 import time
@@ -71,6 +72,13 @@ flags.DEFINE_bool("freeze_encoder", False, "train only what follows the encoder 
                   "probing of the classifier)")
 flags.DEFINE_float("probe_first", 0.0, "LP-FT: train only what follows the encoder for this "
                    "share of each run first")
+flags.DEFINE_enum("masking", "random", ["random", "uniform"], "pretraining masking "
+                  "(config.mae.masking); uniform pretrains in <scratch>/pretrain_uniform and "
+                  "fine-tunes in <task>_uniform")
+flags.DEFINE_bool("compare_random", True, "also fine-tune from random initialisation")
+flags.DEFINE_string("versus", "", "a JSON this script wrote on the same folds: paired t-tests "
+                    "of this run's pretrained fold values against that run's, and its random "
+                    "runs where this one has none (--nocompare_random)")
 flags.DEFINE_string("json", "", "write the results here")
 
 
@@ -106,6 +114,7 @@ def pretrain(args, shards: str, workdir: str, mesh) -> str:
     config.total_steps, config.checkpoint_every = 6000, 1000
   elif args.variant == "full":
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
+  config.mae.masking = args.masking
   config.total_steps = args.pretrain_steps or config.total_steps
   config.batch_size = args.pretrain_batch or config.batch_size
   loop.train(pretrain_task.make_task(config, workdir, mesh), config, workdir, mesh)
@@ -123,7 +132,8 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
   config.finetune.pretrained = pretrained
   config.finetune.freeze_encoder = args.freeze_encoder
   config.finetune.probe_first = args.probe_first
-  config.protocol.update(folds=args.folds, max_folds=args.max_folds, compare_random=True,
+  config.protocol.update(folds=args.folds, max_folds=args.max_folds,
+                         compare_random=args.compare_random,
                          repeats=args.repeats,
                          fractions=tuple(float(f) for f in args.fractions))
   if args.finetune_epochs:
@@ -137,9 +147,38 @@ def task_result(summary: dict) -> dict:
   for fraction in summary["fractions"]:
     entry = summary["by_fraction"][str(fraction)]
     for init in ("pretrained", "random"):
-      out[init][str(fraction)] = {k: entry[init][k] for k in ("mean", "ci95", "per_fold")}
+      if init in entry:
+        out[init][str(fraction)] = {k: entry[init][k] for k in ("mean", "ci95", "per_fold")}
     out["p_values"][str(fraction)] = entry.get("p_value")
   return out
+
+
+def compare_with(result: dict, other: dict, path: str):
+  """Paired t-tests of `result`'s pretrained fold values against `other`'s (another pretraining
+  on the same folds); `other`'s random runs stand in for missing ones of `result`."""
+  from vismae_jax import metrics
+  for name in TASKS:
+    if name not in result or name not in other:
+      continue
+    mine, theirs = result[name], other[name]
+    if not mine["random"]:
+      mine["random"] = theirs["random"]
+      mine["random_from"] = path
+    versus = {"path": path, "masking": other.get("masking", "random"), "pretrained": {},
+              "difference": {}, "p_values": {}}
+    for fraction in mine["fractions"]:
+      f = str(fraction)
+      a = mine["pretrained"][f]["per_fold"]
+      b = theirs["pretrained"][f]["per_fold"]
+      if len(a) != len(b):
+        sys.exit(f"{path}: {len(b)} folds at {fraction} against {len(a)} here: not the same folds")
+      versus["pretrained"][f] = theirs["pretrained"][f]
+      versus["difference"][f] = float(sum(a) - sum(b)) / len(a)
+      versus["p_values"][f] = metrics.paired_test(a, b)["p_value"] if len(a) > 1 else None
+      if mine.get("random_from"):
+        random = mine["random"][f]["per_fold"]
+        mine["p_values"][f] = metrics.paired_test(a, random)["p_value"] if len(a) > 1 else None
+    mine["versus"] = versus
 
 
 def main(argv):
@@ -165,31 +204,41 @@ def main(argv):
   ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",
                                     size=size))
   with contextlib.redirect_stdout(log):
-    pretrained = pretrain(args, shards, os.path.join(scratch, "pretrain"), mesh)
+    pretrained = pretrain(args, shards, os.path.join(
+        scratch, "pretrain" + ("_uniform" if args.masking == "uniform" else "")), mesh)
 
   tasks = {"busi_seg": ("segmentation", os.path.join(busi, "labels.csv")),
            "busi_cls": ("classification",
                         malignancy_csv(busi, os.path.join(scratch, "busi_malignancy.csv")))}
   result = {"variant": args.variant, "image_size": size, "folds": args.folds,
             "max_folds": args.max_folds, "repeats": args.repeats,
-            "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first}
+            "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first,
+            "masking": args.masking}
   # Each recipe its own protocol workdir beside the plain fine-tuning one.
   recipe = ("_frozen" if args.freeze_encoder else "") + (
-      f"_probe{args.probe_first:g}" if args.probe_first else "")
+      f"_probe{args.probe_first:g}" if args.probe_first else "") + (
+      "_uniform" if args.masking == "uniform" else "")
   for name in names:
     kind, csv_path = tasks[name]
     config = finetune_config(args, kind, csv_path, pretrained)
     with contextlib.redirect_stdout(log):
       result[name] = task_result(protocol.run(config, os.path.join(scratch, name + recipe), mesh))
   result["seconds"] = time.perf_counter() - t0
+  if args.versus:
+    with open(args.versus) as f:
+      compare_with(result, json.load(f), args.versus)
 
   def line(name):
     r = result[name]
-    return ", ".join(f"{float(f):.0%} {r['pretrained'][str(f)]['mean']:.3f} vs "
-                     f"{r['random'][str(f)]['mean']:.3f} (p={r['p_values'][str(f)] or 1:.2g})"
-                     for f in r["fractions"])
+    versus = r.get("versus")
+    return ", ".join(
+        f"{float(f):.0%} {r['pretrained'][str(f)]['mean']:.3f} vs "
+        f"{r['random'][str(f)]['mean']:.3f} (p={r['p_values'][str(f)] or 1:.2g})"
+        + (f" and {versus['masking']} {versus['pretrained'][str(f)]['mean']:.3f} "
+           f"(p={versus['p_values'][str(f)] or 1:.2g})" if versus else "")
+        for f in r["fractions"])
   titles = {"busi_seg": "BUSI Dice", "busi_cls": "malignancy AUC"}
-  how = (", frozen encoders" if args.freeze_encoder else "") + (
+  how = f", {args.masking} masking" + (", frozen encoders" if args.freeze_encoder else "") + (
       f", the first {args.probe_first:.0%} frozen" if args.probe_first else "")
   output.write(f"label_efficiency ({args.variant}{how}, pretrained vs random): "
                + "; ".join(f"{titles[n]} {line(n)}" for n in names), result, args.json)

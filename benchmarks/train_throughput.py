@@ -10,9 +10,13 @@ analysis of the step lowered for the CPU (model FLOPs, the same on every backend
 compiled step's analysis misses the matmuls XLA hands to cuBLAS) against the device's peak.
 `--profile=DIR` writes a trace of the timed steps (TensorBoard / Perfetto). `--baseline=torch`
 also times the release's PyTorch step (same architecture, batch and size; needs the [torch]
-extra) in the same run, so the ratio is measured under the same machine load. Prints one
-summary line.
+extra) in the same run, so the ratio is measured under the same machine load.
+`--compare=random,uniform` times the release's dense masking and the sparse one (models/mae.py)
+side by side, one step of each in turn, and adds each mode's FLOPs per image, its encoder's
+alone, and both ratios to the first mode's; `uniform+1-1-1` also gives the decoder one block per
+stage. Prints one summary line; `--json` holds every mode under `modes`.
 """
+import json
 import os
 import statistics
 import subprocess
@@ -47,8 +51,11 @@ flags.DEFINE_enum("baseline", "", ["", "torch"],
                   "also time the PyTorch step side by side (CPU threads = all cores)")
 flags.DEFINE_string("json", "", "write the results here")
 flags.DEFINE_string("profile", "", "write a jax.profiler trace of the timed steps here")
-flags.DEFINE_bool("flops_only", False, "internal: print the step's CPU FLOPs only "
-                  "(see step_flops)")
+flags.DEFINE_list("compare", ["random"], "maskings (config.mae.masking) timed side by side, "
+                  "round robin; each may add lighter decoder depths after '+', e.g. "
+                  "random,uniform,uniform+1-1-1; ratios are against the first")
+flags.DEFINE_bool("flops_only", False, "internal: print each mode's CPU FLOPs only "
+                  "(see model_flops)")
 
 
 def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
@@ -86,26 +93,47 @@ def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
   return times
 
 
-def step_flops(model, config, tx, schedule, state, batch) -> float:
-  """FLOPs of one training step as XLA's CPU cost analysis counts them, whatever the backend.
+def mode_config(args, mode: str):
+  """The preset's config for one `--compare` entry: a masking, optionally '+' decoder depths."""
+  from vismae_jax import config_lib
+  masking, _, decoder = mode.partition("+")
+  config = config_lib.pretrain(variant="" if args.preset == "release" else args.preset)
+  config.batch_size, config.input.image_size, config.dtype = args.batch, args.image_size, args.dtype
+  config.model.remat = args.remat
+  config.mesh.data, config.mesh.fsdp = -1, args.fsdp
+  config.mae.masking = masking
+  if decoder:
+    config.model.decoder_depths = tuple(int(d) for d in decoder.split("-"))
+  if args.in_chans:
+    config.model.in_chans = args.in_chans
+  config.data.source = "sample"
+  return config
 
-  Off the CPU, this script runs itself in a CPU-only child with --flops_only on the same shapes.
-  """
+
+def model_flops(config, model, tx, schedule, state, batch) -> dict:
+  """FLOPs of one training step and of the encoder's forward pass alone, as XLA's CPU cost
+  analysis counts them, whatever the backend (--flops_only runs this in a CPU-only child)."""
   import jax
-  if jax.default_backend() != "cpu":
-    child = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--flops_only"],
-                           env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                           text=True)
-    return float(child.stdout.split()[-1]) if child.returncode == 0 else 0.0
 
+  from vismae_jax.models import mae
   from vismae_jax.train import loop, pretrain
-  step = jax.jit(loop.make_train_step(pretrain.make_loss_fn(model, config), tx))
+
+  def cost(function, *shapes):
+    lowered = jax.jit(function).trace(*shapes).lower(lowering_platforms=("cpu",))
+    analysis = lowered.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+  def encoder(params, images_u8):
+    x, token_mask, kept = pretrain.model_inputs(config, images_u8, jax.random.PRNGKey(0), False)
+    return pretrain.build_model(config, mae.SwinMAEEncoder).apply(
+        {"params": params}, x, token_mask, True, kept)
+
+  step = loop.make_train_step(pretrain.make_loss_fn(model, config), tx)
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         (state, batch, schedule))
-  cost = step.trace(*shapes).lower(lowering_platforms=("cpu",)).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0)) if cost else 0.0
+  return {"step_flops": cost(step, *shapes), "encoder_flops": cost(encoder, shapes[0]["params"],
+                                                                   shapes[1])}
 
 
 def main(argv):
@@ -120,84 +148,116 @@ def main(argv):
   from vismae_jax import config_lib, parallel
   from vismae_jax.train import loop, optim, pretrain
 
-  config = config_lib.pretrain(variant="" if args.preset == "release" else args.preset)
-  config.batch_size, config.input.image_size, config.dtype = args.batch, args.image_size, args.dtype
-  config.model.remat = args.remat
-  config.mesh.data, config.mesh.fsdp = -1, args.fsdp
-  if args.in_chans:
-    config.model.in_chans = args.in_chans
-  config.data.source = "sample"
-  config_lib.validate(config, jax.device_count(), jax.process_count())
-
+  modes = {}
+  for mode in args.compare:
+    config = mode_config(args, mode)
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+    modes[mode] = {"config": config}
   mesh = parallel.make_mesh(config.mesh)
   total = args.warmup + args.steps + 1
   schedule = jax.device_put(optim.schedule(config, steps_per_epoch=1.0, total_steps=total),
                             parallel.replicated(mesh))
-  tx = optim.make_optimizer(config)
-  model = pretrain.build_model(config)
-  task = loop.Task(init_params=lambda rng: pretrain.init_params(model, config, rng),
-                   loss_fn=pretrain.make_loss_fn(model, config), dataset=None, num_examples=0)
-  init_state = loop.make_state_initializer(tx, config.seed)
-  abstract_state = jax.eval_shape(init_state, loop.abstract_params(task))
-  if args.flops_only:
-    print(step_flops(model, config, tx, schedule, abstract_state, jax.ShapeDtypeStruct(
-        (args.batch, args.image_size, args.image_size), np.uint8)))
-    return
-  shardings = parallel.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_mb)
-  state = loop.initial_state(task, init_state, shardings, config.seed)
-  step = loop.compile_train_step(task, tx, shardings, mesh)
-
   rng = np.random.default_rng(0)
   local = rng.integers(0, 256, (args.batch // jax.process_count(), args.image_size,
                                 args.image_size), np.uint8)
   batch = parallel.global_batch(local, parallel.batch_sharding(mesh))
 
-  t0 = time.perf_counter()
-  with parallel.activation_sharding(mesh):  # as loop.train traces it
-    compiled = step.lower(state, batch, schedule).compile()
-  compile_s = time.perf_counter() - t0
-  flops = step_flops(model, config, tx, schedule, state, batch)
+  flops_in_child = jax.default_backend() != "cpu" and not args.flops_only
+  for mode, m in modes.items():
+    config = m["config"]
+    tx = optim.make_optimizer(config)
+    model = pretrain.build_model(config)
+    task = loop.Task(init_params=lambda rng: pretrain.init_params(model, config, rng),
+                     loss_fn=pretrain.make_loss_fn(model, config), dataset=None, num_examples=0)
+    init_state = loop.make_state_initializer(tx, config.seed)
+    abstract_state = jax.eval_shape(init_state, loop.abstract_params(task))
+    if not flops_in_child:
+      m.update(model_flops(config, model, tx, schedule, abstract_state, batch))
+    if args.flops_only:
+      continue
+    shardings = parallel.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_mb)
+    m["state"] = loop.initial_state(task, init_state, shardings, config.seed)
+    step = loop.compile_train_step(task, tx, shardings, mesh)
+    t0 = time.perf_counter()
+    with parallel.activation_sharding(mesh):  # as loop.train traces it
+      m["compiled"] = step.lower(m["state"], batch, schedule).compile()
+    m["compile_s"] = time.perf_counter() - t0
+  if args.flops_only:
+    print(json.dumps({mode: {k: m[k] for k in ("step_flops", "encoder_flops")}
+                      for mode, m in modes.items()}))
+    return
+  if flops_in_child:
+    child = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--flops_only"],
+        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True)
+    counted = json.loads(child.stdout.splitlines()[-1]) if child.returncode == 0 else {}
+    for mode, m in modes.items():
+      m.update(counted.get(mode, {"step_flops": 0.0, "encoder_flops": 0.0}))
 
-  times = []
+  # Round-robin over the modes, one step each, so that machine load hits them alike.
   for i in range(args.warmup + args.steps):
     if args.profile and i == args.warmup:
       jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, schedule)
-    jax.block_until_ready(metrics["loss"])
-    if i >= args.warmup:
-      times.append(time.perf_counter() - t0)
+    for m in modes.values():
+      t0 = time.perf_counter()
+      m["state"], metrics = m["compiled"](m["state"], batch, schedule)
+      jax.block_until_ready(metrics["loss"])
+      if i >= args.warmup:
+        m.setdefault("times", []).append(time.perf_counter() - t0)
+      m["loss"] = float(metrics["loss"])
   if args.profile:
     jax.profiler.stop_trace()
 
-  step_s = statistics.median(times)
   device = jax.devices()[0]
   kind = next((k for k in PEAK_FLOPS if k in device.device_kind), None)
-  mfu = None
-  if kind and flops:  # XLA's flops are for the whole (global) step
-    mfu = flops / step_s / (PEAK_FLOPS[kind][args.dtype] * jax.device_count())
+  results = {}
+  for mode, m in modes.items():
+    step_s = statistics.median(m["times"])
+    mfu = None
+    if kind and m["step_flops"]:  # XLA's flops are for the whole (global) step
+      mfu = m["step_flops"] / step_s / (PEAK_FLOPS[kind][args.dtype] * jax.device_count())
+    results[mode] = {
+        "masking": m["config"].mae.masking,
+        "decoder_depths": list(m["config"].model.decoder_depths),
+        "img_per_s": args.batch / step_s, "step_s_median": step_s, "step_s_all": m["times"],
+        "compile_s": m["compile_s"], "step_flops": m["step_flops"],
+        "gflop_per_img": m["step_flops"] / args.batch / 1e9,
+        "encoder_gflop_per_img": m["encoder_flops"] / args.batch / 1e9,
+        "mfu": mfu, "loss": m["loss"]}
+  first, *others = args.compare
+  base = results[first]
+  for mode in others:
+    r = results[mode]
+    r["vs_" + first] = {
+        "speedup": base["step_s_median"] / r["step_s_median"],
+        "flops_ratio": r["step_flops"] / base["step_flops"] if base["step_flops"] else None,
+        "encoder_flops_ratio": (r["encoder_gflop_per_img"] / base["encoder_gflop_per_img"]
+                                if base["encoder_gflop_per_img"] else None)}
   result = {
-      "preset": args.preset, "img_per_s": args.batch / step_s, "step_s_median": step_s,
-      "step_s_all": times, "batch": args.batch, "image_size": args.image_size,
-      "in_chans": config.model.in_chans, "dtype": args.dtype, "remat": args.remat,
-      "fsdp": args.fsdp, "devices": jax.device_count(), "backend": jax.default_backend(),
-      "device_kind": device.device_kind, "compile_s": compile_s, "step_flops": flops,
-      "mfu": mfu, "loss": float(metrics["loss"]),
-  }
+      **base, "preset": args.preset, "batch": args.batch, "image_size": args.image_size,
+      "in_chans": modes[first]["config"].model.in_chans, "dtype": args.dtype,
+      "remat": args.remat, "fsdp": args.fsdp, "devices": jax.device_count(),
+      "backend": jax.default_backend(), "device_kind": device.device_kind, "modes": results}
   summary = (f"train_throughput: {args.preset} batch {args.batch} at {args.image_size} px "
-             f"{args.dtype} on {jax.device_count()} x {device.device_kind}: "
-             f"{result['img_per_s']:.2f} images/s, median step {step_s:.3f} s"
-             + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+             f"{args.dtype} on {jax.device_count()} x {device.device_kind}: " + "; ".join(
+                 f"{mode} {r['img_per_s']:.2f} images/s, median step {r['step_s_median']:.3f} s, "
+                 f"{r['gflop_per_img']:.3g} GFLOP/image"
+                 + (f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else "")
+                 + (f" ({r['vs_' + first]['speedup']:.2f}x {first}'s speed, "
+                    f"{r['vs_' + first]['flops_ratio']:.2f}x its FLOPs, encoder "
+                    f"{r['vs_' + first]['encoder_flops_ratio']:.2f}x)"
+                    if mode != first and base["step_flops"] else "")
+                 for mode, r in results.items()))
   if args.baseline == "torch":
     import torch
     torch.set_num_threads(os.cpu_count())
-    torch_times = time_torch_step(config, args.batch, args.steps, args.warmup)
+    torch_times = time_torch_step(modes[first]["config"], args.batch, args.steps, args.warmup)
     torch_s = statistics.median(torch_times)
     result["baseline"] = {"framework": f"torch {torch.__version__}", "step_s_median": torch_s,
                           "step_s_all": torch_times, "img_per_s": args.batch / torch_s,
                           "threads": torch.get_num_threads()}
-    result["speedup_vs_baseline"] = torch_s / step_s
-    summary += f"; PyTorch {torch_s:.3f} s, speed-up {torch_s / step_s:.2f}x"
+    result["speedup_vs_baseline"] = torch_s / base["step_s_median"]
+    summary += f"; PyTorch {torch_s:.3f} s, {first} speed-up {torch_s / base['step_s_median']:.2f}x"
   output.write(summary, result, args.json)
 
 

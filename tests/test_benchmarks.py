@@ -28,8 +28,17 @@ def run_benchmark(tmp_path, script, *args, timeout=600) -> tuple[str, dict]:
 def test_train_throughput(tmp_path):
   line, result = run_benchmark(tmp_path, "train_throughput.py", "--preset=tiny", "--batch=8",
                                "--image_size=64", "--steps=2", "--warmup=0", "--devices=2",
-                               *TORCH_BASELINE)
+                               "--compare=random,uniform,uniform+0-0-0", *TORCH_BASELINE)
   assert line.startswith("train_throughput: tiny batch 8 at 64 px")
+  modes = result["modes"]
+  assert list(modes) == ["random", "uniform", "uniform+0-0-0"]
+  for mode in modes.values():
+    assert {"img_per_s", "step_s_median", "gflop_per_img", "encoder_gflop_per_img"} <= set(mode)
+    assert mode["img_per_s"] > 0 and mode["gflop_per_img"] > 0
+  assert modes["uniform+0-0-0"]["decoder_depths"] == [0, 0, 0]
+  ratios = modes["uniform"]["vs_random"]
+  assert ratios["encoder_flops_ratio"] < 0.5 and ratios["flops_ratio"] < 1
+  assert modes["uniform+0-0-0"]["vs_random"]["flops_ratio"] < ratios["flops_ratio"]
   assert {"img_per_s", "step_s_median", "batch", "image_size", "dtype", "devices",
           "backend"} <= set(result)
   assert result["devices"] == 2 and result["backend"] == "cpu" and result["batch"] == 8
@@ -86,7 +95,7 @@ def test_label_efficiency(tmp_path):
   line, result = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
                                "--max_folds=2", "--fractions=1.0", f"--datasets={datasets}",
                                f"--scratch={tmp_path / 'scratch'}", timeout=900)
-  assert line.startswith("label_efficiency (tiny, pretrained vs random)")
+  assert line.startswith("label_efficiency (tiny, random masking, pretrained vs random)")
   assert result["variant"] == "tiny" and result["image_size"] == 64
   for task, metric in (("busi_seg", "dice"), ("busi_cls", "roc_auc")):
     r = result[task]
@@ -96,3 +105,20 @@ def test_label_efficiency(tmp_path):
       assert len(entry["per_fold"]) == 2 and all(0 <= v <= 1 for v in entry["per_fold"])
       assert entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1]
     assert 0 <= r["p_values"]["1.0"] <= 1
+
+  # Sparse pretraining against it: its own pretrained runs, the first run's random ones.
+  dense = tmp_path / "dense.json"
+  dense.write_text(json.dumps(result))
+  line, sparse = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
+                               "--max_folds=2", "--fractions=1.0", f"--datasets={datasets}",
+                               f"--scratch={tmp_path / 'scratch'}", "--masking=uniform",
+                               "--nocompare_random", f"--versus={dense}", timeout=900)
+  assert line.startswith("label_efficiency (tiny, uniform masking, pretrained vs random)")
+  assert os.path.isdir(tmp_path / "scratch" / "pretrain_uniform")
+  for task in ("busi_seg", "busi_cls"):
+    r = sparse[task]
+    assert r["random"] == result[task]["random"] and r["random_from"] == str(dense)
+    assert r["pretrained"]["1.0"]["per_fold"] != result[task]["pretrained"]["1.0"]["per_fold"]
+    assert r["versus"]["pretrained"] == result[task]["pretrained"]
+    assert 0 <= r["versus"]["p_values"]["1.0"] <= 1 and 0 <= r["p_values"]["1.0"] <= 1
+    assert "and random" in line

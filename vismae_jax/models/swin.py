@@ -221,12 +221,18 @@ class PatchEmbed(nn.Module):
 
 
 class PatchMerging(nn.Module):
-  """2x downsampling: the four sub-grids (row offset first) on channels, LayerNorm, Linear."""
+  """2x downsampling: the four sub-grids (row offset first) on channels, LayerNorm, Linear.
+
+  An odd grid (only SwinMAE's compacted one: 7x7 units at 224 px) is zero-padded at the bottom
+  and right first, as Swin's detection code does.
+  """
   dim: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    _, h, w, _ = x.shape
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                         axis=-1)
     x = layer_norm("norm", self.dtype)(x)

@@ -17,9 +17,9 @@ from vismae_jax.models import mae
 from vismae_jax.train import loop
 
 
-def build_model(config) -> mae.SwinMAE:
+def build_model(config, model_class=mae.SwinMAE) -> mae.SwinMAE:
   m = config.model
-  return mae.SwinMAE(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
+  return model_class(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
                      depths=tuple(m.depths), decoder_depths=tuple(m.decoder_depths),
                      num_heads=tuple(m.num_heads), window=m.window, drop_path=m.drop_path,
                      remat=m.remat, dtype=jnp.dtype(config.dtype))
@@ -39,7 +39,11 @@ def init_params(model, config, rng):
 
 
 def model_inputs(config, images_u8, rng, train: bool):
-  """uint8 batch -> (normalised images, token mask)."""
+  """uint8 batch -> (normalised images, token mask, kept units or None).
+
+  The token mask is True where the encoder sees nothing (what the loss scores); kept units, in
+  the sparse "uniform" masking only, are the units the encoder's compacted image is made of.
+  """
   flip_rng, mask_rng, crop_rng = jax.random.split(rng, 3)
   x = preprocess.to_model_input(images_u8, image_size=config.input.image_size,
                                 channels=config.model.in_chans,
@@ -49,29 +53,38 @@ def model_inputs(config, images_u8, rng, train: bool):
   if train and config.input.hflip:
     x = augment.random_hflip(flip_rng, x)
   _, units, per_unit = _grid(config)
-  unit_mask = mae.window_mask(mask_rng, x.shape[0], units, config.mae.mask_ratio)
-  return x, mae.unit_mask_to_tokens(unit_mask, per_unit)
+  kept = None
+  if config.mae.masking == "uniform":
+    kept, hidden = mae.uniform_mask(mask_rng, x.shape[0], units, config.mae.secondary_ratio)
+  else:
+    hidden = mae.window_mask(mask_rng, x.shape[0], units, config.mae.mask_ratio)
+  return x, mae.unit_mask_to_tokens(hidden, per_unit), kept
 
 
 def make_loss_fn(model, config):
   def loss_fn(params, images_u8, rng):
     input_rng, drop_rng = jax.random.split(rng)
-    x, token_mask = model_inputs(config, images_u8, input_rng, train=True)
-    pred = model.apply({"params": params}, x, token_mask, deterministic=False,
+    x, token_mask, kept = model_inputs(config, images_u8, input_rng, train=True)
+    pred = model.apply({"params": params}, x, token_mask, deterministic=False, kept_units=kept,
                        rngs={"dropout": drop_rng})
     return mae.masked_mse(pred, x, token_mask, config.model.patch_size, config.mae.norm_pix_loss)
   return loss_fn
 
 
-def reconstruct(model, config, params, images_u8, rng):
-  """(inputs, masked inputs, reconstructions) in input units, for pictures.
+# reconstruct's rows, top to bottom (jit hands dicts back with their keys sorted).
+FIGURE_ROWS = ("original", "masked", "encoder input", "reconstruction")
+
+
+def reconstruct(model, config, params, images_u8, rng) -> dict:
+  """Picture rows in input units: original, masked (hidden pixels NaN), what the encoder saw
+  (sparse masking only: the compacted image, shown at twice its size) and reconstruction.
 
   Visible patches are shown as they were; masked ones as predicted. With norm_pix_loss the
   prediction is mapped back with each target patch's own mean and variance.
   """
   patch, chans = config.model.patch_size, config.model.in_chans
-  x, token_mask = model_inputs(config, images_u8, rng, train=False)
-  pred = model.apply({"params": params}, x, token_mask, deterministic=True)
+  x, token_mask, kept = model_inputs(config, images_u8, rng, train=False)
+  pred = model.apply({"params": params}, x, token_mask, deterministic=True, kept_units=kept)
   if config.mae.norm_pix_loss:
     target = mae.patchify(x, patch)
     pred = pred * jnp.sqrt(target.var(-1, keepdims=True, ddof=1) + 1e-6) + target.mean(
@@ -79,8 +92,13 @@ def reconstruct(model, config, params, images_u8, rng):
   pixel_mask = mae.unpatchify(
       jnp.broadcast_to(token_mask[..., None], token_mask.shape + (patch * patch * chans,)),
       patch, chans)
-  recon = jnp.where(pixel_mask, mae.unpatchify(pred, patch, chans), x)
-  return x, jnp.where(pixel_mask, jnp.nan, x), recon
+  masked = jnp.where(pixel_mask, jnp.nan, x)
+  rows = {"original": x, "masked": masked}
+  if kept is not None:
+    seen = jnp.where(mae.compact(pixel_mask, kept), jnp.nan, mae.compact(x, kept))
+    rows["encoder input"] = seen.repeat(2, axis=1).repeat(2, axis=2)
+  rows["reconstruction"] = jnp.where(pixel_mask, mae.unpatchify(pred, patch, chans), x)
+  return rows
 
 
 def resolve_data_dir(config, workdir: str) -> str:
@@ -126,13 +144,13 @@ def make_task(config, workdir: str, mesh) -> loop.Task:
       model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)
 
   def write_figure(params, step):
-    x, masked, recon = jax.device_get(draw(params, parallel.global_batch(pictures, replicated)))
+    rows = jax.device_get(draw(params, parallel.global_batch(pictures, replicated)))
     if jax.process_index() == 0:
       norm = config.input.normalization
-      figures.image_grid({"original": figures.to_display(x, norm),
-                          "masked": figures.to_display(masked, norm),
-                          "reconstruction": figures.to_display(recon, norm)},
-                         figure_path, title=f"SwinMAE reconstructions, step {step}")
+      figures.image_grid({name: figures.to_display(rows[name], norm)
+                          for name in FIGURE_ROWS if name in rows},
+                         figure_path, title=f"SwinMAE reconstructions ({config.mae.masking} "
+                                            f"masking), step {step}")
     return {}
 
   return loop.Task(
