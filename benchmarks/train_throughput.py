@@ -153,9 +153,10 @@ def main(argv):
     config = mode_config(args, mode)
     config_lib.validate(config, jax.device_count(), jax.process_count())
     modes[mode] = {"config": config}
-  mesh = parallel.make_mesh(config.mesh)
+  first_config = modes[args.compare[0]]["config"]  # mesh and schedule: the same for every mode
+  mesh = parallel.make_mesh(first_config.mesh)
   total = args.warmup + args.steps + 1
-  schedule = jax.device_put(optim.schedule(config, steps_per_epoch=1.0, total_steps=total),
+  schedule = jax.device_put(optim.schedule(first_config, steps_per_epoch=1.0, total_steps=total),
                             parallel.replicated(mesh))
   rng = np.random.default_rng(0)
   local = rng.integers(0, 256, (args.batch // jax.process_count(), args.image_size,
@@ -235,7 +236,7 @@ def main(argv):
                                 if base["encoder_gflop_per_img"] else None)}
   result = {
       **base, "preset": args.preset, "batch": args.batch, "image_size": args.image_size,
-      "in_chans": modes[first]["config"].model.in_chans, "dtype": args.dtype,
+      "in_chans": first_config.model.in_chans, "dtype": args.dtype,
       "remat": args.remat, "fsdp": args.fsdp, "devices": jax.device_count(),
       "backend": jax.default_backend(), "device_kind": device.device_kind, "modes": results}
   summary = (f"train_throughput: {args.preset} batch {args.batch} at {args.image_size} px "
@@ -251,7 +252,7 @@ def main(argv):
   if args.baseline == "torch":
     import torch
     torch.set_num_threads(os.cpu_count())
-    torch_times = time_torch_step(modes[first]["config"], args.batch, args.steps, args.warmup)
+    torch_times = time_torch_step(first_config, args.batch, args.steps, args.warmup)
     torch_s = statistics.median(torch_times)
     result["baseline"] = {"framework": f"torch {torch.__version__}", "step_s_median": torch_s,
                           "step_s_all": torch_times, "img_per_s": args.batch / torch_s,

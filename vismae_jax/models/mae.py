@@ -139,7 +139,7 @@ class SwinMAE(swin.SwinBackbone):
       return uncompact(x, kept_units) if level == unit_level else x
 
     n = len(self.depths)
-    x = at_level(x, n - 1) if unit_level == n - 1 else x
+    x = at_level(x, n - 1)
     # Decoder stage j mirrors encoder stage n-2-j and takes the drop-path rates it would have.
     mirrored = list(reversed(self.decoder_depths)) + [self.depths[-1]]
     rates = swin.drop_path_rates(mirrored, self.drop_path)
