@@ -68,6 +68,8 @@ flags.DEFINE_integer("repeats", 1, "fine-tuning runs per fold and fraction with 
                      "seeds, averaged")
 flags.DEFINE_float("finetune_epochs", 0.0, "0: the variant's")
 flags.DEFINE_multi_enum("tasks", list(TASKS), list(TASKS), "the tasks to run")
+flags.DEFINE_bool("encoder_only", False, "load the pretrained encoder only (the Swin-UNet's "
+                  "decoder starts random; in <task>_encoder_only)")
 flags.DEFINE_bool("freeze_encoder", False, "train only what follows the encoder (linear "
                   "probing of the classifier)")
 flags.DEFINE_float("probe_first", 0.0, "LP-FT: train only what follows the encoder for this "
@@ -75,6 +77,8 @@ flags.DEFINE_float("probe_first", 0.0, "LP-FT: train only what follows the encod
 flags.DEFINE_enum("masking", "random", ["random", "uniform"], "pretraining masking "
                   "(config.mae.masking); uniform pretrains in <scratch>/pretrain_uniform and "
                   "fine-tunes in <task>_uniform")
+flags.DEFINE_float("secondary_ratio", 0.25, "uniform masking: config.mae.secondary_ratio (other "
+                   "values add _secondary<ratio> to those folder names)")
 flags.DEFINE_bool("compare_random", True, "also fine-tune from random initialisation")
 flags.DEFINE_string("versus", "", "a JSON this script wrote on the same folds: paired t-tests "
                     "of this run's pretrained fold values against that run's, and its random "
@@ -114,11 +118,19 @@ def pretrain(args, shards: str, workdir: str, mesh) -> str:
     config.total_steps, config.checkpoint_every = 6000, 1000
   elif args.variant == "full":
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
-  config.mae.masking = args.masking
+  config.mae.masking, config.mae.secondary_ratio = args.masking, args.secondary_ratio
   config.total_steps = args.pretrain_steps or config.total_steps
   config.batch_size = args.pretrain_batch or config.batch_size
   loop.train(pretrain_task.make_task(config, workdir, mesh), config, workdir, mesh)
   return workdir
+
+
+def masking_suffix(args) -> str:
+  """What tells a sparse pretraining's folders apart from the release masking's."""
+  if args.masking == "random":
+    return ""
+  return "_uniform" + (f"_secondary{args.secondary_ratio:g}" if args.secondary_ratio != 0.25
+                       else "")
 
 
 def finetune_config(args, kind: str, csv_path: str, pretrained: str):
@@ -131,6 +143,7 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
   config.data.fold_column = ""  # drawn folds, as in the recorded runs (not BUSI's fold column)
   config.finetune.pretrained = pretrained
   config.finetune.freeze_encoder = args.freeze_encoder
+  config.finetune.encoder_only = args.encoder_only
   config.finetune.probe_first = args.probe_first
   config.protocol.update(folds=args.folds, max_folds=args.max_folds,
                          compare_random=args.compare_random,
@@ -204,8 +217,8 @@ def main(argv):
   ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",
                                     size=size))
   with contextlib.redirect_stdout(log):
-    pretrained = pretrain(args, shards, os.path.join(
-        scratch, "pretrain" + ("_uniform" if args.masking == "uniform" else "")), mesh)
+    pretrained = pretrain(args, shards, os.path.join(scratch, "pretrain" + masking_suffix(args)),
+                          mesh)
 
   tasks = {"busi_seg": ("segmentation", os.path.join(busi, "labels.csv")),
            "busi_cls": ("classification",
@@ -213,11 +226,13 @@ def main(argv):
   result = {"variant": args.variant, "image_size": size, "folds": args.folds,
             "max_folds": args.max_folds, "repeats": args.repeats,
             "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first,
-            "masking": args.masking}
+            "encoder_only": args.encoder_only,
+            "masking": args.masking + masking_suffix(args).replace("_uniform", "")}
   # Each recipe its own protocol workdir beside the plain fine-tuning one.
   recipe = ("_frozen" if args.freeze_encoder else "") + (
+      "_encoder_only" if args.encoder_only else "") + (
       f"_probe{args.probe_first:g}" if args.probe_first else "") + (
-      "_uniform" if args.masking == "uniform" else "")
+      masking_suffix(args))
   for name in names:
     kind, csv_path = tasks[name]
     config = finetune_config(args, kind, csv_path, pretrained)
@@ -234,11 +249,12 @@ def main(argv):
     return ", ".join(
         f"{float(f):.0%} {r['pretrained'][str(f)]['mean']:.3f} vs "
         f"{r['random'][str(f)]['mean']:.3f} (p={r['p_values'][str(f)] or 1:.2g})"
-        + (f" and {versus['masking']} {versus['pretrained'][str(f)]['mean']:.3f} "
+        + (f", {versus['masking']} masking {versus['pretrained'][str(f)]['mean']:.3f} "
            f"(p={versus['p_values'][str(f)] or 1:.2g})" if versus else "")
         for f in r["fractions"])
   titles = {"busi_seg": "BUSI Dice", "busi_cls": "malignancy AUC"}
   how = f", {args.masking} masking" + (", frozen encoders" if args.freeze_encoder else "") + (
+      ", encoders only" if args.encoder_only else "") + (
       f", the first {args.probe_first:.0%} frozen" if args.probe_first else "")
   output.write(f"label_efficiency ({args.variant}{how}, pretrained vs random): "
                + "; ".join(f"{titles[n]} {line(n)}" for n in names), result, args.json)
