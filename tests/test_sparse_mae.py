@@ -107,7 +107,7 @@ def test_same_parameters_and_a_full_grid_of_predictions():
 
 def forward_flops(model_class, config, kept: bool) -> float:
   model = pretrain.build_model(config, model_class)
-  size, chans = config.input.image_size, config.model.in_chans
+  size = config.input.image_size
   images, token_mask, kept_units = pretrain.model_inputs(
       config, jnp.zeros((1, size, size), jnp.uint8), jax.random.PRNGKey(0), train=False)
   params = jax.eval_shape(lambda: pretrain.init_params(model, config, jax.random.PRNGKey(0)))
