@@ -227,7 +227,7 @@ def main(argv):
             "max_folds": args.max_folds, "repeats": args.repeats,
             "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first,
             "encoder_only": args.encoder_only,
-            "masking": args.masking + masking_suffix(args).replace("_uniform", "")}
+            "masking": args.masking, "secondary_ratio": args.secondary_ratio}
   # Each recipe its own protocol workdir beside the plain fine-tuning one.
   recipe = ("_frozen" if args.freeze_encoder else "") + (
       "_encoder_only" if args.encoder_only else "") + (

@@ -152,3 +152,27 @@ def write_csv_with_bad_rows(folder) -> str:
       "image,mask\ngood.png,good_mask.png\nmissing.png,good_mask.png\ntruncated.png,good_mask.png\n"
       "text.png,good_mask.png\ngood.png,wide_mask.png\ngood.png,good_mask.png\n")
   return str(folder / "labels.csv")
+
+
+def assert_export_loads_and_fills_the_unet(export_dir):
+  """A :tiny SwinMAE exported to `export_dir`: its model.pth loads strictly into our PyTorch
+  SwinMAE, and model.safetensors fills the tiny Swin-UNet with the same tensors."""
+  import jax
+  import numpy as np
+  import torch
+
+  from vismae_jax.convert import torch_models, torch_names
+  from vismae_jax.train import finetune
+
+  model = torch_models.SwinMAE(image_size=64, in_chans=1, embed_dim=16, depths=(2, 1, 1, 1),
+                               decoder_depths=(1, 1, 1), num_heads=(1, 1, 2, 2), window=4)
+  model.load_state_dict(torch.load(os.path.join(export_dir, "model.pth"),
+                                   weights_only=True)["model"], strict=True)
+  config = load_config("finetune_seg.py", "tiny")
+  config.finetune.pretrained = os.path.join(export_dir, "model.safetensors")
+  seg = finetune.build_model(config)
+  target = jax.device_get(finetune.init_params(seg, config, jax.random.PRNGKey(0)))
+  params = finetune.pretrained_params(config, target)
+  np.testing.assert_array_equal(
+      torch_names.to_torch(params)["layers.0.blocks.0.attn.qkv.weight"],
+      model.state_dict()["layers.0.blocks.0.attn.qkv.weight"].numpy())

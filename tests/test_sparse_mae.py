@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import in_parallel, load_config, read_metrics, run_main
+from helpers import (assert_export_loads_and_fills_the_unet, in_parallel, load_config,
+                     read_metrics, run_main)
 from vismae_jax.models import mae
 from vismae_jax.train import pretrain
 
@@ -137,10 +138,7 @@ def test_sharded_bf16_remat_resume_export_and_transfer(tmp_path):
   """The dense mode's machinery on sparse pretraining: 8-device FSDP matches one device; a bf16,
   rematerialised, data-parallel run resumed from step 10 ends where the straight one ends; its
   checkpoint exports to the published layout and fills the Swin-UNet."""
-  torch = pytest.importorskip("torch")
-  from vismae_jax.convert import torch_models, torch_names
-  from vismae_jax.train import finetune
-
+  pytest.importorskip("torch")
   sparse = ["--config.mae.masking=uniform"]
   short = ["--config.total_steps=3", "--config.log_every=1"]
   runs = {"one": (sparse + short, 1),
@@ -161,18 +159,7 @@ def test_sharded_bf16_remat_resume_export_and_transfer(tmp_path):
   assert logged("resumed") == logged("bf16")
 
   run_main(str(tmp_path / "bf16"), *runs["bf16"][0], "--config.task=export", devices=8)
-  exported = tmp_path / "bf16" / "export"
-  model = torch_models.SwinMAE(image_size=64, **TINY)
-  model.load_state_dict(torch.load(str(exported / "model.pth"), weights_only=True)["model"],
-                        strict=True)
-  config = load_config("finetune_seg.py", "tiny")
-  config.finetune.pretrained = str(exported / "model.safetensors")
-  seg = finetune.build_model(config)
-  target = jax.device_get(finetune.init_params(seg, config, jax.random.PRNGKey(0)))
-  params = finetune.pretrained_params(config, target)
-  np.testing.assert_array_equal(
-      torch_names.to_torch(params)["layers.0.blocks.0.attn.qkv.weight"],
-      model.state_dict()["layers.0.blocks.0.attn.qkv.weight"].numpy())
+  assert_export_loads_and_fills_the_unet(tmp_path / "bf16" / "export")
 
 
 def test_the_figure_shows_what_the_encoder_saw():

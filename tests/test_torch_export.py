@@ -3,8 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import load_config, random_params, read_listing, run_main
-from vismae_jax.convert import torch_names
+from helpers import assert_export_loads_and_fills_the_unet, random_params, read_listing, run_main
 from vismae_jax.models import unet
 
 torch = pytest.importorskip("torch", reason="the [torch] extra is not installed")
@@ -68,24 +67,10 @@ def test_weights_only_loading_refuses_pickled_code(tmp_path):
 
 @pytest.mark.slow
 def test_export_cli_then_fine_tune_from_the_exported_file(tmp_path):
-  from vismae_jax.train import finetune
-
   workdir = str(tmp_path / "pretrain")
   # A tiny SwinMAE trained with parameters sharded over 8 devices, exported by 1 process.
   run_main(workdir, "--config.mesh.data=1", "--config.mesh.fsdp=8", "--config.mesh.fsdp_min_mb=0",
            devices=8)
   proc = run_main(workdir, "--config.task=export")
   assert "Exported swin_mae" in proc.stdout
-  pth = tmp_path / "pretrain" / "export" / "model.pth"
-  model = torch_models.SwinMAE(image_size=64, in_chans=1, embed_dim=16, depths=(2, 1, 1, 1),
-                               decoder_depths=(1, 1, 1), num_heads=(1, 1, 2, 2), window=4)
-  model.load_state_dict(torch.load(str(pth), weights_only=True)["model"], strict=True)
-
-  config = load_config("finetune_seg.py", "tiny")
-  config.finetune.pretrained = str(tmp_path / "pretrain" / "export" / "model.safetensors")
-  seg = finetune.build_model(config)
-  target = jax.device_get(finetune.init_params(seg, config, jax.random.PRNGKey(0)))
-  params = finetune.pretrained_params(config, target)
-  np.testing.assert_array_equal(
-      torch_names.to_torch(params)["layers.0.blocks.0.attn.qkv.weight"],
-      model.state_dict()["layers.0.blocks.0.attn.qkv.weight"].numpy())
+  assert_export_loads_and_fills_the_unet(tmp_path / "pretrain" / "export")

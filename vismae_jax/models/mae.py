@@ -56,27 +56,32 @@ def uniform_mask(rng, batch: int, units_per_side: int, secondary_ratio: float):
   return kept, ~kept | secondary
 
 
+def _kept_one_hot(kept_units, x):
+  """kept_units (B, U, U) as the (B, U/2, 2, 1, U/2, 2, 1, 1...) one-hot that picks each
+  block's kept unit out of x, a grid already split as (B, U/2, 2|1, s, U/2, 2|1, s, ...)."""
+  b, units = kept_units.shape[:2]
+  ones = [1] * (x.ndim - 7)
+  return kept_units.reshape(b, units // 2, 2, 1, units // 2, 2, 1, *ones).astype(x.dtype)
+
+
 def compact(x, kept_units):
   """(B, U*s, U*s, ...) -> (B, U/2*s, U/2*s, ...): each 2x2 block of units replaced by its kept
   unit, s = pixels or tokens per unit. Static shapes: the pick is a multiply by the one-hot."""
-  b, side = x.shape[:2]
-  units = kept_units.shape[1]
-  half, s = units // 2, side // units
-  rest = x.shape[3:]
+  b, side, rest = x.shape[0], x.shape[1], x.shape[3:]
+  half = kept_units.shape[1] // 2
+  s = side // (2 * half)
   x = x.reshape(b, half, 2, s, half, 2, s, *rest)
-  pick = kept_units.reshape(b, half, 2, 1, half, 2, 1, *[1] * len(rest)).astype(x.dtype)
-  return (x * pick).sum(axis=(2, 5)).reshape(b, half * s, half * s, *rest)
+  return (x * _kept_one_hot(kept_units, x)).sum(axis=(2, 5)).reshape(b, half * s, half * s,
+                                                                     *rest)
 
 
 def uncompact(x, kept_units):
   """Inverse of `compact`: each unit back at its place in the full grid, zeros elsewhere."""
-  b, side = x.shape[:2]
-  units = kept_units.shape[1]
-  half, s = units // 2, side // (units // 2)
-  rest = x.shape[3:]
+  b, side, rest = x.shape[0], x.shape[1], x.shape[3:]
+  half = kept_units.shape[1] // 2
+  s = side // half
   x = x.reshape(b, half, 1, s, half, 1, s, *rest)
-  pick = kept_units.reshape(b, half, 2, 1, half, 2, 1, *[1] * len(rest)).astype(x.dtype)
-  return (x * pick).reshape(b, units * s, units * s, *rest)
+  return (x * _kept_one_hot(kept_units, x)).reshape(b, 2 * half * s, 2 * half * s, *rest)
 
 
 def unit_mask_to_tokens(unit_mask, tokens_per_unit: int):
