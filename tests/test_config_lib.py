@@ -68,6 +68,8 @@ def test_bad_values_name_the_field_and_the_fix():
   assert "config.mesh data=3 x fsdp=1 must equal the 8 devices" in errors_for(mesh__data=3)
   assert "config.mesh.fsdp_min_mb=-1.0: must be >= 0" in errors_for(mesh__fsdp_min_mb=-1.0)
   assert "config.dtype='float16'" in errors_for(dtype="float16")
+  assert "expected one of ('einsum', 'xla', 'cudnn')" in errors_for(model__attention="flash")
+  assert "on a GPU in bfloat16 only (here cpu" in errors_for(model__attention="cudnn")
   assert "unknown modality 'XRAY'" in errors_for(data__modalities=("XRAY",))
   assert "config.input.crop_scale=(0.0, 1.0)" in errors_for(input__crop_scale=(0.0, 1.0))
   assert "config.data.mixture.CT=-1.0: weights must be >= 0" in errors_for(

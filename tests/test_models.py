@@ -62,11 +62,12 @@ def test_relative_position_index_follows_the_swin_formula():
     assert index[q, k] == (dy + 6) * 13 + (dx + 6)
 
 
-def test_window_partition_round_trip_and_shift_mask():
-  x = jnp.arange(2 * 14 * 14 * 3, dtype=jnp.float32).reshape(2, 14, 14, 3)
+def test_window_partition_order_and_shift_mask():
+  x = np.arange(2 * 14 * 14 * 3, dtype=np.float32).reshape(2, 14, 14, 3)
   windows = swin.window_partition(x, 7)
   assert windows.shape == (8, 49, 3)
-  np.testing.assert_array_equal(swin.window_reverse(windows, 7, 14, 14), x)
+  # Window-major, row-major within: image 1's second window starts at row 0, column 7.
+  np.testing.assert_array_equal(windows[5, :8], x[1, 0, 7:14].tolist() + [x[1, 1, 7]])
   mask = swin.shifted_window_mask(14, 14, 7, 3)
   assert mask.shape == (4, 49, 49)
   assert set(np.unique(mask)) == {0.0, -100.0}
@@ -121,6 +122,61 @@ def test_padding_handles_maps_that_windows_do_not_divide():
   params = block.init(jax.random.PRNGKey(1), x)
   y = block.apply(params, x)
   assert y.shape == x.shape and bool(jnp.isfinite(y).all())
+
+
+@pytest.mark.parametrize("token_multiple", [1, 2, 64])
+def test_dot_product_attention_path_computes_the_einsum_path(token_multiple):
+  """What a GPU hands cuDNN's fused kernel (jax.nn.dot_product_attention, windows zero-padded
+  to even or 64 tokens, padded keys out through the key lengths) computes the einsum path's
+  function, values and gradients (bias included); XLA's implementation stands in on CPU."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  q, k, v = (jax.random.normal(key, (2, 6, 49, 8)) for key in keys[:3])
+  bias = jax.random.normal(keys[3], (6, 49, 49)) + jnp.where(
+      jax.random.bernoulli(keys[4], 0.3, (6, 49, 49)), swin.SHIFT_MASK_VALUE, 0.0)
+  weights = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 49, 8))
+
+  def loss(implementation, multiple):
+    return jax.value_and_grad(
+        lambda *a: (swin.attend(*a, implementation, multiple) * weights).sum(),
+        argnums=(0, 1, 2, 3))
+
+  want, want_grads = loss("einsum", 1)(q, k, v, bias)
+  got, got_grads = loss("xla", token_multiple)(q, k, v, bias)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_shifted_block_is_the_same_function_under_every_attention():
+  """The model's attention option changes how, never what: same parameters, same outputs and
+  relative-position-bias gradients on a padded, shifted map."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 18, 18, 8))
+  einsum = swin.SwinBlock(dim=8, num_heads=2, window=7, shift=3)
+  params = einsum.init(jax.random.PRNGKey(1), x)
+  fused = swin.SwinBlock(dim=8, num_heads=2, window=7, shift=3, attention="xla")
+  assert jax.tree.map(np.shape, fused.init(jax.random.PRNGKey(1), x)) == jax.tree.map(
+      np.shape, params)
+
+  def table_grad(model):
+    return jax.grad(lambda p: (model.apply(p, x) ** 2).sum())(params)["params"]["attn"][
+        "relative_position_bias_table"]
+
+  np.testing.assert_allclose(fused.apply(params, x), einsum.apply(params, x), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(table_grad(fused), table_grad(einsum), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["nothing_saveable", "dots_with_no_batch_dims_saveable"])
+def test_remat_policies_recompute_the_same_gradients(policy):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 8))
+  stages = [swin.SwinStage(8, 2, 2, 4, (0.0, 0.0), remat=remat) for remat in (None, policy)]
+  params = stages[0].init(jax.random.PRNGKey(1), x)
+  plain, recomputed = (jax.grad(lambda p, m=m: (m.apply(p, x) ** 2).sum())(params)
+                       for m in stages)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), plain,
+               recomputed)
+  jaxprs = [str(jax.make_jaxpr(lambda p, m=m: m.apply(p, x))(params)) for m in stages]
+  assert "remat" not in jaxprs[0] and "remat" in jaxprs[1]
 
 
 def test_stochastic_depth_drops_whole_residual_branches_per_sample():

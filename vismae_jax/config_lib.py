@@ -9,6 +9,7 @@ import json
 import os
 
 import flax
+import jax
 import ml_collections
 
 from data_pipelines import records
@@ -22,12 +23,16 @@ SEGMENTATION = "segmentation"
 FINETUNE_KINDS = (SEGMENTATION, "classification")
 DTYPES = ("float32", "bfloat16")
 MASKINGS = ("random", "uniform")
+ATTENTIONS = ("einsum", "xla", "cudnn")  # models/swin.py's attend()
+# jax.checkpoint_policies for rematerialised blocks: save nothing, every matmul's output, or
+# those of matmuls without batch dimensions (the Dense layers, not attention's).
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DATA_SOURCES = ("shards", "sample")
 
 # Settings that say where and how a run executes, never what it computes: a workdir resumes
 # under other values of these.
-EXECUTION = ("mesh", "data.workers", "log_every", "keep_checkpoints", "figure_images",
-             "eval_batch_size", "predict")
+EXECUTION = ("mesh", "model.remat", "model.remat_policy", "model.attention", "data.workers",
+             "log_every", "keep_checkpoints", "figure_images", "eval_batch_size", "predict")
 # One run may also continue with another schedule length or validation interval (it goes on
 # from its checkpoint), and does not depend on which other runs its protocol does.
 RUN_RESUMABLE = EXECUTION + ("checkpoint_every", "total_steps", "num_epochs", "min_steps",
@@ -47,9 +52,12 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.task = "pretrain"
   c.seed = 0
 
+  # How the model computes, never what (EXECUTION): remat recomputes blocks in the backward
+  # pass, keeping what remat_policy (one of REMAT_POLICIES) saves; attention picks the window
+  # attention's implementation (ATTENTIONS).
   c.model = dict(in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 2, 2),
                  decoder_depths=(2, 2, 2), num_heads=(3, 6, 12, 24), window=7, drop_path=0.1,
-                 remat=False)
+                 remat=False, remat_policy="nothing_saveable", attention="einsum")
   # masking: "random", the release's (the encoder computes every token, masked ones too);
   # "uniform", sparse: one unit of every 2x2 block kept, the encoder runs on those alone (a
   # quarter of the tokens), secondary_ratio of them hidden behind the mask token again
@@ -131,6 +139,11 @@ def pretrain(modalities=(), variant: str = "") -> ml_collections.ConfigDict:
   return apply_variant(c, variant or "").lock()
 
 
+def remat_policy(model_config):
+  """The models' `remat`: the policy's name when blocks are rematerialised, else None."""
+  return model_config.remat_policy if model_config.remat else None
+
+
 def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   """VIS-MAE fine-tuning: the release's Swin-UNet / classifier recipe, run as a protocol."""
   seg = kind == "segmentation"
@@ -139,7 +152,8 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = dict(in_chans=3, patch_size=4, embed_dim=96,
                  depths=(2, 2, 6, 2) if seg else (2, 2, 2, 2), num_heads=(3, 6, 12, 24),
-                 window=7, drop_path=0.1, remat=False)
+                 window=7, drop_path=0.1, remat=False, remat_policy="nothing_saveable",
+                 attention="einsum")
   # pretrained: a pretraining workdir (its newest checkpoint), one checkpoint step directory, or
   # a PyTorch checkpoint (.pth / .safetensors: the release's, ours exported, Microsoft Swin-T);
   # empty: random initialisation only. freeze_encoder: only what follows the encoder trains
@@ -303,6 +317,15 @@ def _check_model(config, check):
     return  # the checks below divide by these
   n_stages = len(m.depths)
   check(config.dtype in DTYPES, f"config.dtype={config.dtype!r}: expected one of {DTYPES}")
+  check(m.remat_policy in REMAT_POLICIES,
+        f"config.model.remat_policy={m.remat_policy!r}: expected one of {REMAT_POLICIES}")
+  check(m.attention in ATTENTIONS,
+        f"config.model.attention={m.attention!r}: expected one of {ATTENTIONS}")
+  if m.attention == "cudnn":
+    check(jax.default_backend() == "gpu" and config.dtype == "bfloat16",
+          f"config.model.attention='cudnn' runs cuDNN's fused kernel, on a GPU in bfloat16 only "
+          f"(here {jax.default_backend()}, config.dtype={config.dtype!r}); 'einsum' or 'xla' "
+          "compute the same anywhere")
   check(len(m.num_heads) == n_stages,
         f"config.model.num_heads has {len(m.num_heads)} entries for {n_stages} stages "
         "(config.model.depths): give one head count per stage")

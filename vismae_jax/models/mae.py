@@ -154,7 +154,7 @@ class SwinMAE(swin.SwinBackbone):
       stage = n - 2 - j
       x = swin.SwinStage(self.embed_dim * 2 ** stage, depth, self.num_heads[stage], self.window,
                          rates[stage], resample="up" if stage > 0 else None,
-                         remat=self.remat, dtype=self.dtype,
+                         remat=self.remat, attention=self.attention, dtype=self.dtype,
                          name=f"layers_up_{j}")(x, deterministic)
       x = at_level(x, stage - 1) if stage > 0 else x
     x = swin.layer_norm("norm_up", self.dtype)(x)

@@ -87,13 +87,6 @@ def window_partition(x, window: int):
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
 
 
-def window_reverse(windows, window: int, h: int, w: int):
-  """Inverse of `window_partition`."""
-  c = windows.shape[-1]
-  x = windows.reshape(-1, h // window, w // window, window, window, c)
-  return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
-
-
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
   """(nW, window^2, window^2) additive mask separating the regions that a cyclic shift joins."""
   regions = np.zeros((h, w), np.int32)
@@ -108,37 +101,64 @@ def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
   return np.where(different, SHIFT_MASK_VALUE, 0.0).astype(np.float32)
 
 
+def attend(q, k, v, bias, implementation: str = "einsum", token_multiple: int = 1):
+  """Softmax attention of q, k, v (B, N, n, d) with an additive (N, n, n) bias.
+
+  `implementation` (config.model.attention): "einsum", two batched matmuls and an fp32
+  softmax (fastest on CPU); "xla" or "cudnn", jax.nn.dot_product_attention with that
+  implementation ("cudnn": the fused flash-attention kernel of a GPU). For the latter the n
+  tokens are zero-padded to a multiple of `token_multiple` and the padded keys left out
+  through the key lengths: cuDNN's fused kernel needs even lengths when the bias is trained,
+  and windows hold 49.
+  """
+  if implementation == "einsum":
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * q.shape[-1] ** -0.5, k).astype(jnp.float32)
+    attn = jax.nn.softmax(logits + bias, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bhqd", attn, v)
+  b, _, n, _ = q.shape
+  pad = -n % token_multiple
+  q, k, v = (jnp.pad(t, ((0, 0), (0, 0), (0, pad), (0, 0))).transpose(0, 2, 1, 3)
+             for t in (q, k, v))
+  bias = jnp.pad(bias, ((0, 0), (0, pad), (0, pad)))[None].astype(q.dtype)
+  lengths = jnp.full((b,), n, jnp.int32) if pad else None
+  out = jax.nn.dot_product_attention(q, k, v, bias, key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out.transpose(0, 2, 1, 3)[:, :, :n]
+
+
 class WindowAttention(nn.Module):
-  """Multi-head self-attention inside windows, with the Swin relative position bias."""
+  """Multi-head self-attention inside the windows of a (B, H, W, C) map, with the Swin relative
+  position bias and an optional (nW, n, n) shift mask; H and W are multiples of `window`.
+
+  Windows are folded into the head axis, not the batch: one transpose takes qkv from the map to
+  (B, windows x heads, tokens, head_dim) and one takes the output back, where window
+  partition, head split, head merge and window reverse were four; and the bias and shift mask,
+  which differ per window and head but not per image, broadcast over the batch.
+  """
   dim: int
   num_heads: int
   window: int
+  attention: str = "einsum"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask: Optional[np.ndarray] = None):
-    n_windows, n, _ = x.shape
-    head_dim = self.dim // self.num_heads
+    b, h, w, _ = x.shape
+    s, heads = self.window, self.num_heads
+    n, d, n_windows = s * s, self.dim // heads, (h // s) * (w // s)
     table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
-                       ((2 * self.window - 1) ** 2, self.num_heads))
-    bias = table[relative_position_index(self.window).reshape(-1)]
-    bias = bias.reshape(n, n, self.num_heads).transpose(2, 0, 1)
+                       ((2 * s - 1) ** 2, heads))
+    bias = table[relative_position_index(s).reshape(-1)].reshape(n, n, heads).transpose(2, 0, 1)
+    bias = bias[None] if mask is None else bias[None] + mask[:, None]
+    bias = jnp.broadcast_to(bias, (n_windows, heads, n, n)).reshape(n_windows * heads, n, n)
 
-    # Output channels of qkv are ordered (3, heads, head_dim), as in the release. Heads-major
-    # (3, B, heads, n, d) makes both attention einsums plain batched matmuls; plain einsums
-    # beat jax.nn.dot_product_attention for 49-token windows.
+    # Output channels of qkv are ordered (3, heads, head_dim), as in the release.
     qkv = dense(3 * self.dim, "qkv", self.dtype)(x)
-    qkv = qkv.reshape(n_windows, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim ** -0.5, k).astype(jnp.float32)
-    logits = logits + bias
-    if mask is not None:  # (nW, n, n), broadcast over batch and heads
-      logits = logits.reshape(-1, mask.shape[0], self.num_heads, n, n) + mask[None, :, None]
-      logits = logits.reshape(n_windows, self.num_heads, n, n)
-    attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(n_windows, n,
-                                                                             self.dim)
-    return dense(self.dim, "proj", self.dtype)(out)
+    qkv = qkv.reshape(b, h // s, s, w // s, s, 3, heads, d).transpose(5, 0, 1, 3, 6, 2, 4, 7)
+    q, k, v = qkv.reshape(3, b, n_windows * heads, n, d)
+    out = attend(q, k, v, bias, self.attention, 2 if self.attention == "cudnn" else 1)
+    out = out.reshape(b, h // s, w // s, heads, s, s, d).transpose(0, 1, 4, 2, 5, 3, 6)
+    return dense(self.dim, "proj", self.dtype)(out.reshape(b, h, w, self.dim))
 
 
 class Mlp(nn.Module):
@@ -165,6 +185,7 @@ class SwinBlock(nn.Module):
   shift: int
   drop_path: float = 0.0
   mlp_ratio: float = 4.0
+  attention: str = "einsum"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -178,10 +199,8 @@ class SwinBlock(nn.Module):
     if self.shift:
       x = jnp.roll(x, (-self.shift, -self.shift), axis=(1, 2))
       mask = shifted_window_mask(hp, wp, self.window, self.shift)
-    windows = window_partition(x, self.window)
-    windows = WindowAttention(self.dim, self.num_heads, self.window, self.dtype,
-                              name="attn")(windows, mask)
-    x = window_reverse(windows, self.window, hp, wp)
+    x = WindowAttention(self.dim, self.num_heads, self.window, self.attention, self.dtype,
+                        name="attn")(x, mask)
     if self.shift:
       x = jnp.roll(x, (self.shift, self.shift), axis=(1, 2))
     x = x[:, :h, :w]
@@ -260,7 +279,9 @@ class SwinStage(nn.Module):
   """`depth` blocks alternating plain and shifted windows, then an optional resampling.
 
   `resample` is "down" (PatchMerging, named `downsample`) in the encoder, "up" (PatchExpand,
-  named `upsample`) in the decoder, or None.
+  named `upsample`) in the decoder, or None. `remat` recomputes each block in the backward pass
+  but what the `jax.checkpoint_policies` policy of that name saves (None: no recomputation;
+  "nothing_saveable": the whole block).
   """
   dim: int
   depth: int
@@ -268,16 +289,21 @@ class SwinStage(nn.Module):
   window: int
   drop_paths: Sequence[float]
   resample: Optional[str] = None
-  remat: bool = False
+  remat: Optional[str] = None
+  attention: str = "einsum"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
-    block_cls = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
+    block_cls = SwinBlock
+    if self.remat is not None:
+      block_cls = nn.remat(SwinBlock, static_argnums=(2,),
+                           policy=getattr(jax.checkpoint_policies, self.remat))
     for i in range(self.depth):
       x = block_cls(self.dim, self.num_heads, self.window,
                     shift=0 if i % 2 == 0 else self.window // 2, drop_path=self.drop_paths[i],
-                    dtype=self.dtype, name=f"blocks_{i}")(x, deterministic)
+                    attention=self.attention, dtype=self.dtype, name=f"blocks_{i}")(
+                        x, deterministic)
     if self.resample == "down":
       x = PatchMerging(self.dim, self.dtype, name="downsample")(x)
     elif self.resample == "up":
@@ -302,7 +328,8 @@ class SwinEncoder(nn.Module):
   num_heads: Sequence[int] = (3, 6, 12, 24)
   window: int = 7
   drop_path: float = 0.1
-  remat: bool = False
+  remat: Optional[str] = None
+  attention: str = "einsum"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -314,7 +341,8 @@ class SwinEncoder(nn.Module):
       last = i == len(self.depths) - 1
       x = SwinStage(self.embed_dim * 2 ** i, depth, self.num_heads[i], self.window, rates[i],
                     resample=None if last else "down", remat=self.remat,
-                    dtype=self.dtype, name=f"layers_{i}")(x, deterministic)
+                    attention=self.attention, dtype=self.dtype, name=f"layers_{i}")(
+                        x, deterministic)
     return x, skips
 
 
@@ -332,7 +360,8 @@ class SwinBackbone(nn.Module):
   num_heads: Sequence[int] = (3, 6, 12, 24)
   window: int = 7
   drop_path: float = 0.1
-  remat: bool = False
+  remat: Optional[str] = None
+  attention: str = "einsum"
   dtype: Dtype = jnp.float32
 
   def encode(self, images, deterministic: bool, token_mask=None):
@@ -345,5 +374,6 @@ class SwinBackbone(nn.Module):
       mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.embed_dim))
       x = jnp.where(token_mask[..., None], mask_token.astype(x.dtype), x)
     return SwinEncoder(self.embed_dim, self.depths, self.num_heads, self.window, self.drop_path,
-                       remat=self.remat, dtype=self.dtype, name="encoder")(
+                       remat=self.remat, attention=self.attention, dtype=self.dtype,
+                       name="encoder")(
                            x, deterministic)

@@ -39,7 +39,8 @@ class SwinUNet(swin.SwinBackbone):
       x = _conv1x1(dim, f"skip_connection_layers_{j}", self.dtype, use_bias=True)(x)
       x = swin.SwinStage(dim, self.depths[stage], self.num_heads[stage], self.window,
                          rates[stage], resample="up" if stage > 0 else None,
-                         remat=self.remat, dtype=self.dtype, name=f"layers_up_{j}")(
+                         remat=self.remat, attention=self.attention, dtype=self.dtype,
+                         name=f"layers_up_{j}")(
                              x, deterministic)
     x = swin.layer_norm("norm_up", self.dtype)(x)
     x = swin.PatchExpand(self.embed_dim, self.patch_size, self.dtype,

@@ -30,8 +30,8 @@ def build_model(config):
   cls = unet.SwinUNet if f.kind == config_lib.SEGMENTATION else unet.SwinClassifier
   return cls(num_classes=f.num_classes, in_chans=m.in_chans, patch_size=m.patch_size,
              embed_dim=m.embed_dim, depths=tuple(m.depths), num_heads=tuple(m.num_heads),
-             window=m.window, drop_path=m.drop_path, remat=m.remat,
-             dtype=jnp.dtype(config.dtype))
+             window=m.window, drop_path=m.drop_path, remat=config_lib.remat_policy(m),
+             attention=m.attention, dtype=jnp.dtype(config.dtype))
 
 
 def init_params(model, config, rng):

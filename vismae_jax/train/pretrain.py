@@ -22,7 +22,8 @@ def build_model(config, model_class=mae.SwinMAE) -> mae.SwinMAE:
   return model_class(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
                      depths=tuple(m.depths), decoder_depths=tuple(m.decoder_depths),
                      num_heads=tuple(m.num_heads), window=m.window, drop_path=m.drop_path,
-                     remat=m.remat, dtype=jnp.dtype(config.dtype))
+                     remat=config_lib.remat_policy(m), attention=m.attention,
+                     dtype=jnp.dtype(config.dtype))
 
 
 def _grid(config):
