@@ -8,24 +8,32 @@ already on the device (input pipeline excluded: see data_throughput.py). `--devi
 forces N host devices. On a GPU it also reports model FLOPs utilisation (MFU) from XLA's cost
 analysis of the step lowered for the CPU (model FLOPs, the same on every backend: the GPU
 compiled step's analysis misses the matmuls XLA hands to cuBLAS) against the device's peak.
-`--profile=DIR` writes a trace of the timed steps (TensorBoard / Perfetto). `--baseline=torch`
-also times the release's PyTorch step (same architecture, batch and size; needs the [torch]
-extra) in the same run, so the ratio is measured under the same machine load.
+`--profile=DIR` traces three more steps of each mode into DIR/mode<i> (TensorBoard /
+Perfetto) and, on a GPU, adds their device time per kernel category (trace_categories.py).
+`--baseline=torch` also times the release's PyTorch step (same architecture, batch and size;
+needs the [torch] extra) in the same run, so the ratio is measured under the same machine load.
 `--compare=random,uniform` times the release's dense masking and the sparse one (models/mae.py)
 side by side, one step of each in turn, and adds each mode's FLOPs per image, its encoder's
 alone, and both ratios to the first mode's; `uniform+1-1-1` also gives the decoder one block per
-stage. Prints one summary line; `--json` holds every mode under `modes`.
+stage, and `random@model.attention=cudnn` sets config fields. Each mode also gets the optimised
+step's transpose and copy count and XLA's bytes accessed. Prints one summary line; `--json`
+holds every mode under `modes`.
 """
+import ast
+import functools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
 
+import ml_collections
 from absl import app, flags
 
 import output  # benchmarks/output.py
+import trace_categories  # benchmarks/trace_categories.py
 
 
 # Dense peak FLOP/s per device by compute dtype, for MFU (vendor datasheets, no sparsity).
@@ -34,6 +42,7 @@ PEAK_FLOPS = {
     "H200": {"bfloat16": 989e12, "float32": 67e12},
     "A100": {"bfloat16": 312e12, "float32": 19.5e12},
 }
+PROFILED_STEPS = 3
 
 
 flags.DEFINE_enum("preset", "release", ["release", "sample", "tiny"],
@@ -50,10 +59,12 @@ flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
 flags.DEFINE_enum("baseline", "", ["", "torch"],
                   "also time the PyTorch step side by side (CPU threads = all cores)")
 flags.DEFINE_string("json", "", "write the results here")
-flags.DEFINE_string("profile", "", "write a jax.profiler trace of the timed steps here")
+flags.DEFINE_string("profile", "", "trace a few more steps of each mode into DIR/mode<i> and "
+                    "add each mode's device time per kernel category (trace_categories.py)")
 flags.DEFINE_list("compare", ["random"], "maskings (config.mae.masking) timed side by side, "
                   "round robin; each may add lighter decoder depths after '+', e.g. "
-                  "random,uniform,uniform+1-1-1; ratios are against the first")
+                  "random,uniform,uniform+1-1-1, and config overrides after '@', e.g. "
+                  "random@model.attention=xla; ratios are against the first")
 flags.DEFINE_bool("flops_only", False, "internal: print each mode's CPU FLOPs only "
                   "(see model_flops)")
 
@@ -94,8 +105,10 @@ def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
 
 
 def mode_config(args, mode: str):
-  """The preset's config for one `--compare` entry: a masking, optionally '+' decoder depths."""
+  """The preset's config for one `--compare` entry: a masking, optionally '+' decoder depths,
+  then any '@key=value' config overrides."""
   from vismae_jax import config_lib
+  mode, *overrides = mode.split("@")
   masking, _, decoder = mode.partition("+")
   config = config_lib.pretrain(variant="" if args.preset == "release" else args.preset)
   config.batch_size, config.input.image_size, config.dtype = args.batch, args.image_size, args.dtype
@@ -107,16 +120,27 @@ def mode_config(args, mode: str):
   if args.in_chans:
     config.model.in_chans = args.in_chans
   config.data.source = "sample"
+  for assignment in overrides:
+    key, _, value = assignment.partition("=")
+    *parents, leaf = key.split(".")
+    node = functools.reduce(getattr, parents, config)
+    current = getattr(node, leaf)
+    setattr(node, leaf, value if isinstance(current, str) else ast.literal_eval(value))
   return config
 
 
-def model_flops(config, model, tx, schedule, state, batch) -> dict:
+def model_flops(config, tx, schedule, state, batch) -> dict:
   """FLOPs of one training step and of the encoder's forward pass alone, as XLA's CPU cost
-  analysis counts them, whatever the backend (--flops_only runs this in a CPU-only child)."""
+  analysis counts them with the einsum attention, whatever the backend and attention
+  (--flops_only runs this in a CPU-only child)."""
   import jax
 
   from vismae_jax.models import mae
   from vismae_jax.train import loop, pretrain
+
+  config = ml_collections.ConfigDict(config)
+  config.model.attention = "einsum"
+  model = pretrain.build_model(config)
 
   def cost(function, *shapes):
     lowered = jax.jit(function).trace(*shapes).lower(lowering_platforms=("cpu",))
@@ -134,6 +158,17 @@ def model_flops(config, model, tx, schedule, state, batch) -> dict:
                         (state, batch, schedule))
   return {"step_flops": cost(step, *shapes), "encoder_flops": cost(encoder, shapes[0]["params"],
                                                                    shapes[1])}
+
+
+def hlo_stats(compiled) -> dict:
+  """What the layout levers change, readable on any backend: the optimised step's transpose
+  and copy instructions (fused ones included) and the bytes XLA counts it accessing."""
+  text = compiled.as_text()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return {"hlo_transposes": len(re.findall(r"[ =]transpose\(", text)),
+          "hlo_copies": len(re.findall(r" copy\(", text)),
+          "bytes_accessed": float((analysis or {}).get("bytes accessed", 0.0))}
 
 
 def main(argv):
@@ -173,7 +208,7 @@ def main(argv):
     init_state = loop.make_state_initializer(tx, config.seed)
     abstract_state = jax.eval_shape(init_state, loop.abstract_params(task))
     if not flops_in_child:
-      m.update(model_flops(config, model, tx, schedule, abstract_state, batch))
+      m.update(model_flops(config, tx, schedule, abstract_state, batch))
     if args.flops_only:
       continue
     shardings = parallel.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_mb)
@@ -183,6 +218,7 @@ def main(argv):
     with parallel.activation_sharding(mesh):  # as loop.train traces it
       m["compiled"] = step.lower(m["state"], batch, schedule).compile()
     m["compile_s"] = time.perf_counter() - t0
+    m.update(hlo_stats(m["compiled"]))
   if args.flops_only:
     print(json.dumps({mode: {k: m[k] for k in ("step_flops", "encoder_flops")}
                       for mode, m in modes.items()}))
@@ -197,8 +233,6 @@ def main(argv):
 
   # Round-robin over the modes, one step each, so that machine load hits them alike.
   for i in range(args.warmup + args.steps):
-    if args.profile and i == args.warmup:
-      jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
     for m in modes.values():
       t0 = time.perf_counter()
       m["state"], metrics = m["compiled"](m["state"], batch, schedule)
@@ -206,8 +240,15 @@ def main(argv):
       if i >= args.warmup:
         m.setdefault("times", []).append(time.perf_counter() - t0)
       m["loss"] = float(metrics["loss"])
-  if args.profile:
+  # Traced apart from the timed steps, so that the profiler's overhead stays out of the times.
+  for i, m in enumerate(modes.values() if args.profile else ()):
+    trace_dir = os.path.join(args.profile, f"mode{i}")
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(PROFILED_STEPS):
+      m["state"], metrics = m["compiled"](m["state"], batch, schedule)
+    jax.block_until_ready(metrics["loss"])
     jax.profiler.stop_trace()
+    m["profile"] = trace_categories.breakdown(trace_dir)
 
   device = jax.devices()[0]
   kind = next((k for k in PEAK_FLOPS if k in device.device_kind), None)
@@ -220,11 +261,15 @@ def main(argv):
     results[mode] = {
         "masking": m["config"].mae.masking,
         "decoder_depths": list(m["config"].model.decoder_depths),
+        "attention": m["config"].model.attention,
+        "remat_policy": config_lib.remat_policy(m["config"].model),
         "img_per_s": args.batch / step_s, "step_s_median": step_s, "step_s_all": m["times"],
         "compile_s": m["compile_s"], "step_flops": m["step_flops"],
         "gflop_per_img": m["step_flops"] / args.batch / 1e9,
         "encoder_gflop_per_img": m["encoder_flops"] / args.batch / 1e9,
-        "mfu": mfu, "loss": m["loss"]}
+        "mfu": mfu, "loss": m["loss"],
+        **{k: m[k] for k in ("hlo_transposes", "hlo_copies", "bytes_accessed")},
+        "profile": m.get("profile")}
   first, *others = args.compare
   base = results[first]
   for mode in others:

@@ -1,4 +1,5 @@
 """Benchmarks keep their contract: one summary line and the documented JSON fields."""
+import gzip
 import importlib.util
 import json
 import os
@@ -24,17 +25,52 @@ def run_benchmark(tmp_path, script, *args, timeout=600) -> tuple[str, dict]:
   return lines[0], json.loads(out.read_text())
 
 
+def test_trace_categories_sort_device_kernels_only(tmp_path):
+  """A GPU trace's shape: device kernels by category, host events left out."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import trace_categories
+  events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+  kernels = {"sm90_xmma_gemm_bf16bf16_bf16f32": ("gemm", 40),
+             "cudnn_generated_fort_native_sdpa_sm90_flash_fprop": ("attention", 25),
+             "loop_transpose_fusion": ("transpose/copy", 15),
+             "input_reduce_fusion": ("reduction", 12),
+             "loop_multiply_fusion": ("elementwise", 8)}
+  for name, (_, microseconds) in kernels.items():
+    events.append({"ph": "X", "pid": 1, "tid": 7, "name": name, "dur": microseconds * 1000})
+  events.append({"ph": "X", "pid": 2, "tid": 1, "name": "PjitFunction(step)", "dur": 10 ** 9})
+  path = tmp_path / "plugins" / "profile" / "run" / "host.trace.json.gz"
+  path.parent.mkdir(parents=True)
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  result = trace_categories.breakdown(str(tmp_path))
+  assert result["device_ms"] == 100
+  assert {name: c["ms"] for name, c in result["categories"].items()} == {
+      category: ms for category, ms in kernels.values()}
+  assert result["top_kernels"][0] == ["sm90_xmma_gemm_bf16bf16_bf16f32", 40]
+  assert trace_categories.breakdown(str(tmp_path / "plugins" / "none")) is None
+
+
 @pytest.mark.slow
 def test_train_throughput(tmp_path):
   line, result = run_benchmark(tmp_path, "train_throughput.py", "--preset=tiny", "--batch=8",
                                "--image_size=64", "--steps=2", "--warmup=0", "--devices=2",
-                               "--compare=random,uniform,uniform+0-0-0", *TORCH_BASELINE)
+                               "--compare=random,uniform,uniform+0-0-0,"
+                               "random@model.attention=xla", f"--profile={tmp_path / 'trace'}",
+                               *TORCH_BASELINE)
   assert line.startswith("train_throughput: tiny batch 8 at 64 px")
   modes = result["modes"]
-  assert list(modes) == ["random", "uniform", "uniform+0-0-0"]
+  assert list(modes) == ["random", "uniform", "uniform+0-0-0", "random@model.attention=xla"]
   for mode in modes.values():
-    assert {"img_per_s", "step_s_median", "gflop_per_img", "encoder_gflop_per_img"} <= set(mode)
-    assert mode["img_per_s"] > 0 and mode["gflop_per_img"] > 0
+    assert {"img_per_s", "step_s_median", "gflop_per_img", "encoder_gflop_per_img",
+            "hlo_transposes", "bytes_accessed"} <= set(mode)
+    assert mode["img_per_s"] > 0 and mode["gflop_per_img"] > 0 and mode["bytes_accessed"] > 0
+    assert mode["profile"] is None  # a CPU trace has no kernels to sort
+  assert len(list((tmp_path / "trace").glob("mode3/**/*.trace.json.gz"))) == 1
+  # The same model and data under another attention: the same model FLOPs and loss.
+  fused = modes["random@model.attention=xla"]
+  assert fused["gflop_per_img"] == modes["random"]["gflop_per_img"]
+  assert abs(fused["loss"] - modes["random"]["loss"]) < 1e-4
   assert modes["uniform+0-0-0"]["decoder_depths"] == [0, 0, 0]
   ratios = modes["uniform"]["vs_random"]
   assert ratios["encoder_flops_ratio"] < 0.5 and ratios["flops_ratio"] < 1

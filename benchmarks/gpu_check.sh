@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The GPU step-efficiency check (one H100/H200, about 8 minutes): the release SwinMAE's
+# pretraining step under each lever, side by side, into one JSON and a table.
+#
+#   bash benchmarks/gpu_check.sh --prepare     # here, once: wheels and the old layout's tree
+#   device run, carry [".whl", ".before"]:  bash benchmarks/gpu_check.sh
+#   TINY=1 bash benchmarks/gpu_check.sh        # the same stages on a CPU, tiny sizes
+#
+# Stages, most important first; each is its own process (a failing lever, such as cuDNN
+# refusing a shape, costs its stage only), and a stage that would start after BUDGET_S seconds
+# is skipped:
+#   before      the window-partition layout (commit 8e732a3, carried in .before/), batch 256
+#   attention   this tree's layout with the einsum and XLA attention, profiled, batch 256
+#   cudnn       the same with cuDNN's fused attention, profiled
+#   batch640    the paper's per-device batch with remat (whole blocks, or keeping the Dense
+#               layers' outputs), einsum and cuDNN attention
+#   batch512    the largest batch without remat
+#   xla_flags   one run per XLA flag set below
+# Writes $OUT/train_throughput_gpu.json (every stage's train_throughput.py JSON) and
+# $OUT/gpu_check.log; prints the table last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BEFORE_COMMIT=8e732a3
+
+if [ "${1:-}" = "--prepare" ]; then
+  rm -rf .before && mkdir .before
+  git archive "$BEFORE_COMMIT" vismae_jax data_pipelines benchmarks/output.py | tar -x -C .before
+  # Today's benchmark (JSON fields, profile categories) on the old model code.
+  cp benchmarks/train_throughput.py benchmarks/trace_categories.py .before/benchmarks/
+  sed -i -e '/config.model.attention = "einsum"/d' -e '/"attention": m\["config"\]/d' \
+    -e '/"remat_policy": config_lib/d' .before/benchmarks/train_throughput.py
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform any -d .whl \
+    grain==0.2.18 array-record==0.8.6 ml-collections==1.1.0 tensorboardX==2.6.5 portpicker==1.6.0
+  grep -qx '/.before/' .git/info/exclude || echo /.before/ >> .git/info/exclude
+  grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
+  du -sh .before .whl
+  exit 0
+fi
+
+OUT=${OUT:-/tmp/gpu_check}
+STAGES=/tmp/gpu_check_stages
+mkdir -p "$OUT" && rm -rf "$STAGES" && mkdir -p "$STAGES"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+if [ -d .whl ] && ! python3 -c "import grain" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+
+if [ -n "${TINY:-}" ]; then
+  SIZE="--preset=tiny --image_size=64 --dtype=float32 --steps=2 --warmup=1"
+  BATCH=8 BIG=16 BIGGER=16 FUSED=xla BUDGET_S=${BUDGET_S:-900}
+else
+  SIZE="--preset=release --image_size=224 --dtype=bfloat16 --steps=10 --warmup=3"
+  BATCH=256 BIG=640 BIGGER=512 FUSED=cudnn BUDGET_S=${BUDGET_S:-420}
+fi
+XLA_FLAG_SETS=("--xla_gpu_enable_cudnn_layer_norm=true"
+               "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUDNN,CUSTOM_CALL"
+               "--xla_gpu_autotune_level=4")
+START=$SECONDS
+
+stage() {  # stage NAME TREE [XLA_FLAGS] -- train_throughput.py arguments
+  local name=$1 tree=$2 flags=$3
+  shift 4
+  if (( SECONDS - START > BUDGET_S )); then
+    echo "== $name: skipped (over the ${BUDGET_S} s budget)"
+    return
+  fi
+  echo "== $name ($(( SECONDS - START )) s in)"
+  (cd "$tree/benchmarks" && PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}" \
+     XLA_FLAGS="$(echo ${XLA_FLAGS:-} $flags)" timeout 300 \
+     python3 train_throughput.py $SIZE "$@" --json="$STAGES/$name.json") | tail -1
+}
+
+[ -n "${TINY:-}" ] || nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
+stage before "$ROOT/.before" "" -- --batch=$BATCH --compare=random
+stage attention "$ROOT" "" -- --batch=$BATCH --profile="$STAGES/trace_attention" \
+  --compare=random,random@model.attention=xla
+stage cudnn "$ROOT" "" -- --batch=$BATCH --profile="$STAGES/trace_cudnn" \
+  --compare=random@model.attention=$FUSED
+stage batch640 "$ROOT" "" -- --batch=$BIG --remat --compare=random,random@model.attention=$FUSED,\
+random@model.attention=$FUSED@model.remat_policy=dots_with_no_batch_dims_saveable
+stage batch512 "$ROOT" "" -- --batch=$BIGGER --compare=random@model.attention=$FUSED
+for i in "${!XLA_FLAG_SETS[@]}"; do
+  stage "xla_flags$i" "$ROOT" "${XLA_FLAG_SETS[$i]}" -- --batch=$BATCH --compare=random
+done
+
+python3 - "$STAGES" "$OUT/train_throughput_gpu.json" "${XLA_FLAG_SETS[@]}" <<'EOF'
+"""Every stage's JSON in one file, and the table: a row per stage and mode."""
+import glob, json, os, sys
+stages, out, flag_sets = sys.argv[1], sys.argv[2], sys.argv[3:]
+merged = {}
+for path in sorted(glob.glob(os.path.join(stages, "*.json")), key=os.path.getmtime):
+  name = os.path.basename(path)[:-5]
+  merged[name] = json.load(open(path))
+  if name.startswith("xla_flags"):
+    merged[name]["xla_flags"] = flag_sets[int(name[len("xla_flags"):])]
+json.dump(merged, open(out, "w"), indent=1)
+print(f"| stage | mode | batch | images/s | step ms | MFU | device time by kind |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for name, result in merged.items():
+  for mode, m in result["modes"].items():
+    mfu = f"{m['mfu']:.1%}" if m.get("mfu") else "-"
+    profile = m.get("profile") or {}
+    shares = ", ".join(f"{c} {v['share']:.0%}" for c, v in
+                       list(profile.get("categories", {}).items())[:4])
+    print(f"| {name}{' ' + result.get('xla_flags', '') if 'xla_flags' in result else ''} "
+          f"| {mode} | {result['batch']} | {m['img_per_s']:.0f} | {m['step_s_median'] * 1e3:.1f} "
+          f"| {mfu} | {shares or '-'} |")
+EOF
