@@ -207,7 +207,10 @@ def main(argv):
   if not os.path.exists(os.path.join(busi, "labels.csv")):
     sys.exit(f"{busi} not found: this benchmark needs the real images (--datasets)")
   os.makedirs(scratch, exist_ok=True)
+  # Every stage's and every rerun's executables, the small ones too (the default keeps only
+  # those that took a second to compile): a rerun or another --max_folds starts compiled.
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "compile_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   log = open(os.path.join(scratch, "runs.log"), "a")  # the runs' own closing lines
   mesh = parallel.make_mesh(config_lib.pretrain().mesh)  # the configs' default: every device
   t0 = time.perf_counter()
