@@ -97,9 +97,11 @@ def test_label_efficiency(tmp_path):
                                f"--scratch={tmp_path / 'scratch'}", timeout=900)
   assert line.startswith("label_efficiency (tiny, random masking, pretrained vs random)")
   assert result["variant"] == "tiny" and result["image_size"] == 64
+  assert set(result["stage_seconds"]) == {"ingest", "pretraining", "busi_seg", "busi_cls"}
+  assert result["pretraining"] == {"batch_size": 8, "num_epochs": 125.0, "total_steps": 20}
   for task, metric in (("busi_seg", "dice"), ("busi_cls", "roc_auc")):
     r = result[task]
-    assert r["metric"] == metric and r["fractions"] == [1.0]
+    assert r["metric"] == metric and r["fractions"] == [1.0] and r["epochs"] > 0
     for init in ("pretrained", "random"):
       entry = r[init]["1.0"]
       assert len(entry["per_fold"]) == 2 and all(0 <= v <= 1 for v in entry["per_fold"])
