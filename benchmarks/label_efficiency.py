@@ -133,10 +133,8 @@ def malignancy_csv(busi: str, path: str) -> str:
   return path
 
 
-def pretrain(args, shards: str, workdir: str, mesh):
-  """Pretrains (or resumes) in `workdir`; returns the config."""
+def pretrain_config(args, shards: str):
   from vismae_jax import config_lib
-  from vismae_jax.train import loop, pretrain as pretrain_task
   config = config_lib.pretrain(variant=PRETRAIN_VARIANT[args.variant])
   config.data.source, config.data.path = "shards", shards
   config.data.mixture.update(US=1.0, XR=1.0)
@@ -149,6 +147,13 @@ def pretrain(args, shards: str, workdir: str, mesh):
     config.num_epochs, config.total_steps = args.pretrain_epochs, 0
   config.total_steps = args.pretrain_steps or config.total_steps
   config.batch_size = args.pretrain_batch or config.batch_size
+  return config
+
+
+def pretrain(args, shards: str, workdir: str, mesh):
+  """Pretrains (or resumes) in `workdir`; returns the config."""
+  from vismae_jax.train import loop, pretrain as pretrain_task
+  config = pretrain_config(args, shards)
   loop.train(pretrain_task.make_task(config, workdir, mesh), config, workdir, mesh)
   return config
 

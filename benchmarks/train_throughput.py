@@ -25,6 +25,7 @@ import time
 
 from absl import app, flags
 
+import flops  # benchmarks/flops.py
 import output  # benchmarks/output.py
 
 
@@ -118,22 +119,14 @@ def model_flops(config, model, tx, schedule, state, batch) -> dict:
   from vismae_jax.models import mae
   from vismae_jax.train import loop, pretrain
 
-  def cost(function, *shapes):
-    lowered = jax.jit(function).trace(*shapes).lower(lowering_platforms=("cpu",))
-    analysis = lowered.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
-
   def encoder(params, images_u8):
     x, token_mask, kept = pretrain.model_inputs(config, images_u8, jax.random.PRNGKey(0), False)
     return pretrain.build_model(config, mae.SwinMAEEncoder).apply(
         {"params": params}, x, token_mask, True, kept)
 
   step = loop.make_train_step(pretrain.make_loss_fn(model, config), tx)
-  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                        (state, batch, schedule))
-  return {"step_flops": cost(step, *shapes), "encoder_flops": cost(encoder, shapes[0]["params"],
-                                                                   shapes[1])}
+  return {"step_flops": flops.xla_flops(step, state, batch, schedule),
+          "encoder_flops": flops.xla_flops(encoder, state["params"], batch)}
 
 
 def main(argv):

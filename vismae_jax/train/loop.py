@@ -168,6 +168,13 @@ class _Logger:
       self.jsonl.close()
 
 
+def run_steps(config, num_examples: int) -> int:
+  """A run's length: config.total_steps, else num_epochs over num_examples, at least min_steps
+  (label_efficiency_plan.py counts a run's images with it before it runs)."""
+  epoch_steps = int(config.num_epochs * (num_examples / config.batch_size))  # as train logs it
+  return config.total_steps or max(1, config.get("min_steps", 0), epoch_steps)
+
+
 def train(task: Task, config, workdir: str, mesh) -> dict:
   """Runs (or resumes) `task` as `config` describes in `workdir` on `mesh`; returns the last
   metrics."""
@@ -178,7 +185,7 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
   # Optimiser and schedule.
   steps_per_epoch = task.num_examples / config.batch_size
   epoch_steps = int(config.num_epochs * steps_per_epoch)
-  total_steps = config.total_steps or max(1, config.get("min_steps", 0), epoch_steps)
+  total_steps = run_steps(config, task.num_examples)
   tx = optim.make_optimizer(config)
   schedule = jax.tree.map(lambda x: parallel.global_batch(x, parallel.replicated(mesh)),
                           optim.schedule(config, steps_per_epoch, total_steps))
