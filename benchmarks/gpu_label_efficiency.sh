@@ -135,10 +135,17 @@ package() {
   cp "$SCRATCH/done/label_efficiency.json" "$OUT/" 2>/dev/null || true
   (cd "$SCRATCH/pretrain/export" 2>/dev/null && sha256sum model.* >../../logs/export.sha256) || true
   local cache
-  cache=$(du -sb "$SCRATCH/compile_cache" 2>/dev/null | cut -f1)
+  cache=$(du -sb "$SCRATCH/compile_cache" 2>/dev/null | cut -f1) || true
   echo "compile_cache ${cache:-0} bytes" >"$SCRATCH/logs/compile_cache.txt"
-  (cd "$SCRATCH" && tar -czf "$OUT/results.tar.gz" done logs runs.log export.log \
-      pretrain/metrics.jsonl busi_*/runs/*/result.json busi_*/runs/*/metrics.jsonl)
+  (
+    cd "$SCRATCH"
+    paths=()  # those there are: a call that failed early leaves its logs only
+    for path in done logs runs.log export.log pretrain/metrics.jsonl busi_*/runs/*/result.json \
+        busi_*/runs/*/metrics.jsonl; do
+      if [[ -e $path ]]; then paths+=("$path"); fi
+    done
+    tar -czf "$OUT/results.tar.gz" "${paths[@]}"
+  )
   if ((${cache:-0} && cache < 64 * 2 ** 20)); then
     tar -czf "$SCRATCH/compile_cache.tar.gz" -C "$SCRATCH" compile_cache
     if (($(stat -c %s "$SCRATCH/compile_cache.tar.gz") < 15 * 2 ** 20)); then
@@ -183,6 +190,7 @@ if [[ ${1:-} == pack ]]; then
   exit
 fi
 mkdir -p "$SCRATCH/logs" "$OUT"
+OUT=$(cd "$OUT" && pwd)
 : >"$SCRATCH/logs/stages.txt"
 trap 'summary | tee "$OUT/summary.txt"' EXIT
 stage restore restore
@@ -191,7 +199,7 @@ folds=$MIN_FOLDS
 if stage "folds$folds" label_efficiency "$folds"; then
   new=$MIN_FOLDS
   while ((folds < MAX_FOLDS)); do
-    need=$(next_fold_seconds "$new")
+    need=$(next_fold_seconds "$new") || break
     ((SECONDS + need <= DEADLINE_S)) || { echo "fold $((folds + 1)) needs ~$need s: stop"; break; }
     folds=$((folds + 1)) new=1
     stage "folds$folds" label_efficiency "$folds" || break
