@@ -11,7 +11,7 @@ r"""The paper's central claim on open data: self-pretraining helps most when lab
    protocol as `python -m vismae_jax.main --config=configs/finetune_seg.py` (protocol.py).
 3. Print one summary line; `--json` writes, for `busi_seg` (Dice) and `busi_cls` (ROC AUC), the
    fractions and per fraction each initialisation's mean, 95% CI and per-fold values, plus the
-   paired t-test p-value.
+   paired t-test p-value; `stage_seconds` times ingest, pretraining and each task.
 `--tasks=busi_cls` runs one task only; `--repeats=3` trains each fold three times with
 different seeds and averages them (the per-fold values are then those means);
 `--freeze_encoder` trains only what follows the encoder (linear probing; in
@@ -27,10 +27,15 @@ Variants:
   benchmarks/results/README.md.
 - `full`: the paper's models at 224 px with one input channel and bf16 compute (release
   SwinMAE at batch 256, Swin-UNet 2,2,6,2 filled from it, Swin classifier), 800 pretraining
-  epochs, the release's fine-tuning recipes: for a GPU.
+  epochs, the release's fine-tuning recipes: for a GPU. `--pretrain_epochs` and
+  `--finetune_epochs=busi_seg:30` shorten them (the fine-tuning warm-up keeps its share);
+  `benchmarks/gpu_label_efficiency.sh` runs it so in one 10-minute GPU session
+  (benchmarks/results/label_efficiency_gpu/PLAN.md).
 - `tiny`: the configs' `tiny` variants (cpu models, 20 pretraining and 40 fine-tuning steps): a
   check that every stage runs and the JSON is complete (the tests run it on a sixth of BUSI,
   one fraction and two folds); the numbers mean nothing.
+`--export` also writes the pretrained weights as PyTorch files, in a CPU process while the
+fine-tuning runs.
 Pretraining draws ultrasound and X-ray images equally (`data.mixture`), so that the 780 BUSI
 images are not drowned by the 3,957 chest X-rays. Every stage resumes: rerun the same command
 with the same `--scratch` after an interruption.
@@ -39,6 +44,7 @@ import contextlib
 import csv
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -61,12 +67,14 @@ flags.DEFINE_string("scratch", "/tmp/vismae_label_efficiency", "working folder; 
 flags.DEFINE_list("fractions", ["0.1", "0.25", "0.5", "1.0"], "label fractions")
 flags.DEFINE_integer("folds", 5, "cross-validation folds")
 flags.DEFINE_integer("max_folds", 0, "run only the first N folds (0: all)")
-flags.DEFINE_integer("pretrain_steps", 0, "0: the variant's")
+flags.DEFINE_integer("pretrain_steps", 0, "0: the variant's, or --pretrain_epochs")
+flags.DEFINE_float("pretrain_epochs", 0.0, "0: the variant's length; its warm-up epochs stay")
 flags.DEFINE_integer("pretrain_batch", 0, "global pretraining batch (0: the variant's, 16 or "
                      "256); smaller for accelerators with less memory")
 flags.DEFINE_integer("repeats", 1, "fine-tuning runs per fold and fraction with different "
                      "seeds, averaged")
-flags.DEFINE_float("finetune_epochs", 0.0, "0: the variant's")
+flags.DEFINE_list("finetune_epochs", [], "N for every task or TASK:N (busi_seg:30) for one, "
+                  "the warm-up keeping its share of the run; else the variant's")
 flags.DEFINE_multi_enum("tasks", list(TASKS), list(TASKS), "the tasks to run")
 flags.DEFINE_bool("encoder_only", False, "load the pretrained encoder only (the Swin-UNet's "
                   "decoder starts random; in <task>_encoder_only)")
@@ -83,7 +91,24 @@ flags.DEFINE_bool("compare_random", True, "also fine-tune from random initialisa
 flags.DEFINE_string("versus", "", "a JSON this script wrote on the same folds: paired t-tests "
                     "of this run's pretrained fold values against that run's, and its random "
                     "runs where this one has none (--nocompare_random)")
+flags.DEFINE_bool("export", False, "also export the pretrained weights to PyTorch files "
+                  "(<pretraining>/export/model.safetensors and .pth, by --config.task=export) in "
+                  "a CPU-only process beside the fine-tuning")
 flags.DEFINE_string("json", "", "write the results here")
+
+
+def epochs_by_task(entries) -> dict:
+  """--finetune_epochs as {task, or "" for every task: epochs}."""
+  epochs = {}
+  for task, _, n in (entry.rpartition(":") for entry in entries):
+    if task not in ("",) + TASKS or not n.replace(".", "", 1).isdigit():
+      raise flags.ValidationError(f"--finetune_epochs={','.join(entries)}: give N or TASK:N "
+                                  f"with a TASK of {TASKS}")
+    epochs[task] = float(n)
+  return epochs
+
+
+flags.register_validator("finetune_epochs", lambda entries: epochs_by_task(entries) is not None)
 
 
 def link_images(datasets: str, farm: str):
@@ -108,9 +133,8 @@ def malignancy_csv(busi: str, path: str) -> str:
   return path
 
 
-def pretrain(args, shards: str, workdir: str, mesh) -> str:
+def pretrain_config(args, shards: str):
   from vismae_jax import config_lib
-  from vismae_jax.train import loop, pretrain as pretrain_task
   config = config_lib.pretrain(variant=PRETRAIN_VARIANT[args.variant])
   config.data.source, config.data.path = "shards", shards
   config.data.mixture.update(US=1.0, XR=1.0)
@@ -119,10 +143,50 @@ def pretrain(args, shards: str, workdir: str, mesh) -> str:
   elif args.variant == "full":
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
   config.mae.masking, config.mae.secondary_ratio = args.masking, args.secondary_ratio
+  if args.pretrain_epochs:
+    config.num_epochs, config.total_steps = args.pretrain_epochs, 0
   config.total_steps = args.pretrain_steps or config.total_steps
   config.batch_size = args.pretrain_batch or config.batch_size
+  return config
+
+
+def pretrain(args, shards: str, workdir: str, mesh):
+  """Pretrains (or resumes) in `workdir`; returns the config."""
+  from vismae_jax.train import loop, pretrain as pretrain_task
+  config = pretrain_config(args, shards)
   loop.train(pretrain_task.make_task(config, workdir, mesh), config, workdir, mesh)
-  return workdir
+  return config
+
+
+def start_export(args, workdir: str, log_path: str) -> subprocess.Popen:
+  """`--config.task=export` of the pretraining in `workdir`, on the CPU: it needs no accelerator,
+  and so takes none of its memory or time from the fine-tuning that runs meanwhile."""
+  variant = PRETRAIN_VARIANT[args.variant]
+  with open(log_path, "w") as log:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vismae_jax.main",
+         "--config=configs/generic.py" + (f":{variant}" if variant else ""),
+         f"--workdir={workdir}", "--config.task=export"],
+        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=log,
+        stderr=subprocess.STDOUT)
+
+
+def finish_export(process: subprocess.Popen, workdir: str) -> dict:
+  """The export's exit status and its files' sizes."""
+  folder = os.path.join(workdir, "export")
+  out = {"returncode": process.wait()}
+  if out["returncode"] == 0:
+    out["files"] = {name: os.path.getsize(os.path.join(folder, name))
+                    for name in sorted(os.listdir(folder))}
+  return out
+
+
+@contextlib.contextmanager
+def timed(seconds: dict, stage: str):
+  """seconds[stage]: the wall-clock seconds of the block."""
+  start = time.perf_counter()
+  yield
+  seconds[stage] = time.perf_counter() - start
 
 
 def masking_suffix(args) -> str:
@@ -133,7 +197,7 @@ def masking_suffix(args) -> str:
                        else "")
 
 
-def finetune_config(args, kind: str, csv_path: str, pretrained: str):
+def finetune_config(args, name: str, kind: str, csv_path: str, pretrained: str):
   from vismae_jax import config_lib
   config = config_lib.finetune(kind, variant=FINETUNE_VARIANT[args.variant])
   if args.variant == "full":
@@ -149,8 +213,13 @@ def finetune_config(args, kind: str, csv_path: str, pretrained: str):
                          compare_random=args.compare_random,
                          repeats=args.repeats,
                          fractions=tuple(float(f) for f in args.fractions))
-  if args.finetune_epochs:
-    config.num_epochs = args.finetune_epochs
+  epochs = epochs_by_task(args.finetune_epochs)
+  epochs = epochs.get(name, epochs.get("", 0.0))
+  if epochs:
+    # A shorter run of the same recipe: the release's segmentation warm-up alone (40 epochs)
+    # would outlast a 30-epoch run.
+    config.optim.warmup_epochs *= epochs / config.num_epochs
+    config.num_epochs = epochs
   return config
 
 
@@ -207,18 +276,25 @@ def main(argv):
   if not os.path.exists(os.path.join(busi, "labels.csv")):
     sys.exit(f"{busi} not found: this benchmark needs the real images (--datasets)")
   os.makedirs(scratch, exist_ok=True)
+  # Every stage's and every rerun's executables, the small ones too (the default keeps only
+  # those that took a second to compile): a rerun or another --max_folds starts compiled.
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "compile_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   log = open(os.path.join(scratch, "runs.log"), "a")  # the runs' own closing lines
   mesh = parallel.make_mesh(config_lib.pretrain().mesh)  # the configs' default: every device
   t0 = time.perf_counter()
+  seconds = {}  # per stage
   size = 224 if args.variant == "full" else 64
   farm, shards = os.path.join(scratch, "images"), os.path.join(scratch, "shards")
-  link_images(datasets, farm)
-  ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",
-                                    size=size))
-  with contextlib.redirect_stdout(log):
-    pretrained = pretrain(args, shards, os.path.join(scratch, "pretrain" + masking_suffix(args)),
-                          mesh)
+  with timed(seconds, "ingest"):
+    link_images(datasets, farm)
+    ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",
+                                      size=size))
+  pretrained = os.path.join(scratch, "pretrain" + masking_suffix(args))
+  with timed(seconds, "pretraining"), contextlib.redirect_stdout(log):
+    pretraining = pretrain(args, shards, pretrained, mesh)
+  export_log = os.path.join(scratch, "export.log")
+  exporter = start_export(args, pretrained, export_log) if args.export else None
 
   tasks = {"busi_seg": ("segmentation", os.path.join(busi, "labels.csv")),
            "busi_cls": ("classification",
@@ -227,7 +303,9 @@ def main(argv):
             "max_folds": args.max_folds, "repeats": args.repeats,
             "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first,
             "encoder_only": args.encoder_only,
-            "masking": args.masking, "secondary_ratio": args.secondary_ratio}
+            "masking": args.masking, "secondary_ratio": args.secondary_ratio,
+            "pretraining": {k: pretraining[k]
+                            for k in ("batch_size", "num_epochs", "total_steps")}}
   # Each recipe its own protocol workdir beside the plain fine-tuning one.
   recipe = ("_frozen" if args.freeze_encoder else "") + (
       "_encoder_only" if args.encoder_only else "") + (
@@ -235,10 +313,15 @@ def main(argv):
       masking_suffix(args))
   for name in names:
     kind, csv_path = tasks[name]
-    config = finetune_config(args, kind, csv_path, pretrained)
-    with contextlib.redirect_stdout(log):
+    config = finetune_config(args, name, kind, csv_path, pretrained)
+    with timed(seconds, name), contextlib.redirect_stdout(log):
       result[name] = task_result(protocol.run(config, os.path.join(scratch, name + recipe), mesh))
+    result[name]["epochs"] = config.num_epochs
+  if exporter:
+    with timed(seconds, "export_wait"):
+      result["export"] = {"log": export_log, **finish_export(exporter, pretrained)}
   result["seconds"] = time.perf_counter() - t0
+  result["stage_seconds"] = seconds
   if args.versus:
     with open(args.versus) as f:
       compare_with(result, json.load(f), args.versus)

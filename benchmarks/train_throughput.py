@@ -32,6 +32,7 @@ import time
 import ml_collections
 from absl import app, flags
 
+import flops  # benchmarks/flops.py
 import output  # benchmarks/output.py
 import trace_categories  # benchmarks/trace_categories.py
 
@@ -142,33 +143,23 @@ def model_flops(config, tx, schedule, state, batch) -> dict:
   config.model.attention = "einsum"
   model = pretrain.build_model(config)
 
-  def cost(function, *shapes):
-    lowered = jax.jit(function).trace(*shapes).lower(lowering_platforms=("cpu",))
-    analysis = lowered.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
-
   def encoder(params, images_u8):
     x, token_mask, kept = pretrain.model_inputs(config, images_u8, jax.random.PRNGKey(0), False)
     return pretrain.build_model(config, mae.SwinMAEEncoder).apply(
         {"params": params}, x, token_mask, True, kept)
 
   step = loop.make_train_step(pretrain.make_loss_fn(model, config), tx)
-  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                        (state, batch, schedule))
-  return {"step_flops": cost(step, *shapes), "encoder_flops": cost(encoder, shapes[0]["params"],
-                                                                   shapes[1])}
+  return {"step_flops": flops.xla_flops(step, state, batch, schedule),
+          "encoder_flops": flops.xla_flops(encoder, state["params"], batch)}
 
 
 def hlo_stats(compiled) -> dict:
   """What the layout levers change, readable on any backend: the optimised step's transpose
   and copy instructions (fused ones included) and the bytes XLA counts it accessing."""
   text = compiled.as_text()
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return {"hlo_transposes": len(re.findall(r"[ =]transpose\(", text)),
           "hlo_copies": len(re.findall(r" copy\(", text)),
-          "bytes_accessed": float((analysis or {}).get("bytes accessed", 0.0))}
+          "bytes_accessed": flops.cost(compiled, "bytes accessed")}
 
 
 def main(argv):

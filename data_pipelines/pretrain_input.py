@@ -73,8 +73,15 @@ def num_examples(data_dir: str, modalities=None) -> int:
   return len(record_source(data_dir, modalities))
 
 
+# Batches read ahead by grain's threads. Its default, 500, decodes 500 batches before the first
+# step needs them and, in a fine-tuning run on a small label fraction, reshuffles the run's tiny
+# epochs hundreds of times beyond the run's end (about 15 ms each, holding the interpreter): on 2
+# cores a 10% run took 8 s instead of 3. 32 keeps every thread busy and an accelerator fed.
+READ_AHEAD = 32
+
+
 def make_iterator(ds: grain.MapDataset, workers: int) -> grain.DatasetIterator:
-  it = ds.to_iter_dataset()
+  it = ds.to_iter_dataset(grain.ReadOptions(prefetch_buffer_size=READ_AHEAD))
   if workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(it)

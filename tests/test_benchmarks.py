@@ -133,9 +133,11 @@ def test_label_efficiency(tmp_path):
                                f"--scratch={tmp_path / 'scratch'}", timeout=900)
   assert line.startswith("label_efficiency (tiny, random masking, pretrained vs random)")
   assert result["variant"] == "tiny" and result["image_size"] == 64
+  assert set(result["stage_seconds"]) == {"ingest", "pretraining", "busi_seg", "busi_cls"}
+  assert result["pretraining"] == {"batch_size": 8, "num_epochs": 125.0, "total_steps": 20}
   for task, metric in (("busi_seg", "dice"), ("busi_cls", "roc_auc")):
     r = result[task]
-    assert r["metric"] == metric and r["fractions"] == [1.0]
+    assert r["metric"] == metric and r["fractions"] == [1.0] and r["epochs"] > 0
     for init in ("pretrained", "random"):
       entry = r[init]["1.0"]
       assert len(entry["per_fold"]) == 2 and all(0 <= v <= 1 for v in entry["per_fold"])
@@ -159,3 +161,19 @@ def test_label_efficiency(tmp_path):
     assert r["versus"]["pretrained"] == result[task]["pretrained"]
     assert 0 <= r["versus"]["p_values"]["1.0"] <= 1 and 0 <= r["p_values"]["1.0"] <= 1
     assert "random masking" in line
+
+
+@pytest.mark.slow
+def test_label_efficiency_plan(tmp_path):
+  """The images each stage would train on, counted as the runs count them, times XLA's FLOPs."""
+  datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
+  line, plan = run_benchmark(tmp_path, "label_efficiency_plan.py", "--variant=tiny",
+                             "--max_folds=2", "--fractions=0.1,1.0", f"--datasets={datasets}")
+  assert line.startswith("label_efficiency_plan (tiny, 2 folds")
+  # 130 + 99 images; the tiny variants' 20 steps of 8, and 40 steps of 8 per run.
+  assert plan["pretraining"]["examples"] == 229 and plan["pretraining"]["images"] == 160
+  for task in ("busi_seg", "busi_cls"):
+    t = plan[task]
+    assert len(t["folds"]) == 2 and t["train_gflop_per_image"] > t["eval_gflop_per_image"] > 0
+    assert t["folds"][0]["train_images"] == 2 * 2 * 40 * 8  # fractions x initialisations
+  assert plan["seconds"] > plan["pretraining"]["seconds"] > 0

@@ -226,10 +226,7 @@ def make_task(config, examples: dict, train, val, init: str, mesh) -> loop.Task:
     except ValueError:  # a validation split with one class only
       return {metric: float("nan")}
 
-  initial = None
-  if init == "pretrained":
-    initial = lambda: pretrained_params(config, jax.device_get(
-        jax.jit(fns.init_params)(jax.random.split(jax.random.PRNGKey(config.seed))[0])))
+  initial = functools.partial(pretrained_params, config) if init == "pretrained" else None
   return loop.Task(init_params=fns.init_params, loss_fn=fns.loss_fn, dataset=dataset,
                    num_examples=len(train), initial_params=initial, on_checkpoint=validate,
                    best_metric=metric)

@@ -36,7 +36,9 @@ class Task:
   loss_fn: Callable            # (params, batch, rng) -> scalar loss
   dataset: grain.MapDataset    # this host's batches (arrays or dicts of arrays), endless
   num_examples: int            # one epoch
-  initial_params: Optional[Callable] = None  # () -> host params, e.g. transferred weights
+  # host random params -> host params, e.g. the random ones with pretrained weights
+  # transferred in
+  initial_params: Optional[Callable] = None
   on_checkpoint: Optional[Callable] = None   # (params, step) -> {name: value}: figures, validation
   best_metric: str = ""        # also keep the step with the highest on_checkpoint[best_metric]
   outputs: dict = dataclasses.field(default_factory=dict)  # {what: path} for the closing line
@@ -70,13 +72,16 @@ def make_state_initializer(tx, seed: int):
 
 
 def initial_state(task: Task, init_state, shardings, seed: int):
-  """The sharded step-0 state: random parameters made on device, or the task's own."""
+  """The sharded step-0 state: random parameters made on device, then the task's own.
+
+  Why one initialisation for both: it is a compilation as long as a forward pass's, and the
+  runs from random and from pretrained weights share it.
+  """
   param_shardings = shardings["params"]
-  if task.initial_params is None:
-    init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
-    params = jax.jit(task.init_params, out_shardings=param_shardings)(init_rng)
-  else:
-    params = jax.device_put(task.initial_params(), param_shardings)
+  init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
+  params = jax.jit(task.init_params, out_shardings=param_shardings)(init_rng)
+  if task.initial_params is not None:
+    params = jax.device_put(task.initial_params(jax.device_get(params)), param_shardings)
   return jax.jit(init_state, out_shardings=shardings, donate_argnums=0)(params)
 
 
@@ -163,6 +168,13 @@ class _Logger:
       self.jsonl.close()
 
 
+def run_steps(config, num_examples: int) -> int:
+  """A run's length: config.total_steps, else num_epochs over num_examples, at least min_steps
+  (label_efficiency_plan.py counts a run's images with it before it runs)."""
+  epoch_steps = int(config.num_epochs * (num_examples / config.batch_size))  # as train logs it
+  return config.total_steps or max(1, config.get("min_steps", 0), epoch_steps)
+
+
 def train(task: Task, config, workdir: str, mesh) -> dict:
   """Runs (or resumes) `task` as `config` describes in `workdir` on `mesh`; returns the last
   metrics."""
@@ -173,7 +185,7 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
   # Optimiser and schedule.
   steps_per_epoch = task.num_examples / config.batch_size
   epoch_steps = int(config.num_epochs * steps_per_epoch)
-  total_steps = config.total_steps or max(1, config.get("min_steps", 0), epoch_steps)
+  total_steps = run_steps(config, task.num_examples)
   tx = optim.make_optimizer(config)
   schedule = jax.tree.map(lambda x: parallel.global_batch(x, parallel.replicated(mesh)),
                           optim.schedule(config, steps_per_epoch, total_steps))
