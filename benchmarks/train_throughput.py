@@ -127,6 +127,8 @@ def mode_config(args, mode: str):
     node = functools.reduce(getattr, parents, config)
     current = getattr(node, leaf)
     setattr(node, leaf, value if isinstance(current, str) else ast.literal_eval(value))
+  if args.flops_only:  # model FLOPs, counted in a CPU process, where cuDNN is not
+    config.model.attention = "einsum"
   return config
 
 
