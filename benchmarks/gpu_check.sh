@@ -31,9 +31,8 @@ if [ "${1:-}" = "--prepare" ]; then
   sed -i -e '/config.model.attention = "einsum"/d' -e '/"attention": m\["config"\]/d' \
     -e '/"remat_policy": config_lib/d' .before/benchmarks/train_throughput.py
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform any -d .whl \
-    grain==0.2.18 array-record==0.8.6 ml-collections==1.1.0 tensorboardX==2.6.5 portpicker==1.6.0
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl -r benchmarks/gpu_requirements.txt
   grep -qx '/.before/' .git/info/exclude || echo /.before/ >> .git/info/exclude
   grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude
   du -sh .before .whl

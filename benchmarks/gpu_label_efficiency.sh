@@ -38,8 +38,6 @@ FRACTIONS=${FRACTIONS:-0.1,1.0}
 MIN_FOLDS=${MIN_FOLDS:-2}
 DATASETS=${DATASETS:-$ROOT/.gpu/datasets}
 OUT=${OUT:-$(mktemp -d)}
-WHEELS=(grain==0.2.18 array-record==0.8.6 ml-collections==1.1.0 tensorboardX==2.6.5
-        cryptography==50.0.2 cffi==2.1.1 portpicker==1.6.0)
 
 # "SAMPLE_FILE FILE" for each file of the SHA256SUMS $1 that the bundled sample holds.
 in_sample() {
@@ -54,11 +52,9 @@ pack() {
     cp -r "$source/$name/." ".gpu/datasets/$name/" && chmod -R u+w ".gpu/datasets/$name"
     (cd ".gpu/datasets/$name" && in_sample SHA256SUMS | while read -r _ file; do rm "$file"; done)
   done
-  if ! compgen -G ".whl/*.whl" >/dev/null; then
-    "$PYTHON" -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 \
-        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl "${WHEELS[@]}"
-  fi
+  "$PYTHON" -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+      -d .whl -r benchmarks/gpu_requirements.txt
   local tree
   tree=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)
   du -sb .whl .gpu/datasets | awk -v tree="$tree" '
