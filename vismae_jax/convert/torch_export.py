@@ -8,8 +8,9 @@ checkpoint. Names, shapes and dtypes are the published ones (tests/reference/key
 included, so the release's loading code (and vismae_jax.convert.torch_models) accepts them with
 strict=True. A SimMIM run (configs/simmim.py) has no published layout: its export holds the
 encoder alone (`patch_embed`, `layers.*` and the final `norm`; model "swin_encoder" in the
-safetensors metadata), what the Swin-UNet and the classifier take from it. Only the parameters are read (not the optimizer state), into host memory, from
-checkpoints of any topology (FSDP over many hosts included: see checkpoint.restore_on_host).
+safetensors metadata), what the Swin-UNet and the classifier take from it. Only the parameters
+are read (not the optimizer state), into host memory, from checkpoints of any topology (FSDP
+over many hosts included: see checkpoint.restore_on_host).
 """
 import os
 
