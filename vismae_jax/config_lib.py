@@ -23,6 +23,9 @@ SEGMENTATION = "segmentation"
 FINETUNE_KINDS = (SEGMENTATION, "classification")
 DTYPES = ("float32", "bfloat16")
 MASKINGS = ("random", "uniform")
+# Pretraining methods of the same Swin encoder: SwinMAE (models/mae.py), SimMIM
+# (models/simmim.py).
+METHODS = ("mae", "simmim")
 ATTENTIONS = ("einsum", "xla", "cudnn")  # models/swin.py's attend()
 # jax.checkpoint_policies for rematerialised blocks: save nothing, every matmul's output, or
 # those of matmuls without batch dimensions (the Dense layers, not attention's).
@@ -51,6 +54,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "pretrain"
   c.seed = 0
+  c.method = "mae"  # one of METHODS; configs/simmim.py sets "simmim" with its masking
 
   # How the model computes, never what (EXECUTION): remat recomputes blocks in the backward
   # pass, keeping what remat_policy (one of REMAT_POLICIES) saves; attention picks the window
@@ -58,9 +62,10 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.model = dict(in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 2, 2),
                  decoder_depths=(2, 2, 2), num_heads=(3, 6, 12, 24), window=7, drop_path=0.1,
                  remat=False, remat_policy="nothing_saveable", attention="einsum")
+  # The masking of both masked-image methods (SimMIM's: 32 px units, ratio 0.6; `pretrain`).
   # masking: "random", the release's (the encoder computes every token, masked ones too);
-  # "uniform", sparse: one unit of every 2x2 block kept, the encoder runs on those alone (a
-  # quarter of the tokens), secondary_ratio of them hidden behind the mask token again
+  # "uniform", sparse, SwinMAE only: one unit of every 2x2 block kept, the encoder runs on those
+  # alone (a quarter of the tokens), secondary_ratio of them hidden behind the mask token again
   # (models/mae.py; benchmarks/results/README.md measures both).
   c.mae = dict(mask_ratio=0.75, mask_unit=16, norm_pix_loss=False, masking="random",
                secondary_ratio=0.25)
@@ -105,7 +110,9 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
           wider model at 128 px does not leave in that time. Mask units of 8 px: 16 px units
           would leave 4 visible squares of a 64 px image (the paper's 224 px leave 49), and
           pretrained so the label-efficiency protocol fine-tuned worse
-          (benchmarks/results/README.md).
+          (benchmarks/results/README.md). SimMIM's units are 16 px, ratio 0.6: its
+          32 px would be 2x2 units per image, one of them visible; at 16 px 6 of 16 stay
+          visible, near the share of SimMIM's 224 px (19 of 49).
   tiny:   the sample's model on a 20-step schedule, for tests.
   """
   for name in filter(None, variant.split(",")):
@@ -114,7 +121,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
       c.model.update(in_chans=1, embed_dim=16, depths=(2, 1, 1, 1), decoder_depths=(1, 1, 1),
                      num_heads=(1, 1, 2, 2), window=4, drop_path=0.0)
       c.input.image_size = 64
-      c.mae.mask_unit = 8
+      c.mae.mask_unit = 8 if c.method == "mae" else 16
       c.batch_size = 16
       c.num_epochs = 125.0
       c.optim.update(lr=2e-3, warmup_epochs=5.0)
@@ -132,10 +139,17 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
   return c
 
 
-def pretrain(modalities=(), variant: str = "") -> ml_collections.ConfigDict:
-  """A locked pretraining config: values may change, keys may not."""
+def pretrain(modalities=(), variant: str = "", method: str = "mae"):
+  """A locked pretraining config: values may change, keys may not.
+
+  method="simmim" also takes SimMIM's masking (32 px units, 60% masked), which the variants
+  adapt to their image size.
+  """
   c = pretrain_defaults()
   c.data.modalities = tuple(modalities)
+  c.method = method
+  if method == "simmim":
+    c.mae.update(mask_unit=32, mask_ratio=0.6)
   return apply_variant(c, variant or "").lock()
 
 
@@ -346,7 +360,8 @@ def _check_pretrain(config, check):
   check(config.input.normalization in preprocess.NORMALIZATIONS,
         f"config.input.normalization={config.input.normalization!r}: expected one of "
         f"{preprocess.NORMALIZATIONS}")
-  check(len(m.decoder_depths) == n_stages - 1,
+  check(config.method in METHODS, f"config.method={config.method!r}: expected one of {METHODS}")
+  check(config.method != "mae" or len(m.decoder_depths) == n_stages - 1,
         f"config.model.decoder_depths needs {n_stages - 1} entries (one per encoder stage but "
         f"the last), got {len(m.decoder_depths)}")
   mae = config.mae
@@ -358,6 +373,9 @@ def _check_pretrain(config, check):
         f"{mae.mask_unit}")
   check(0.0 < mae.mask_ratio < 1.0, f"config.mae.mask_ratio={mae.mask_ratio}: must be in (0, 1)")
   check(mae.masking in MASKINGS, f"config.mae.masking={mae.masking!r}: expected one of {MASKINGS}")
+  check(mae.masking != "uniform" or config.method == "mae",
+        f"config.mae.masking='uniform' is SwinMAE's sparse mode; config.method="
+        f"{config.method!r} needs masking='random'")
   if mae.masking == "uniform":
     check(mae.mask_ratio == 0.75,
           f"config.mae.mask_ratio={mae.mask_ratio}: uniform masking keeps one unit in four, so "

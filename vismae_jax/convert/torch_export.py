@@ -6,8 +6,11 @@ writes `RUN/export/model.safetensors` and `RUN/export/model.pth` (`{'model': sta
 release's checkpoint format) from the run's best parameters if it kept any, else its newest
 checkpoint. Names, shapes and dtypes are the published ones (tests/reference/keys_*.txt), buffers
 included, so the release's loading code (and vismae_jax.convert.torch_models) accepts them with
-strict=True. Only the parameters are read (not the optimizer state), into host memory, from
-checkpoints of any topology (FSDP over many hosts included: see checkpoint.restore_on_host).
+strict=True. A SimMIM run (configs/simmim.py) has no published layout: its export holds the
+encoder alone (`patch_embed`, `layers.*` and the final `norm`; model "swin_encoder" in the
+safetensors metadata), what the Swin-UNet and the classifier take from it. Only the parameters
+are read (not the optimizer state), into host memory, from checkpoints of any topology (FSDP
+over many hosts included: see checkpoint.restore_on_host).
 """
 import os
 
@@ -16,20 +19,30 @@ import numpy as np
 
 from vismae_jax import checkpoint
 from vismae_jax.convert import torch_names
+from vismae_jax.models import simmim
 from vismae_jax.train import finetune
+
+
+def exported_params(params):
+  """What the export writes: everything, but of a SimMIM model only its encoder (the head and
+  the mask token have no place in a fine-tuning model)."""
+  return simmim.encoder_params(params) if simmim.HEAD in params else params
 
 
 def model_kind(params) -> str:
   if "mask_token" in params:
     return "swin_mae"
-  return "swin_unet" if "skip_connection_layers_0" in params else "swin_classifier"
+  if "skip_connection_layers_0" in params:
+    return "swin_unet"
+  return "swin_classifier" if "head" in params else "swin_encoder"
 
 
 def export(params, out_dir: str, image_size: int = 224) -> dict:
-  """Writes model.safetensors and model.pth; returns {format: path}."""
+  """Writes model.safetensors and model.pth of `exported_params`; returns {format: path}."""
   import safetensors.numpy
   import torch
 
+  params = exported_params(params)
   os.makedirs(out_dir, exist_ok=True)
   state = {k: np.ascontiguousarray(v) for k, v in
            torch_names.to_torch(params, image_size=image_size).items()}
@@ -43,10 +56,12 @@ def export(params, out_dir: str, image_size: int = 224) -> dict:
 
 def main(config, workdir: str) -> dict:
   """Exports the run in `workdir`: a fine-tuning run's best checkpoint, else the newest."""
-  params = checkpoint.load_params(
-      workdir, finetune.best_metric(config) if "finetune" in config else "")
+  params = exported_params(checkpoint.load_params(
+      workdir, finetune.best_metric(config) if "finetune" in config else ""))
   paths = export(params, os.path.join(workdir, "export"), config.input.image_size)
   n = sum(np.size(x) for x in jax.tree.leaves(params))
-  print(f"Exported {model_kind(params)} ({n:,} parameters): " +
+  kind = model_kind(params)
+  what = " (the encoder alone: patch_embed, layers.*, norm)" if kind == "swin_encoder" else ""
+  print(f"Exported {kind}{what} ({n:,} parameters): " +
         " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
   return paths

@@ -103,8 +103,9 @@ def unpatchify(patches, patch: int, channels: int):
   return x.reshape(b, gh * patch, gw * patch, channels)
 
 
-def masked_mse(pred, images, token_mask, patch: int, norm_pix_loss: bool = False):
-  """Per-token MSE over the p*p*C values, averaged over masked tokens only.
+def masked_pixel_loss(pred, images, token_mask, patch: int, norm_pix_loss: bool, error):
+  """Per-token mean of error(pred - target) over the p*p*C values, averaged over masked tokens
+  only: the mean over masked pixels, as every token holds as many.
 
   With `norm_pix_loss` each target patch is standardised by its own mean and unbiased variance.
   """
@@ -113,9 +114,19 @@ def masked_mse(pred, images, token_mask, patch: int, norm_pix_loss: bool = False
     mean = target.mean(axis=-1, keepdims=True)
     var = target.var(axis=-1, keepdims=True, ddof=1)
     target = (target - mean) / jnp.sqrt(var + 1e-6)
-  per_token = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
+  per_token = jnp.mean(error(pred.astype(jnp.float32) - target), axis=-1)
   mask = token_mask.astype(jnp.float32)
   return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_mse(pred, images, token_mask, patch: int, norm_pix_loss: bool = False):
+  """MAE's loss: the squared error on the masked pixels."""
+  return masked_pixel_loss(pred, images, token_mask, patch, norm_pix_loss, jnp.square)
+
+
+def masked_l1(pred, images, token_mask, patch: int, norm_pix_loss: bool = False):
+  """SimMIM's loss: the absolute error on the masked pixels."""
+  return masked_pixel_loss(pred, images, token_mask, patch, norm_pix_loss, jnp.abs)
 
 
 class SwinMAE(swin.SwinBackbone):

@@ -1,4 +1,6 @@
-"""The pretraining task: SwinMAE on window-masked images, MSE on the masked pixels.
+"""The pretraining task: SwinMAE (MSE) or SimMIM (L1) on window-masked images, the loss on
+the masked pixels. Both models return pixel patches of the same layout, so everything else here
+(masking, figure, loop) is shared; `config.method` chooses the model and the loss.
 
 Everything per-pixel happens here, inside the jitted step: uint8 -> float, resize, flip,
 normalisation, mask sampling and the loss. Randomness comes from the step's key only, so a
@@ -13,17 +15,24 @@ from absl import logging
 
 from data_pipelines import pretrain_input, records, sample
 from vismae_jax import augment, config_lib, figures, parallel, preprocess
-from vismae_jax.models import mae
+from vismae_jax.models import mae, simmim
 from vismae_jax.train import loop
 
+# Per config.method: the model, its loss and the name the figure gives it.
+MODELS = {"mae": mae.SwinMAE, "simmim": simmim.SwinSimMIM}
+LOSSES = {"mae": mae.masked_mse, "simmim": mae.masked_l1}
+NAMES = {"mae": "SwinMAE", "simmim": "SimMIM"}
 
-def build_model(config, model_class=mae.SwinMAE) -> mae.SwinMAE:
+
+def build_model(config, model_class=None):
+  """config.method's model, or model_class (a SwinMAE variant) on the same settings."""
   m = config.model
+  model_class = model_class or MODELS[config.method]
+  decoder = dict(decoder_depths=tuple(m.decoder_depths)) if config.method == "mae" else {}
   return model_class(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
-                     depths=tuple(m.depths), decoder_depths=tuple(m.decoder_depths),
-                     num_heads=tuple(m.num_heads), window=m.window, drop_path=m.drop_path,
-                     remat=config_lib.remat_policy(m), attention=m.attention,
-                     dtype=jnp.dtype(config.dtype))
+                     depths=tuple(m.depths), num_heads=tuple(m.num_heads), window=m.window,
+                     drop_path=m.drop_path, remat=config_lib.remat_policy(m),
+                     attention=m.attention, dtype=jnp.dtype(config.dtype), **decoder)
 
 
 def _grid(config):
@@ -68,7 +77,8 @@ def make_loss_fn(model, config):
     x, token_mask, kept = model_inputs(config, images_u8, input_rng, train=True)
     pred = model.apply({"params": params}, x, token_mask, deterministic=False, kept_units=kept,
                        rngs={"dropout": drop_rng})
-    return mae.masked_mse(pred, x, token_mask, config.model.patch_size, config.mae.norm_pix_loss)
+    return LOSSES[config.method](pred, x, token_mask, config.model.patch_size,
+                                 config.mae.norm_pix_loss)
   return loss_fn
 
 
@@ -129,7 +139,8 @@ def figure_batch(data_dir: str, config) -> np.ndarray:
 
 
 def make_task(config, workdir: str, mesh) -> loop.Task:
-  """SwinMAE pretraining on the configured shards; a reconstruction grid at every checkpoint."""
+  """config.method's pretraining on the configured shards; a reconstruction grid at every
+  checkpoint."""
   config_lib.validate(config, jax.device_count(), jax.process_count())
   data_dir = resolve_data_dir(config, workdir)
   model = build_model(config)
@@ -150,8 +161,8 @@ def make_task(config, workdir: str, mesh) -> loop.Task:
       norm = config.input.normalization
       figures.image_grid({name: figures.to_display(rows[name], norm)
                           for name in FIGURE_ROWS if name in rows},
-                         figure_path, title=f"SwinMAE reconstructions ({config.mae.masking} "
-                                            f"masking), step {step}")
+                         figure_path, title=f"{NAMES[config.method]} reconstructions "
+                                            f"({config.mae.masking} masking), step {step}")
     return {}
 
   return loop.Task(

@@ -1,0 +1,45 @@
+"""SwinSimMIM: SimMIM pretraining of the Swin encoder that SwinMAE pretrains.
+
+SimMIM (Xie et al., 2022) replaces masked tokens by a learned mask token, runs the encoder on
+the whole grid (as SwinMAE's "random" masking does), normalises the last stage and predicts the
+pixels with one linear layer: each final-stage token, stride = patch_size * 2^(stages-1) pixels
+on a side, predicts its stride x stride x in_chans pixels. The loss is the L1 error on the
+masked pixels (`mae.masked_l1`).
+
+The encoder's names are SwinMAE's (`patch_embed`, `mask_token`, `encoder/layers_*`), so a
+checkpoint transfers into the Swin-UNet and the classifier by name; `norm`, the encoder's final
+LayerNorm, also fills the classifier's `norm`. Only `simmim_head` has no place downstream.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vismae_jax.models import mae, swin
+
+HEAD = "simmim_head"
+# The tensors a fine-tuning model can take: what the export writes of a SimMIM run.
+ENCODER = ("patch_embed", "encoder", "norm")
+
+
+def encoder_params(params) -> dict:
+  """A SwinSimMIM's parameters without the head and the mask token, which fine-tuning never
+  uses and the release's layout has no place for."""
+  return {k: params[k] for k in ENCODER}
+
+
+class SwinSimMIM(swin.SwinBackbone):
+  """Swin encoder on the masked token grid + LayerNorm + one linear layer predicting pixels."""
+
+  @nn.compact
+  def __call__(self, images, token_mask, deterministic: bool = True, kept_units=None):
+    """SwinMAE's signature and output: images (B, H, W, in_chans), token_mask (B, H/p, W/p)
+    True where the encoder sees nothing -> (B, H/p, W/p, p*p*C) pixel patches, so that the loss
+    and the reconstruction figure treat both models alike. kept_units must be None: the
+    sparse masking is SwinMAE's."""
+    if kept_units is not None:
+      raise ValueError("SwinSimMIM runs on the whole token grid (no sparse masking)")
+    x, _ = self.encode(images, deterministic, token_mask)
+    x = swin.layer_norm("norm", self.dtype)(x)
+    stride = self.patch_size * 2 ** (len(self.depths) - 1)
+    x = swin.dense(stride * stride * self.in_chans, HEAD, self.dtype)(x)
+    pixels = mae.unpatchify(x.astype(jnp.float32), stride, self.in_chans)
+    return swin.name_axes(mae.patchify(pixels, self.patch_size))
