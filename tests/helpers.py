@@ -176,3 +176,46 @@ def assert_export_loads_and_fills_the_unet(export_dir):
   np.testing.assert_array_equal(
       torch_names.to_torch(params)["layers.0.blocks.0.attn.qkv.weight"],
       model.state_dict()["layers.0.blocks.0.attn.qkv.weight"].numpy())
+
+
+def assert_encoder_export_transfers(workdir, config):
+  """Exports the pretraining run in `workdir` (its `config`, e.g. configs/simmim.py:tiny) and
+  checks that the export holds the encoder alone (the run's patch_embed, layers.* and norm),
+  which fills every encoder tensor of the Swin-UNet and, with `norm`, the classifier's: the
+  Swin-UNet from the workdir, the classifier from the exported file."""
+  import safetensors
+
+  from vismae_jax import checkpoint
+  from vismae_jax.convert import torch_names, transfer
+  from vismae_jax.train import finetune
+
+  def encoder_names(state):
+    return sorted(n for n in state if n.startswith(("patch_embed.", "layers.")))
+
+  proc = run_main(workdir, "--config.task=export", config=config)
+  assert "Exported swin_encoder (the encoder alone" in proc.stdout
+  path = f"{workdir}/export/model.safetensors"
+  with safetensors.safe_open(path, "np") as f:
+    assert f.metadata()["model"] == "swin_encoder"
+    exported = {k: f.get_tensor(k) for k in f.keys()}
+  state = torch_names.to_torch(checkpoint.load_params(workdir), image_size=64)
+  assert sorted(exported) == sorted(encoder_names(state) + ["norm.bias", "norm.weight"])
+  for name, value in exported.items():
+    np.testing.assert_array_equal(value, state[name])
+
+  for kind, source, norm in (("seg", workdir, []), ("cls", path, ["norm.bias", "norm.weight"])):
+    finetune_config = load_config(f"finetune_{kind}.py", "tiny")
+    finetune_config.finetune.pretrained = source
+    model = finetune.build_model(finetune_config)
+    shapes = jax.eval_shape(lambda rng: finetune.init_params(model, finetune_config, rng),
+                            jax.random.PRNGKey(0))
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    params = finetune.pretrained_params(finetune_config, target)
+    loaded = torch_names.to_torch(params)
+    wanted = encoder_names(loaded) + norm
+    for name in wanted:
+      np.testing.assert_array_equal(loaded[name], state[name], err_msg=name)
+    _, report = transfer.transfer(
+        checkpoint.load_params(source) if source == workdir else exported, target)
+    assert sorted(report.loaded) == sorted(wanted), kind
+    assert report.new and all(not n.startswith(("patch_embed.", "layers.")) for n in report.new)

@@ -6,11 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import load_config, read_metrics, run_main
-from vismae_jax import checkpoint, config_lib
-from vismae_jax.convert import torch_names, transfer
+from helpers import assert_encoder_export_transfers, load_config, read_metrics, run_main
+from vismae_jax import config_lib
 from vismae_jax.models import mae
-from vismae_jax.train import finetune, pretrain
+from vismae_jax.train import pretrain
 
 
 def param_shapes(config):
@@ -66,44 +65,11 @@ def test_the_sparse_masking_is_swinmaes_alone():
     config_lib.validate(config, 1, 1)
 
 
-def encoder_names(state):
-  return sorted(n for n in state if n.startswith(("patch_embed.", "layers.")))
-
-
 def test_a_short_run_on_real_images_learns_and_exports_an_encoder_that_transfers(tmp_path):
   """40 steps of :tiny on the bundled sample lower the L1 loss; the export holds the encoder
-  alone, which fills every encoder tensor of the Swin-UNet and, with `norm`, the classifier's
-  (from the file), and the same from the workdir."""
-  import safetensors
-
+  alone, which fills the fine-tuning models' encoders (helpers.assert_encoder_export_transfers)."""
   workdir = str(tmp_path / "simmim")
   run_main(workdir, "--config.total_steps=40", config="configs/simmim.py:tiny")
   losses = [m["loss"] for m in read_metrics(workdir)]
   assert len(losses) == 8 and np.mean(losses[-2:]) < 0.7 * losses[0], losses
-  proc = run_main(workdir, "--config.task=export", config="configs/simmim.py:tiny")
-  assert "Exported swin_encoder (the encoder alone" in proc.stdout
-  path = f"{workdir}/export/model.safetensors"
-  with safetensors.safe_open(path, "np") as f:
-    assert f.metadata()["model"] == "swin_encoder"
-    exported = {k: f.get_tensor(k) for k in f.keys()}
-  state = torch_names.to_torch(checkpoint.load_params(workdir), image_size=64)
-  assert sorted(exported) == sorted(encoder_names(state) + ["norm.bias", "norm.weight"])
-  for name, value in exported.items():
-    np.testing.assert_array_equal(value, state[name])
-
-  for kind, source, norm in (("seg", workdir, []), ("cls", path, ["norm.bias", "norm.weight"])):
-    config = load_config(f"finetune_{kind}.py", "tiny")
-    config.finetune.pretrained = source
-    model = finetune.build_model(config)
-    shapes = jax.eval_shape(lambda rng: finetune.init_params(model, config, rng),
-                            jax.random.PRNGKey(0))
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    params = finetune.pretrained_params(config, target)
-    loaded = torch_names.to_torch(params)
-    wanted = encoder_names(loaded) + norm
-    for name in wanted:
-      np.testing.assert_array_equal(loaded[name], state[name], err_msg=name)
-    _, report = transfer.transfer(
-        checkpoint.load_params(source) if source == workdir else exported, target)
-    assert sorted(report.loaded) == sorted(wanted), kind
-    assert report.new and all(not n.startswith(("patch_embed.", "layers.")) for n in report.new)
+  assert_encoder_export_transfers(workdir, "configs/simmim.py:tiny")

@@ -19,14 +19,19 @@ import numpy as np
 
 from vismae_jax import checkpoint
 from vismae_jax.convert import torch_names
-from vismae_jax.models import simmim
+from vismae_jax.models import simmim, swin
 from vismae_jax.train import finetune
+
+# The heads of the pretraining methods without a published layout.
+ENCODER_ONLY_HEADS = (simmim.HEAD,)
 
 
 def exported_params(params):
   """What the export writes: everything, but of a SimMIM model only its encoder (the head and
   the mask token have no place in a fine-tuning model)."""
-  return simmim.encoder_params(params) if simmim.HEAD in params else params
+  if any(head in params for head in ENCODER_ONLY_HEADS):
+    return swin.encoder_params(params)
+  return params
 
 
 def model_kind(params) -> str:

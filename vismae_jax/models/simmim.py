@@ -16,14 +16,6 @@ import jax.numpy as jnp
 from vismae_jax.models import mae, swin
 
 HEAD = "simmim_head"
-# The tensors a fine-tuning model can take: what the export writes of a SimMIM run.
-ENCODER = ("patch_embed", "encoder", "norm")
-
-
-def encoder_params(params) -> dict:
-  """A SwinSimMIM's parameters without the head and the mask token, which fine-tuning never
-  uses and the release's layout has no place for."""
-  return {k: params[k] for k in ENCODER}
 
 
 class SwinSimMIM(swin.SwinBackbone):

@@ -346,6 +346,17 @@ class SwinEncoder(nn.Module):
     return x, skips
 
 
+# What a fine-tuning model can take of a pretraining model: the patch embedding, the encoder
+# stages and the final LayerNorm (the classifier's `norm`).
+ENCODER_PARAMS = ("patch_embed", "encoder", "norm")
+
+
+def encoder_params(params) -> dict:
+  """A pretraining model's encoder alone: what the export of a method without a published layout
+  writes (SimMIM, SimCLR), since its head and mask token have no place in a fine-tuning model."""
+  return {k: params[k] for k in ENCODER_PARAMS}
+
+
 class SwinBackbone(nn.Module):
   """The encoder hyper-parameters and stem that SwinMAE, Swin-UNet and the classifier share.
 
