@@ -4,7 +4,8 @@ The host hands over uint8 bytes; every transform here acts on (B, H, W, C) float
 the train step, with one key per image split from the step's key, so a replayed step draws the
 same crops, flips and rotations.
 
-Pretraining: random resized crop (MAE-style scale and aspect ranges) and horizontal flips.
+Pretraining: random resized crop (MAE-style scale and aspect ranges) and horizontal flips;
+SimCLR's views add brightness and contrast jitter and Gaussian blur (`contrastive_view`).
 Segmentation: the same random geometry applied to image and mask together: flips, 90-degree
 rotations, and an affine map (rotation, translation, scale, shear), bilinear for images and
 nearest-neighbour for masks so labels stay labels.
@@ -37,6 +38,57 @@ def random_resized_crop(rng, images, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
     return jax.image.scale_and_translate(image, image.shape, (0, 1), s, -jnp.array([y0, x0]) * s,
                                          "linear", antialias=True)
   return jax.vmap(crop)(images, crop_h, crop_w, top, left)
+
+
+def random_gaussian_blur(rng, images, prob: float, sigma=(0.1, 2.0)):
+  """Blurs each image with probability `prob`, with its own sigma (px) drawn from `sigma`.
+
+  Separable, over a kernel of ~10% of the side as in SimCLR, edges replicated. The kernel's
+  taps are fixed by the image size, so one program serves every sigma.
+  """
+  b, h, w, _ = images.shape
+  k_do, k_sigma = jax.random.split(rng)
+  radius = max(1, h // 20)
+  sigmas = jax.random.uniform(k_sigma, (b,), minval=sigma[0], maxval=sigma[1])
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * (taps / sigmas[:, None]) ** 2)
+  weights = (weights / weights.sum(-1, keepdims=True))[:, None, None, None]  # (B, 1, 1, 1, K)
+
+  def blur(x, axis):
+    pad = [(0, 0)] * 4
+    pad[axis] = (radius, radius)
+    x = jnp.pad(x, pad, mode="edge")
+    n = x.shape[axis] - 2 * radius
+    shifted = jnp.stack([jax.lax.slice_in_dim(x, k, k + n, axis=axis)
+                         for k in range(2 * radius + 1)], -1)
+    return (shifted * weights).sum(-1)
+  blurred = blur(blur(images, 1), 2)
+  do = jax.random.bernoulli(k_do, prob, (b,))[:, None, None, None]
+  return jnp.where(do, blurred, images)
+
+
+def random_intensity(rng, images, brightness: float, contrast: float):
+  """Grey-level jitter: each image scaled by a factor in [1 - brightness, 1 + brightness], and
+  its contrast about its mean by one in [1 - contrast, 1 + contrast] (torchvision's brightness
+  and contrast, for images in [0, 1], unclamped; SimCLR's saturation and hue need colour)."""
+  b = images.shape[0]
+  k_b, k_c = jax.random.split(rng)
+  gain = jax.random.uniform(k_b, (b, 1, 1, 1), minval=1 - brightness, maxval=1 + brightness)
+  spread = jax.random.uniform(k_c, (b, 1, 1, 1), minval=1 - contrast, maxval=1 + contrast)
+  images = images * gain
+  mean = images.mean(axis=(1, 2, 3), keepdims=True)
+  return (images - mean) * spread + mean
+
+
+def contrastive_view(rng, images, *, crop_scale, hflip: bool, brightness: float,
+                     contrast: float, blur_prob: float, blur_sigma):
+  """One SimCLR view of each image: random resized crop, flip, intensity jitter, blur."""
+  k_crop, k_flip, k_intensity, k_blur = jax.random.split(rng, 4)
+  images = random_resized_crop(k_crop, images, scale=tuple(crop_scale))
+  if hflip:
+    images = random_hflip(k_flip, images)
+  images = random_intensity(k_intensity, images, brightness, contrast)
+  return random_gaussian_blur(k_blur, images, blur_prob, tuple(blur_sigma))
 
 
 def _affine_matrices(rng, b, rotate90, max_rotate, max_translate, scale, max_shear):
