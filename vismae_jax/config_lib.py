@@ -24,8 +24,8 @@ FINETUNE_KINDS = (SEGMENTATION, "classification")
 DTYPES = ("float32", "bfloat16")
 MASKINGS = ("random", "uniform")
 # Pretraining methods of the same Swin encoder: SwinMAE (models/mae.py), SimMIM
-# (models/simmim.py).
-METHODS = ("mae", "simmim")
+# (models/simmim.py), SimCLR (models/simclr.py).
+METHODS = ("mae", "simmim", "simclr")
 ATTENTIONS = ("einsum", "xla", "cudnn")  # models/swin.py's attend()
 # jax.checkpoint_policies for rematerialised blocks: save nothing, every matmul's output, or
 # those of matmuls without batch dimensions (the Dense layers, not attention's).
@@ -54,7 +54,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "pretrain"
   c.seed = 0
-  c.method = "mae"  # one of METHODS; configs/simmim.py sets "simmim" with its masking
+  c.method = "mae"  # one of METHODS; configs/simmim.py and simclr.py set theirs (`pretrain`)
 
   # How the model computes, never what (EXECUTION): remat recomputes blocks in the backward
   # pass, keeping what remat_policy (one of REMAT_POLICIES) saves; attention picks the window
@@ -69,6 +69,13 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   # (models/mae.py; benchmarks/results/README.md measures both).
   c.mae = dict(mask_ratio=0.75, mask_unit=16, norm_pix_loss=False, masking="random",
                secondary_ratio=0.25)
+  # SimCLR (method="simclr"): temperature 0.1, the paper's best at its 4096 batch (ours: 5120);
+  # projection_dims, the projection head's (hidden, output) widths (the paper's 2048 -> 128).
+  # Each view: input.crop_scale's crop (SimCLR's (0.08, 1), set by `pretrain`) and input.hflip,
+  # brightness and contrast jitter (SimCLR's colour strength 0.5: grey images have no
+  # saturation or hue), and with probability blur_prob a Gaussian blur of sigma in blur_sigma px.
+  c.simclr = dict(temperature=0.1, projection_dims=(2048, 128), brightness=0.4, contrast=0.4,
+                  blur_prob=0.5, blur_sigma=(0.1, 2.0))
   # minmax: the per-image [0, 1] scaling that fine-tuning uses, so both stages see the same
   # inputs; "release" reproduces the published pretraining (mean 0.223, std 0.202).
   # crop_scale: random resized crop area range, on device ((1, 1): none, as the release;
@@ -122,9 +129,16 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
                      num_heads=(1, 1, 2, 2), window=4, drop_path=0.0)
       c.input.image_size = 64
       c.mae.mask_unit = 8 if c.method == "mae" else 16
+      # SimCLR at 64 px and batch 16: crops of at least 20% of the area (8% is 18 px), blur
+      # scaled from 224 px, a head as wide as the last stage, temperature 0.2 and lr 5e-4
+      # (on the sample, 0.5 learned more slowly in 40 steps and lr 2e-3 collapsed the
+      # embeddings to one point: the loss went to log(2N - 1)).
+      if c.method == "simclr":
+        c.input.crop_scale = (0.2, 1.0)
+        c.simclr.update(temperature=0.2, projection_dims=(128, 32), blur_sigma=(0.1, 0.6))
       c.batch_size = 16
       c.num_epochs = 125.0
-      c.optim.update(lr=2e-3, warmup_epochs=5.0)
+      c.optim.update(lr=5e-4 if c.method == "simclr" else 2e-3, warmup_epochs=5.0)
       c.log_every = 100
       c.checkpoint_every = 500
     if name == "tiny":
@@ -143,13 +157,15 @@ def pretrain(modalities=(), variant: str = "", method: str = "mae"):
   """A locked pretraining config: values may change, keys may not.
 
   method="simmim" also takes SimMIM's masking (32 px units, 60% masked), which the variants
-  adapt to their image size.
+  adapt to their image size; method="simclr" SimCLR's crop scale (0.08 to 1 of the area).
   """
   c = pretrain_defaults()
   c.data.modalities = tuple(modalities)
   c.method = method
   if method == "simmim":
     c.mae.update(mask_unit=32, mask_ratio=0.6)
+  if method == "simclr":
+    c.input.crop_scale = (0.08, 1.0)
   return apply_variant(c, variant or "").lock()
 
 
@@ -401,6 +417,22 @@ def _check_pretrain(config, check):
   low, high = config.input.crop_scale
   check(0 < low <= high <= 1, f"config.input.crop_scale={tuple(config.input.crop_scale)}: "
         "need 0 < min <= max <= 1 (area fractions)")
+  if config.method == "simclr":
+    _check_simclr(config.simclr, check)
+
+
+def _check_simclr(simclr, check):
+  check(simclr.temperature > 0, f"config.simclr.temperature={simclr.temperature}: must be > 0")
+  dims = tuple(simclr.projection_dims)
+  check(len(dims) == 2 and all(isinstance(d, int) and d > 0 for d in dims),
+        f"config.simclr.projection_dims={dims}: two positive widths, (hidden, output)")
+  for name in ("brightness", "contrast"):
+    check(0 <= simclr[name] < 1, f"config.simclr.{name}={simclr[name]}: must be in [0, 1)")
+  check(0 <= simclr.blur_prob <= 1, f"config.simclr.blur_prob={simclr.blur_prob}: must be in "
+        "[0, 1]")
+  low, high = simclr.blur_sigma
+  check(0 < low <= high, f"config.simclr.blur_sigma={tuple(simclr.blur_sigma)}: need "
+        "0 < min <= max (px)")
 
 
 def _check_finetune(config, check):
