@@ -49,8 +49,20 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
   metrics = [json.load(open(os.path.join(runs, n, "result.json")))["metric"] for n in names]
   assert random["per_fold_repeats"] == [pytest.approx(metrics)]
   assert random["per_fold"] == [pytest.approx(np.mean(metrics))]
-  for name in ("report.json", "report.csv", "report.md", "label_efficiency.png", "overlays.png"):
+  for name in ("report.json", "report.csv", "report.md", "label_efficiency.png", "overlays.png",
+               "feature_reuse.md", "feature_reuse.png"):
     assert os.path.getsize(os.path.join(tmp_path, name)) > 0
+  # Feature reuse: the first seed's run with all the labels, a CKA in [0, 1] per encoder stage.
+  reuse = summary["feature_reuse"]
+  assert reuse["runs"] == {"random": "random_labels100_fold0"} and reuse["fraction"] == 1.0
+  cka = reuse["cka"]["random"]
+  assert list(cka) == ["patch_embed", *(f"layers_{i}" for i in range(len(config.model.depths)))]
+  with open(os.path.join(tmp_path, "feature_reuse.md")) as f:
+    row = next(line for line in f if line.startswith("| random |"))
+  assert [float(v) for v in row.strip(" |\n").split("|")[1:]] == pytest.approx(
+      list(cka.values()), abs=5e-4)
+  assert all(0 <= v <= 1 for v in cka.values())
+  assert row in open(os.path.join(tmp_path, "report.md")).read()
   assert summary["splits"]["groups"].startswith("grouped by the CSV's 'patient_key' column")
   assert summary["units"] == {"hd95": "px"}
   # Run again: every run is reused, none trains, and the log says so.
@@ -58,6 +70,7 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
     again = protocol.run(config, str(tmp_path), mesh)
   assert "reusing 4 finished runs of 4" in caplog.text and "run 1/" not in caplog.text
   assert again["by_fraction"] == summary["by_fraction"]
+  assert again["feature_reuse"]["cka"]["random"] == pytest.approx(cka)  # the same start
 
 
 def frames_of_subjects(folder, with_folds: bool) -> str:

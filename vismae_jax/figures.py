@@ -93,3 +93,24 @@ def segmentation_overlays(images, masks, predictions: dict, row_labels, path: st
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def heatmap(values: np.ndarray, row_labels, column_labels, path: str, title: str = "",
+            label: str = "") -> str:
+  """A table of values in [0, 1] as colours, each cell also written out (the number is what a
+  reader compares; the colour is where the eye goes first)."""
+  values = np.asarray(values, float)
+  fig, ax = plt.subplots(figsize=(1.1 * values.shape[1] + 2.2, 0.6 * values.shape[0] + 1.4))
+  image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+  for (r, c), value in np.ndenumerate(values):
+    ax.text(c, r, f"{value:.2f}", ha="center", va="center",
+            color="black" if value > 0.6 else "white", fontsize=9)
+  ax.set_xticks(range(values.shape[1]), column_labels, rotation=30, ha="right")
+  ax.set_yticks(range(values.shape[0]), row_labels)
+  fig.colorbar(image, ax=ax, label=label)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -20,7 +20,7 @@ import tqdm
 from absl import logging
 
 from data_pipelines import downstream, splits
-from vismae_jax import checkpoint, config_lib, parallel, report
+from vismae_jax import analysis, checkpoint, config_lib, parallel, report
 from vismae_jax.train import finetune, loop
 
 
@@ -133,6 +133,37 @@ def run_one(config, run: dict, workdir: str, mesh, examples: dict, distance_scal
       json.dump(result, f)
   checkpoint.keep_best_only(out_dir, task.best_metric)
   return result
+
+
+# Validation images per feature-reuse comparison: a forward pass of tens of images per model.
+FEATURE_REUSE_IMAGES = 32
+
+
+def starting_params(config, init: str, mesh):
+  """A run's parameters at step 0 (host arrays), remade as loop.initial_state made them: the
+  random init of the run's seed, with the pretrained weights transferred in for `pretrained`."""
+  params = jax.jit(finetune.functions(config).init_params, out_shardings=parallel.replicated(
+      mesh))(loop.init_key(config.seed))
+  params = jax.device_get(params)
+  return finetune.pretrained_params(config, params) if init == "pretrained" else params
+
+
+def feature_reuse(config, runs: list[dict], workdir: str, mesh, examples: dict) -> dict:
+  """Linear CKA per encoder stage between the start and the end of fine-tuning (analysis.py)
+  for each initialisation's run with the most labels in the first fold (its first seed), on
+  the same validation images of that fold: up to FEATURE_REUSE_IMAGES of them."""
+  fold = min(r["fold"] for r in runs)
+  top = max(r["fraction"] for r in runs if r["fold"] == fold)
+  chosen = [r for r in runs if (r["fold"], r["fraction"], r["repeat"]) == (fold, top, 0)]
+  images = examples["image"][np.asarray(chosen[0]["val"])[:FEATURE_REUSE_IMAGES]]
+  cka = {}
+  for r in chosen:  # repeat 0: trained under config.seed
+    finetuned = checkpoint.load_params(os.path.dirname(_run_path(workdir, r["name"], "")),
+                                       finetune.best_metric(config))
+    cka[r["init"]] = analysis.feature_reuse(config, starting_params(config, r["init"], mesh),
+                                            finetuned, images)
+  return {"fold": fold, "fraction": top, "images": len(images),
+          "runs": {r["init"]: r["name"] for r in chosen}, "cka": cka}
 
 
 def check_same_config(config, workdir: str):
@@ -259,7 +290,8 @@ def run(config, workdir: str, mesh) -> dict:
     bar.update()
   bar.close()
   summary = {**report.summarize(config, results), "splits": splits_made,
-             "skipped_rows": skipped}
+             "skipped_rows": skipped,
+             "feature_reuse": feature_reuse(config, runs, workdir, mesh, examples)}
   if jax.process_index() == 0:
     paths = report.write_report(config, workdir, summary)
     if config.finetune.kind == config_lib.SEGMENTATION:

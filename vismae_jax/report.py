@@ -138,8 +138,34 @@ def _markdown_title(config, summary: dict) -> str:
   return f"# {config.finetune.kind} {how}: {summary['metric']}{seeds}"
 
 
+def feature_reuse_table(reuse: dict) -> list[str]:
+  """Markdown lines of protocol.feature_reuse's CKA: a row per initialisation, a column per
+  encoder stage."""
+  stages = list(next(iter(reuse["cka"].values())))
+  return [f"Feature reuse: linear CKA between each encoder stage's output (mean over its tokens) "
+          f"before and after fine-tuning, fold {reuse['fold']} at {reuse['fraction']:.0%} of "
+          f"the labels, on {reuse['images']} validation images (1: the stage was kept as it was).",
+          "", "| init | " + " | ".join(stages) + " |", "| --- |" + " --- |" * len(stages),
+          *(f"| {init} | " + " | ".join(f"{v:.3f}" for v in cka.values()) + " |"
+            for init, cka in reuse["cka"].items())]
+
+
+def write_feature_reuse(reuse: dict, workdir: str) -> dict:
+  """feature_reuse.md and the heatmap feature_reuse.png; returns their paths."""
+  paths = {"feature_reuse": os.path.join(workdir, "feature_reuse.md"),
+           "feature_reuse_heatmap": os.path.join(workdir, "feature_reuse.png")}
+  with open(paths["feature_reuse"], "w") as f:
+    f.write("\n".join(feature_reuse_table(reuse)) + "\n")
+  stages = list(next(iter(reuse["cka"].values())))
+  figures.heatmap([list(cka.values()) for cka in reuse["cka"].values()], list(reuse["cka"]),
+                  stages, paths["feature_reuse_heatmap"], label="linear CKA",
+                  title=f"feature reuse, fold {reuse['fold']}, {reuse['fraction']:.0%} labels")
+  return paths
+
+
 def write_report(config, workdir: str, summary: dict) -> dict:
-  """report.json, report.csv, report.md and label_efficiency.png; returns their paths."""
+  """report.json, report.csv, report.md and label_efficiency.png, and the feature reuse where
+  the summary has it; returns their paths."""
   paths = {k: os.path.join(workdir, f) for k, f in (
       ("json", "report.json"), ("csv", "report.csv"), ("markdown", "report.md"),
       ("curve", "label_efficiency.png"))}
@@ -174,6 +200,9 @@ def write_report(config, workdir: str, summary: dict) -> dict:
                  "and were left out (`skipped_rows` in report.json).")
   if "splits" in summary:
     lines.append(f"\nFolds: {summary['splits']['folds']}; {summary['splits']['groups']}.")
+  if "feature_reuse" in summary:
+    lines += ["", *feature_reuse_table(summary["feature_reuse"])]
+    paths.update(write_feature_reuse(summary["feature_reuse"], workdir))
   with open(paths["markdown"], "w") as f:
     f.write(_markdown_title(config, summary) + "\n\n" + "\n".join(lines) + "\n")
   figures.label_efficiency_curve(summary, paths["curve"])

@@ -71,6 +71,11 @@ def make_state_initializer(tx, seed: int):
   return init_state
 
 
+def init_key(seed: int):
+  """The key of a run's random parameters, so that others can remake them (feature reuse)."""
+  return jax.random.split(jax.random.PRNGKey(seed))[0]
+
+
 def initial_state(task: Task, init_state, shardings, seed: int):
   """The sharded step-0 state: random parameters made on device, then the task's own.
 
@@ -78,8 +83,7 @@ def initial_state(task: Task, init_state, shardings, seed: int):
   runs from random and from pretrained weights share it.
   """
   param_shardings = shardings["params"]
-  init_rng = jax.random.split(jax.random.PRNGKey(seed))[0]
-  params = jax.jit(task.init_params, out_shardings=param_shardings)(init_rng)
+  params = jax.jit(task.init_params, out_shardings=param_shardings)(init_key(seed))
   if task.initial_params is not None:
     params = jax.device_put(task.initial_params(jax.device_get(params)), param_shardings)
   return jax.jit(init_state, out_shardings=shardings, donate_argnums=0)(params)
