@@ -8,6 +8,13 @@ import numpy as np  # noqa: E402
 from vismae_jax import preprocess  # noqa: E402
 
 
+def _save(fig, path: str, dpi: int = 100):
+  """Every figure's ending: laid out, written, and closed so that long runs hold no figures."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def to_display(images: np.ndarray, normalization: str) -> np.ndarray:
   """Model-input units -> [0, 1] for display; masked (NaN) pixels become mid-grey."""
   if normalization == "release":
@@ -31,9 +38,7 @@ def image_grid(rows: dict[str, np.ndarray], path: str, title: str = "") -> str:
         ax.set_ylabel(name)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -57,9 +62,7 @@ def label_efficiency_curve(summary: dict, path: str) -> str:
   ax.set_xticks([100 * f for f in fractions], [f"{100 * f:g}" for f in fractions])
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path, dpi=120)
   return path
 
 
@@ -89,9 +92,7 @@ def segmentation_overlays(images, masks, predictions: dict, row_labels, path: st
       ax.set_yticks([])
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
 
 
@@ -110,7 +111,5 @@ def heatmap(values: np.ndarray, row_labels, column_labels, path: str, title: str
   fig.colorbar(image, ax=ax, label=label)
   if title:
     ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
   return path
