@@ -71,7 +71,8 @@ def abstract_like(state_shapes, shardings):
 
 
 def restore_on_host(directory: str, key: str | None = None):
-  """An Orbax checkpoint's arrays (or its `key` subtree only) on this host's CPU.
+  """An Orbax checkpoint's arrays (or the subtree at `key`, a path such as "extra/teacher") on
+  this host's CPU.
 
   The target is built from the checkpoint's own metadata, so whatever topology saved it (FSDP
   over many hosts and devices) one process reads it, and only the requested subtree is read.
@@ -80,14 +81,27 @@ def restore_on_host(directory: str, key: str | None = None):
   # The handler's metadata, not the checkpointer's: an item folder has no step metadata and the
   # checkpointer would warn about it.
   tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory))
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
-                        tree[key] if key else tree)
-  target = {key: target} if key else target
+  path = key.split("/") if key else []
+  for name in path:
+    tree = tree[name]
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), tree)
+  for name in reversed(path):
+    target = {name: target}
   with ocp.PyTreeCheckpointer() as checkpointer:
     restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))
-  return restored[key] if key else restored
+  for name in path:
+    restored = restored[name]
+  return restored
+
+
+def handed_on(directory: str) -> str:
+  """Which weights of a saved state the next stage takes: the EMA teacher where the run kept
+  one (self-distillation: DINO's teacher is the better encoder, and what its paper evaluates),
+  else the trained parameters."""
+  tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory))
+  return "extra/teacher" if "teacher" in tree.get("extra", {}) else "params"
 
 
 def chosen_step(workdir: str, best_metric: str = "") -> tuple[str, int | None]:
@@ -101,7 +115,8 @@ def chosen_step(workdir: str, best_metric: str = "") -> tuple[str, int | None]:
 
 
 def load_params(path: str, best_metric: str = ""):
-  """Parameters (host arrays) of a run (see `chosen_step`) or of one of its step folders.
+  """Parameters (host arrays) of a run (see `chosen_step`) or of one of its step folders: the
+  weights it hands on (`handed_on`).
 
   Only the saved arrays are read (Orbax metadata), never pickles.
   """
@@ -115,7 +130,8 @@ def load_params(path: str, best_metric: str = ""):
   if not os.path.isdir(os.path.join(step_dir, "state")):
     raise FileNotFoundError(f"{path}: no Orbax checkpoint here (expected a workdir with "
                             "checkpoints/<step>/state, or a step folder)")
-  return restore_on_host(os.path.join(step_dir, "state"), "params")
+  state_dir = os.path.join(step_dir, "state")
+  return restore_on_host(state_dir, handed_on(state_dir))
 
 
 def keep_best_only(workdir: str, best_metric: str) -> None:

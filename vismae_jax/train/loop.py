@@ -1,7 +1,8 @@
 """One training loop for every task: a jitted, sharded step; metrics, checkpoints, pictures.
 
 A task (pretrain.make_task, finetune.make_task) supplies its initial parameters, the loss and
-this host's batches; everything else is shared. The step is a pure function
+this host's batches; everything else is shared. A self-distillation task (DINO) also keeps
+state beside the parameters, outside the gradient: its EMA teacher and centres (`Task.extra`). The step is a pure function
 `step(state, batch, schedule) -> (state, metrics)` whose randomness is
 `fold_in(state.rng, state.step)`, so a resumed run replays an uninterrupted one exactly. The
 learning-rate schedule is an argument (optim.schedule), not a constant of the compiled step, and
@@ -42,32 +43,59 @@ class Task:
   on_checkpoint: Optional[Callable] = None   # (params, step) -> {name: value}: figures, validation
   best_metric: str = ""        # also keep the step with the highest on_checkpoint[best_metric]
   outputs: dict = dataclasses.field(default_factory=dict)  # {what: path} for the closing line
+  extra: Optional["ExtraState"] = None  # state outside the gradient (self-distillation)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraState:
+  """State a task keeps beside its parameters, advanced after every update: DINO's teacher.
+
+  With it the task's loss is `(params, batch, rng, extra) -> (loss, aux)`, and aux["metrics"]
+  joins the step's metrics. The state is checkpointed with the rest (state["extra"]); a
+  state with a `teacher` hands the teacher on (checkpoint.load_params).
+  """
+  init: Callable    # params -> extra, at step 0
+  update: Callable  # (extra, new params, aux, step, schedule) -> extra
+  check: Optional[Callable] = None  # logged metrics -> a warning, or "" (a collapse check)
 
 
 @functools.lru_cache(maxsize=8)
-def make_train_step(loss_fn, tx):
-  """step(state, batch, schedule) of `loss_fn` under `tx`: one function object per pair."""
+def make_train_step(loss_fn, tx, update_extra=None):
+  """step(state, batch, schedule) of `loss_fn` under `tx` (and ExtraState.update where the
+  task keeps extra state): one function object per combination."""
   def step(state, batch, schedule):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, rng)
+    aux = {}
+    if update_extra is None:
+      loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, rng)
+    else:
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state["params"], batch, rng, state["extra"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     lr = optim.learning_rate(state["step"], schedule)
     updates = optim.hold_encoder(optax.tree.scale(lr, updates),
                                  state["step"] < schedule["probe_steps"])
     new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
                      params=optax.apply_updates(state["params"], updates))
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
+    if update_extra is not None:
+      new_state["extra"] = update_extra(state["extra"], new_state["params"], aux, state["step"],
+                                        schedule)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr,
+                       **aux.get("metrics", {})}
   return step
 
 
 @functools.lru_cache(maxsize=8)
-def make_state_initializer(tx, seed: int):
+def make_state_initializer(tx, seed: int, init_extra=None):
   """params -> the step-0 train state (jit it with out_shardings)."""
   train_rng = jax.random.split(jax.random.PRNGKey(seed))[1]
 
   def init_state(params):
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "rng": train_rng}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+             "rng": train_rng}
+    if init_extra is not None:
+      state["extra"] = init_extra(params)
+    return state
   return init_state
 
 
@@ -95,7 +123,7 @@ def abstract_params(task: Task):
 
 def compile_train_step(task: Task, tx, state_shardings, mesh):
   """The jitted, sharded, state-donating step(state, batch, schedule)."""
-  return jax.jit(make_train_step(task.loss_fn, tx),
+  return jax.jit(make_train_step(task.loss_fn, tx, task.extra and task.extra.update),
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh),
                                parallel.replicated(mesh)),
                  out_shardings=(state_shardings, None), donate_argnums=0)
@@ -120,6 +148,7 @@ def _keep_steps_up_to(path: str, step: int):
 
 class _Logger:
   """Scalars to TensorBoard and metrics.jsonl (process 0), a progress bar with rate and ETA."""
+  COMMON = ("loss", "learning_rate", "grad_norm")
 
   def __init__(self, workdir: str, total_steps: int, start: int, batch: int):
     self.primary = jax.process_index() == 0
@@ -148,9 +177,11 @@ class _Logger:
     self.bar.update(steps)
     self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}",
                          img_s=f"{rate:.1f}")
-    logging.info("step %d/%d loss %.5f lr %.3e grad_norm %.3f images/s %.1f ETA %.0fs", step,
+    # The task's own metrics too (DINO's teacher entropy and spread), in the order it gave them.
+    own = "".join(f" {k} {v:.4g}" for k, v in metrics.items() if k not in self.COMMON)
+    logging.info("step %d/%d loss %.5f lr %.3e grad_norm %.3f%s images/s %.1f ETA %.0fs", step,
                  self.total_steps, metrics["loss"], metrics["learning_rate"],
-                 metrics["grad_norm"], rate, eta)
+                 metrics["grad_norm"], own, rate, eta)
     self.scalars(step, scalars)
 
   def scalars(self, step: int, scalars: dict):
@@ -193,7 +224,7 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
   tx = optim.make_optimizer(config)
   schedule = jax.tree.map(lambda x: parallel.global_batch(x, parallel.replicated(mesh)),
                           optim.schedule(config, steps_per_epoch, total_steps))
-  init_state = make_state_initializer(tx, config.seed)
+  init_state = make_state_initializer(tx, config.seed, task.extra and task.extra.init)
   abstract_state = jax.eval_shape(init_state, abstract_params(task))
   shardings = parallel.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_mb)
   batch_sharding = parallel.batch_sharding(mesh)
@@ -239,6 +270,9 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
           "lower config.optim.lr, set config.optim.clip_norm, or use config.dtype=float32.")
     last = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
     logger.write(step, last)
+    warning = task.extra.check(last) if task.extra and task.extra.check else ""
+    if warning:
+      logging.warning("step %d: %s", step, warning)
     pending = []
 
   for step in range(start + 1, total_steps + 1):
