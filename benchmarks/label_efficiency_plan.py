@@ -40,18 +40,18 @@ def pretraining(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from vismae_jax.train import loop, optim, pretrain
+  from vismae_jax.train import loop, masked_image, optim, pretrain
   config = le.pretrain_config(args, shards="")
   images = 0
   for name in ("busi", "chest_xray_pneumonia"):  # every image of both, as link_images
     with open(os.path.join(args.datasets, name, "labels.csv"), newline="") as f:
       images += sum(1 for _ in csv.DictReader(f))
   model, tx = pretrain.build_model(config), optim.make_optimizer(config)
-  params = jax.eval_shape(lambda rng: pretrain.init_params(model, config, rng),
+  params = jax.eval_shape(lambda rng: masked_image.init_params(model, config, rng),
                           jax.random.PRNGKey(0))
   state = jax.eval_shape(loop.make_state_initializer(tx, config.seed), params)
   size = config.input.image_size
-  step = loop.make_train_step(pretrain.make_loss_fn(model, config), tx)
+  step = loop.make_train_step(masked_image.make_loss_fn(model, config), tx)
   gflop = per_image(step, state, jax.ShapeDtypeStruct((LOWERED_BATCH, size, size), jnp.uint8),
                     optim.schedule(config, 1.0, 2))
   steps = loop.run_steps(config, images)

@@ -139,18 +139,18 @@ def model_flops(config, tx, schedule, state, batch) -> dict:
   import jax
 
   from vismae_jax.models import mae
-  from vismae_jax.train import loop, pretrain
+  from vismae_jax.train import loop, masked_image, pretrain
 
   config = ml_collections.ConfigDict(config)
   config.model.attention = "einsum"
   model = pretrain.build_model(config)
 
   def encoder(params, images_u8):
-    x, token_mask, kept = pretrain.model_inputs(config, images_u8, jax.random.PRNGKey(0), False)
+    x, token_mask, kept = masked_image.model_inputs(config, images_u8, jax.random.PRNGKey(0), False)
     return pretrain.build_model(config, mae.SwinMAEEncoder).apply(
         {"params": params}, x, token_mask, True, kept)
 
-  step = loop.make_train_step(pretrain.make_loss_fn(model, config), tx)
+  step = loop.make_train_step(masked_image.make_loss_fn(model, config), tx)
   return {"step_flops": flops.xla_flops(step, state, batch, schedule),
           "encoder_flops": flops.xla_flops(encoder, state["params"], batch)}
 
@@ -174,7 +174,7 @@ def main(argv):
   import numpy as np
 
   from vismae_jax import config_lib, parallel
-  from vismae_jax.train import loop, optim, pretrain
+  from vismae_jax.train import loop, masked_image, optim, pretrain
 
   modes = {}
   for mode in args.compare:
@@ -196,8 +196,7 @@ def main(argv):
     config = m["config"]
     tx = optim.make_optimizer(config)
     model = pretrain.build_model(config)
-    task = loop.Task(init_params=lambda rng: pretrain.init_params(model, config, rng),
-                     loss_fn=pretrain.make_loss_fn(model, config), dataset=None, num_examples=0)
+    task = loop.Task(**masked_image.task_fields(model, config), dataset=None, num_examples=0)
     init_state = loop.make_state_initializer(tx, config.seed)
     abstract_state = jax.eval_shape(init_state, loop.abstract_params(task))
     if not flops_in_child:

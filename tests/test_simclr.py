@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from helpers import assert_encoder_export_transfers, load_config, read_metrics, run_main
 from vismae_jax import augment, config_lib, parallel
 from vismae_jax.models import simclr
-from vismae_jax.train import pretrain
+from vismae_jax.train import contrastive, masked_image, pretrain
 
 
 def test_nt_xent_is_the_mean_over_2n_anchors_of_the_positive_against_2n_minus_2_negatives():
@@ -33,9 +33,9 @@ def test_nt_xent_is_the_mean_over_2n_anchors_of_the_positive_against_2n_minus_2_
 def test_the_encoder_is_swinmaes_and_a_projection_head_embeds_each_image():
   config = load_config("simclr.py", "tiny")
   model = pretrain.build_model(config)
-  params = jax.eval_shape(lambda: pretrain.init_params(model, config, jax.random.PRNGKey(0)))
+  params = jax.eval_shape(lambda: contrastive.init_params(model, config, jax.random.PRNGKey(0)))
   mae = load_config("generic.py", "tiny")
-  mae_params = jax.eval_shape(lambda: pretrain.init_params(
+  mae_params = jax.eval_shape(lambda: masked_image.init_params(
       pretrain.build_model(mae), mae, jax.random.PRNGKey(0)))
   names = lambda tree: set(flax.traverse_util.flatten_dict(tree, sep="/"))
   assert {k: names(params[k]) for k in ("patch_embed", "encoder")} == {
@@ -49,13 +49,13 @@ def test_the_encoder_is_swinmaes_and_a_projection_head_embeds_each_image():
 def test_two_views_are_independent_draws_of_the_same_images():
   config = load_config("simclr.py", "tiny")
   images = np.random.default_rng(0).integers(0, 256, (4, 80, 80), np.uint8)
-  views = np.asarray(pretrain.two_views(config, images, jax.random.PRNGKey(0)))
+  views = np.asarray(contrastive.views(config, images, jax.random.PRNGKey(0)))
   assert views.shape == (4, 2, 64, 64, 1) and np.isfinite(views).all()
   assert all(np.abs(views[i, 0] - views[i, 1]).mean() > 1e-3 for i in range(4))
-  np.testing.assert_array_equal(views, pretrain.two_views(config, images, jax.random.PRNGKey(0)))
+  np.testing.assert_array_equal(views, contrastive.views(config, images, jax.random.PRNGKey(0)))
   # Without intensity jitter the views stay in the minmax range: crops and blur average pixels.
-  config.simclr.update(brightness=0.0, contrast=0.0)
-  views = np.asarray(pretrain.two_views(config, images, jax.random.PRNGKey(1)))
+  config.views.update(brightness=0.0, contrast=0.0)
+  views = np.asarray(contrastive.views(config, images, jax.random.PRNGKey(1)))
   assert views.min() >= -1e-5 and views.max() <= 1 + 1e-5
 
 
@@ -98,9 +98,9 @@ def test_the_step_loss_on_a_sharded_batch_equals_one_devices():
   span both."""
   config = load_config("simclr.py", "tiny")
   model = pretrain.build_model(config)
-  params = pretrain.init_params(model, config, jax.random.PRNGKey(0))
+  params = contrastive.init_params(model, config, jax.random.PRNGKey(0))
   images = np.random.default_rng(0).integers(0, 256, (4, 64, 64), np.uint8)
-  loss_fn, rng = pretrain.make_loss_fn(model, config), jax.random.PRNGKey(1)
+  loss_fn, rng = contrastive.make_loss_fn(model, config), jax.random.PRNGKey(1)
   mesh = parallel.make_mesh(config.mesh)
   with parallel.activation_sharding(mesh):
     sharded = jax.jit(loss_fn, in_shardings=(parallel.replicated(mesh),
@@ -125,8 +125,10 @@ def test_a_short_run_on_real_images_learns_and_exports_an_encoder_that_transfers
 
 def test_the_config_rejects_impossible_simclr_settings():
   config = load_config("simclr.py", "tiny")
-  config.simclr.update(temperature=0.0, projection_dims=(128,), blur_sigma=(2.0, 1.0))
+  config.simclr.update(temperature=0.0, projection_dims=(128,))
+  config.views.blur_sigma = (2.0, 1.0)
   with pytest.raises(config_lib.ConfigError) as error:
     config_lib.validate(config, 1, 1)
-  for field in ("temperature=0.0", "projection_dims=(128,)", "blur_sigma=(2.0, 1.0)"):
-    assert f"config.simclr.{field}" in str(error.value)
+  for field in ("simclr.temperature=0.0", "simclr.projection_dims=(128,)",
+                "views.blur_sigma=(2.0, 1.0)"):
+    assert f"config.{field}" in str(error.value)

@@ -9,7 +9,7 @@ import pytest
 from helpers import assert_encoder_export_transfers, load_config, read_metrics, run_main
 from vismae_jax import config_lib
 from vismae_jax.models import mae
-from vismae_jax.train import pretrain
+from vismae_jax.train import masked_image, pretrain
 
 
 def param_shapes(config):
@@ -39,7 +39,7 @@ def test_masking_hides_ceil_of_60_percent_of_the_units_whole():
   assert (np.asarray(mae.window_mask(jax.random.PRNGKey(0), 4, 7, 0.6)).sum((1, 2)) == 30).all()
   config = load_config("simmim.py", "tiny")
   images = np.random.default_rng(0).integers(0, 256, (6, 64, 64), np.uint8)
-  _, token_mask, kept = pretrain.model_inputs(config, images, jax.random.PRNGKey(1), train=True)
+  _, token_mask, kept = masked_image.model_inputs(config, images, jax.random.PRNGKey(1), train=True)
   assert kept is None
   units = np.asarray(token_mask).reshape(6, 4, 4, 4, 4)  # 4x4 units of 4x4 tokens
   assert (units.min(axis=(2, 4)) == units.max(axis=(2, 4))).all()  # units hidden whole

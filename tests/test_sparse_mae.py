@@ -10,7 +10,7 @@ import pytest
 from helpers import (assert_export_loads_and_fills_the_unet, in_parallel, load_config,
                      read_metrics, run_main)
 from vismae_jax.models import mae
-from vismae_jax.train import pretrain
+from vismae_jax.train import masked_image, pretrain
 
 TINY = dict(in_chans=1, embed_dim=16, depths=(2, 1, 1, 1), decoder_depths=(1, 1, 1),
             num_heads=(1, 1, 2, 2), window=4)
@@ -110,9 +110,9 @@ def test_same_parameters_and_a_full_grid_of_predictions():
 def forward_flops(model_class, config, kept: bool) -> float:
   model = pretrain.build_model(config, model_class)
   size = config.input.image_size
-  images, token_mask, kept_units = pretrain.model_inputs(
+  images, token_mask, kept_units = masked_image.model_inputs(
       config, jnp.zeros((1, size, size), jnp.uint8), jax.random.PRNGKey(0), train=False)
-  params = jax.eval_shape(lambda: pretrain.init_params(model, config, jax.random.PRNGKey(0)))
+  params = jax.eval_shape(lambda: masked_image.init_params(model, config, jax.random.PRNGKey(0)))
   cost = jax.jit(lambda p: model.apply({"params": p}, images, token_mask, True,
                                        kept_units if kept else None)).lower(params).cost_analysis()
   return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
@@ -166,10 +166,10 @@ def test_the_figure_shows_what_the_encoder_saw():
   config = load_config("generic.py", "tiny")
   config.mae.masking = "uniform"
   model = pretrain.build_model(config)
-  params = pretrain.init_params(model, config, jax.random.PRNGKey(0))
+  params = masked_image.init_params(model, config, jax.random.PRNGKey(0))
   images = np.random.default_rng(0).integers(0, 256, (2, 64, 64), np.uint8)
-  rows = pretrain.reconstruct(model, config, params, images, jax.random.PRNGKey(1))
-  assert [r for r in pretrain.FIGURE_ROWS if r in rows] == list(pretrain.FIGURE_ROWS)
+  rows = masked_image.figure_rows(model, config, params, images, jax.random.PRNGKey(1))
+  assert [r for r in masked_image.ROWS if r in rows] == list(masked_image.ROWS)
   # 64 px, 8 px units: 16 of 64 units kept, 4 of those hidden behind the mask token.
   assert np.isnan(rows["masked"]).mean() == pytest.approx(1 - 12 / 64)
   assert rows["encoder input"].shape == rows["original"].shape

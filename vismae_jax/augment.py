@@ -5,7 +5,8 @@ the train step, with one key per image split from the step's key, so a replayed 
 same crops, flips and rotations.
 
 Pretraining: random resized crop (MAE-style scale and aspect ranges) and horizontal flips;
-SimCLR's views add brightness and contrast jitter and Gaussian blur (`contrastive_view`).
+SimCLR's and DINO's views add brightness and contrast jitter and Gaussian blur
+(`contrastive_view`).
 Segmentation: the same random geometry applied to image and mask together: flips, 90-degree
 rotations, and an affine map (rotation, translation, scale, shear), bilinear for images and
 nearest-neighbour for masks so labels stay labels.
@@ -21,9 +22,11 @@ def random_hflip(rng, images):
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
-def random_resized_crop(rng, images, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
-  """Crops a random area fraction in `scale` with aspect in `ratio`, resized back to H x W."""
-  b, h, w, _ = images.shape
+def random_resized_crop(rng, images, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), size=None):
+  """Crops a random area fraction in `scale` with aspect in `ratio`, resized back to H x W (or
+  to size x size: DINO's local crops)."""
+  b, h, w, c = images.shape
+  out_h, out_w = (size, size) if size else (h, w)
   k_area, k_ratio, k_y, k_x = jax.random.split(rng, 4)
   area = jax.random.uniform(k_area, (b,), minval=scale[0], maxval=scale[1])
   log_r = jax.random.uniform(k_ratio, (b,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
@@ -34,9 +37,9 @@ def random_resized_crop(rng, images, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
   left = jax.random.uniform(k_x, (b,)) * (w - crop_w)
 
   def crop(image, ch, cw, y0, x0):
-    s = jnp.array([h / ch, w / cw])
-    return jax.image.scale_and_translate(image, image.shape, (0, 1), s, -jnp.array([y0, x0]) * s,
-                                         "linear", antialias=True)
+    s = jnp.array([out_h / ch, out_w / cw])
+    return jax.image.scale_and_translate(image, (out_h, out_w, c), (0, 1), s,
+                                         -jnp.array([y0, x0]) * s, "linear", antialias=True)
   return jax.vmap(crop)(images, crop_h, crop_w, top, left)
 
 
@@ -81,10 +84,11 @@ def random_intensity(rng, images, brightness: float, contrast: float):
 
 
 def contrastive_view(rng, images, *, crop_scale, hflip: bool, brightness: float,
-                     contrast: float, blur_prob: float, blur_sigma):
-  """One SimCLR view of each image: random resized crop, flip, intensity jitter, blur."""
+                     contrast: float, blur_prob: float, blur_sigma, size=None):
+  """One SimCLR or DINO view of each image: random resized crop (to `size` px, else the
+  input's), flip, intensity jitter, blur."""
   k_crop, k_flip, k_intensity, k_blur = jax.random.split(rng, 4)
-  images = random_resized_crop(k_crop, images, scale=tuple(crop_scale))
+  images = random_resized_crop(k_crop, images, scale=tuple(crop_scale), size=size)
   if hflip:
     images = random_hflip(k_flip, images)
   images = random_intensity(k_intensity, images, brightness, contrast)

@@ -24,8 +24,8 @@ FINETUNE_KINDS = (SEGMENTATION, "classification")
 DTYPES = ("float32", "bfloat16")
 MASKINGS = ("random", "uniform")
 # Pretraining methods of the same Swin encoder: SwinMAE (models/mae.py), SimMIM
-# (models/simmim.py), SimCLR (models/simclr.py).
-METHODS = ("mae", "simmim", "simclr")
+# (models/simmim.py), SimCLR (models/simclr.py), DINO with iBOT's masked tokens (models/dino.py).
+METHODS = ("mae", "simmim", "simclr", "dino")
 ATTENTIONS = ("einsum", "xla", "cudnn")  # models/swin.py's attend()
 # jax.checkpoint_policies for rematerialised blocks: save nothing, every matmul's output, or
 # those of matmuls without batch dimensions (the Dense layers, not attention's).
@@ -54,7 +54,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "pretrain"
   c.seed = 0
-  c.method = "mae"  # one of METHODS; configs/simmim.py and simclr.py set theirs (`pretrain`)
+  c.method = "mae"  # one of METHODS; configs/simmim.py, simclr.py, dino.py set theirs
 
   # How the model computes, never what (EXECUTION): remat recomputes blocks in the backward
   # pass, keeping what remat_policy (one of REMAT_POLICIES) saves; attention picks the window
@@ -62,20 +62,31 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.model = dict(in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 2, 2),
                  decoder_depths=(2, 2, 2), num_heads=(3, 6, 12, 24), window=7, drop_path=0.1,
                  remat=False, remat_policy="nothing_saveable", attention="einsum")
-  # The masking of both masked-image methods (SimMIM's: 32 px units, ratio 0.6; `pretrain`).
+  # The masking of the masked-image methods (SimMIM's: 32 px units, ratio 0.6; iBOT's in DINO:
+  # the last stage's units, ratio 0.3 on half the images; `pretrain`).
   # masking: "random", the release's (the encoder computes every token, masked ones too);
   # "uniform", sparse, SwinMAE only: one unit of every 2x2 block kept, the encoder runs on those
   # alone (a quarter of the tokens), secondary_ratio of them hidden behind the mask token again
   # (models/mae.py; benchmarks/results/README.md measures both).
   c.mae = dict(mask_ratio=0.75, mask_unit=16, norm_pix_loss=False, masking="random",
                secondary_ratio=0.25)
+  # The augmented views of SimCLR and DINO: input.crop_scale's crop (SimCLR's (0.08, 1), DINO's
+  # global (0.32, 1), set by `pretrain`) and input.hflip, brightness and contrast jitter
+  # (SimCLR's colour strength 0.5: grey images have no saturation or hue), and with probability
+  # blur_prob a Gaussian blur of sigma in blur_sigma px.
+  c.views = dict(brightness=0.4, contrast=0.4, blur_prob=0.5, blur_sigma=(0.1, 2.0))
   # SimCLR (method="simclr"): temperature 0.1, the paper's best at its 4096 batch (ours: 5120);
   # projection_dims, the projection head's (hidden, output) widths (the paper's 2048 -> 128).
-  # Each view: input.crop_scale's crop (SimCLR's (0.08, 1), set by `pretrain`) and input.hflip,
-  # brightness and contrast jitter (SimCLR's colour strength 0.5: grey images have no
-  # saturation or hue), and with probability blur_prob a Gaussian blur of sigma in blur_sigma px.
-  c.simclr = dict(temperature=0.1, projection_dims=(2048, 128), brightness=0.4, contrast=0.4,
-                  blur_prob=0.5, blur_sigma=(0.1, 2.0))
+  c.simclr = dict(temperature=0.1, projection_dims=(2048, 128))
+  # DINO + iBOT (method="dino"): a head (hidden, bottleneck, prototypes) shared by the pooled
+  # and the patch tokens, iBOT's 8192 prototypes; student and teacher temperatures; the
+  # teacher's EMA momentum, from `momentum` to 1 on a cosine over the run; the centres' momentum;
+  # local_crops extra views of local_size px from local_scale of the area (multi-crop: the
+  # student alone sees them); mask_prob of the student's global views masked (iBOT); the
+  # weight of the masked-token loss against the pooled one.
+  c.dino = dict(head_dims=(2048, 256, 8192), student_temp=0.1, teacher_temp=0.04,
+                momentum=0.996, center_momentum=0.9, local_crops=6, local_size=96,
+                local_scale=(0.05, 0.32), mask_prob=0.5, patch_weight=1.0)
   # minmax: the per-image [0, 1] scaling that fine-tuning uses, so both stages see the same
   # inputs; "release" reproduces the published pretraining (mean 0.223, std 0.202).
   # crop_scale: random resized crop area range, on device ((1, 1): none, as the release;
@@ -133,12 +144,19 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
       # scaled from 224 px, a head as wide as the last stage, temperature 0.2 and lr 5e-4
       # (on the sample, 0.5 learned more slowly in 40 steps and lr 2e-3 collapsed the
       # embeddings to one point: the loss went to log(2N - 1)).
+      if c.method in ("simclr", "dino"):
+        c.views.blur_sigma = (0.1, 0.6)
       if c.method == "simclr":
         c.input.crop_scale = (0.2, 1.0)
-        c.simclr.update(temperature=0.2, projection_dims=(128, 32), blur_sigma=(0.1, 0.6))
+        c.simclr.update(temperature=0.2, projection_dims=(128, 32))
+      # DINO at 64 px: units of the last stage's 32 px would be 4 per image, so 16 px; two
+      # local crops of 32 px; a head as wide as the last stage.
+      if c.method == "dino":
+        c.mae.mask_unit = 16
+        c.dino.update(head_dims=(128, 32, 256), local_crops=2, local_size=32)
       c.batch_size = 16
       c.num_epochs = 125.0
-      c.optim.update(lr=5e-4 if c.method == "simclr" else 2e-3, warmup_epochs=5.0)
+      c.optim.update(lr=5e-4 if c.method in ("simclr", "dino") else 2e-3, warmup_epochs=5.0)
       c.log_every = 100
       c.checkpoint_every = 500
     if name == "tiny":
@@ -157,7 +175,8 @@ def pretrain(modalities=(), variant: str = "", method: str = "mae"):
   """A locked pretraining config: values may change, keys may not.
 
   method="simmim" also takes SimMIM's masking (32 px units, 60% masked), which the variants
-  adapt to their image size; method="simclr" SimCLR's crop scale (0.08 to 1 of the area).
+  adapt to their image size; method="simclr" SimCLR's crop scale (0.08 to 1 of the area);
+  method="dino" DINO's global crops (0.32 to 1) and iBOT's masking (32 px units, 30%).
   """
   c = pretrain_defaults()
   c.data.modalities = tuple(modalities)
@@ -166,6 +185,9 @@ def pretrain(modalities=(), variant: str = "", method: str = "mae"):
     c.mae.update(mask_unit=32, mask_ratio=0.6)
   if method == "simclr":
     c.input.crop_scale = (0.08, 1.0)
+  if method == "dino":
+    c.input.crop_scale = (0.32, 1.0)
+    c.mae.update(mask_unit=32, mask_ratio=0.3)
   return apply_variant(c, variant or "").lock()
 
 
@@ -417,22 +439,49 @@ def _check_pretrain(config, check):
   low, high = config.input.crop_scale
   check(0 < low <= high <= 1, f"config.input.crop_scale={tuple(config.input.crop_scale)}: "
         "need 0 < min <= max <= 1 (area fractions)")
+  if config.method in ("simclr", "dino"):
+    _check_views(config.views, check)
   if config.method == "simclr":
     _check_simclr(config.simclr, check)
+  if config.method == "dino":
+    _check_dino(config.dino, m.patch_size * 2 ** (n_stages - 1), check)
+
+
+def _widths(dims, count: int, name: str, what: str, check):
+  dims = tuple(dims)
+  check(len(dims) == count and all(isinstance(d, int) and d > 0 for d in dims),
+        f"{name}={dims}: {count} positive widths, {what}")
+
+
+def _check_views(views, check):
+  for name in ("brightness", "contrast"):
+    check(0 <= views[name] < 1, f"config.views.{name}={views[name]}: must be in [0, 1)")
+  check(0 <= views.blur_prob <= 1, f"config.views.blur_prob={views.blur_prob}: must be in "
+        "[0, 1]")
+  low, high = views.blur_sigma
+  check(0 < low <= high, f"config.views.blur_sigma={tuple(views.blur_sigma)}: need "
+        "0 < min <= max (px)")
 
 
 def _check_simclr(simclr, check):
   check(simclr.temperature > 0, f"config.simclr.temperature={simclr.temperature}: must be > 0")
-  dims = tuple(simclr.projection_dims)
-  check(len(dims) == 2 and all(isinstance(d, int) and d > 0 for d in dims),
-        f"config.simclr.projection_dims={dims}: two positive widths, (hidden, output)")
-  for name in ("brightness", "contrast"):
-    check(0 <= simclr[name] < 1, f"config.simclr.{name}={simclr[name]}: must be in [0, 1)")
-  check(0 <= simclr.blur_prob <= 1, f"config.simclr.blur_prob={simclr.blur_prob}: must be in "
-        "[0, 1]")
-  low, high = simclr.blur_sigma
-  check(0 < low <= high, f"config.simclr.blur_sigma={tuple(simclr.blur_sigma)}: need "
-        "0 < min <= max (px)")
+  _widths(simclr.projection_dims, 2, "config.simclr.projection_dims", "(hidden, output)", check)
+
+
+def _check_dino(dino, reduction: int, check):
+  _widths(dino.head_dims, 3, "config.dino.head_dims", "(hidden, bottleneck, prototypes)", check)
+  for name in ("student_temp", "teacher_temp"):
+    check(dino[name] > 0, f"config.dino.{name}={dino[name]}: must be > 0")
+  for name in ("momentum", "center_momentum", "mask_prob"):
+    check(0 <= dino[name] <= 1, f"config.dino.{name}={dino[name]}: must be in [0, 1]")
+  check(dino.local_crops >= 0, f"config.dino.local_crops={dino.local_crops}: must be >= 0")
+  check(dino.local_size > 0 and dino.local_size % reduction == 0,
+        f"config.dino.local_size={dino.local_size}: must be a positive multiple of patch_size * "
+        f"2^(stages-1) = {reduction} px")
+  low, high = dino.local_scale
+  check(0 < low <= high <= 1, f"config.dino.local_scale={tuple(dino.local_scale)}: need "
+        "0 < min <= max <= 1 (area fractions)")
+  check(dino.patch_weight >= 0, f"config.dino.patch_weight={dino.patch_weight}: must be >= 0")
 
 
 def _check_finetune(config, check):

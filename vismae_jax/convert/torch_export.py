@@ -6,8 +6,8 @@ writes `RUN/export/model.safetensors` and `RUN/export/model.pth` (`{'model': sta
 release's checkpoint format) from the run's best parameters if it kept any, else its newest
 checkpoint. Names, shapes and dtypes are the published ones (tests/reference/keys_*.txt), buffers
 included, so the release's loading code (and vismae_jax.convert.torch_models) accepts them with
-strict=True. A SimMIM or SimCLR run (configs/simmim.py, simclr.py) has no published layout: its
-export holds the encoder alone (`patch_embed`, `layers.*` and the final `norm`; model
+strict=True. A SimMIM, SimCLR or DINO run (configs/simmim.py, simclr.py, dino.py) has no
+published layout: its export holds the encoder alone (DINO's: its teacher's) (`patch_embed`, `layers.*` and the final `norm`; model
 "swin_encoder" in the safetensors metadata), what the Swin-UNet and the classifier take from it.
 Only the parameters are read (not the optimizer state), into host memory, from checkpoints of any
 topology (FSDP over many hosts included: see checkpoint.restore_on_host).
@@ -19,16 +19,16 @@ import numpy as np
 
 from vismae_jax import checkpoint
 from vismae_jax.convert import torch_names
-from vismae_jax.models import simclr, simmim, swin
+from vismae_jax.models import dino, simclr, simmim, swin
 from vismae_jax.train import finetune
 
 # The heads of the pretraining methods without a published layout.
-ENCODER_ONLY_HEADS = (simmim.HEAD, simclr.HEAD)
+ENCODER_ONLY_HEADS = (simmim.HEAD, simclr.HEAD, dino.HEAD)
 
 
 def exported_params(params):
-  """What the export writes: everything, but of a SimMIM or SimCLR model only its encoder (the
-  heads and the mask token have no place in a fine-tuning model)."""
+  """What the export writes: everything, but of a SimMIM, SimCLR or DINO model only its encoder
+  (the heads and the mask token have no place in a fine-tuning model)."""
   if any(head in params for head in ENCODER_ONLY_HEADS):
     return swin.encoder_params(params)
   return params

@@ -1,0 +1,148 @@
+"""Self-distillation pretraining: DINO with iBOT's masked-token loss (models/dino.py).
+
+Each step makes two global views of every image (config.views, crops from
+config.input.crop_scale) and config.dino.local_crops small local ones. The teacher, the
+student's moving average kept in the train state (loop.ExtraState), embeds the global views;
+the student embeds all of them, its global views with some mask units hidden behind the mask
+token on config.dino.mask_prob of the images (iBOT). The loss is DINO's on the pooled outputs
+plus iBOT's on the masked tokens; after the update the teacher and the two centres move
+towards the student and the teacher's batch means. The collapse check warns when the teacher
+gives every image the same output.
+
+One of pretrain.py's methods: `MODELS`, `head_kwargs`, `task_fields`, `figure_rows`.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vismae_jax.models import dino
+from vismae_jax.train import contrastive, loop, masked_image
+
+MODELS = {"dino": dino.SwinDINO}
+FIGURE = "views"
+ROWS = ("view 1", "student's view 1", "view 2", "local view 1")
+# The teacher's outputs vary less from image to image than this (mean KL from their mean):
+# collapsed, whichever way.
+COLLAPSED_KL = 1e-3
+
+
+def head_kwargs(config) -> dict:
+  return {"head_dims": tuple(config.dino.head_dims)}
+
+
+def inputs(config, images_u8, rng):
+  """uint8 batch (B, H, W) -> global views (B, 2, S, S, C), the student's token masks of them
+  (B, 2, S/p, S/p), and local views (B, local_crops, s, s, C) or None."""
+  k_global, k_local, k_mask, k_which = jax.random.split(rng, 4)
+  d = config.dino
+  views = contrastive.views(config, images_u8, k_global)
+  b = views.shape[0]
+  tokens = config.input.image_size // config.model.patch_size
+  hidden = masked_image.token_mask(config, k_mask, 2 * b).reshape(b, 2, tokens, tokens)
+  hidden &= jax.random.bernoulli(k_which, d.mask_prob, (b, 2))[..., None, None]
+  local = None
+  if d.local_crops:
+    local = contrastive.views(config, images_u8, k_local, d.local_crops, size=d.local_size,
+                              crop_scale=d.local_scale)
+  return views, hidden, local
+
+
+def by_view(x, views: int):
+  """(B * views, ...) in image-major order, as `contrastive.flat` made it, -> (views, B, ...)."""
+  return jnp.moveaxis(x.reshape((-1, views) + x.shape[1:]), 1, 0)
+
+
+def token_weights(hidden, grid: int):
+  """(N, t, t) token mask -> (N, grid, grid): the masked share of each last-stage token."""
+  n, t, _ = hidden.shape
+  f = t // grid
+  return hidden.reshape(n, grid, f, grid, f).astype(jnp.float32).mean((2, 4))
+
+
+def make_loss_fn(model, config):
+  d = config.dino
+
+  def loss_fn(params, images_u8, rng, extra):
+    input_rng, drop_rng, local_drop_rng = jax.random.split(rng, 3)
+    views, hidden, local = inputs(config, images_u8, input_rng)
+    flat = contrastive.flat
+    t_pooled, t_tokens = jax.lax.stop_gradient(
+        model.apply({"params": extra["teacher"]}, flat(views), deterministic=True))
+    s_pooled, s_tokens = model.apply({"params": params}, flat(views), flat(hidden),
+                                     deterministic=False, rngs={"dropout": drop_rng})
+    students = [by_view(s_pooled, 2)]
+    if local is not None:
+      l_pooled, _ = model.apply({"params": params}, flat(local), deterministic=False,
+                                rngs={"dropout": local_drop_rng})
+      students.append(by_view(l_pooled, local.shape[1]))
+    pooled_loss = dino.distillation_loss(by_view(t_pooled, 2), jnp.concatenate(students),
+                                         extra["center"], d.teacher_temp, d.student_temp)
+    weight = token_weights(flat(hidden), t_tokens.shape[1])
+    token_loss = dino.masked_token_loss(
+        by_view(t_tokens, 2), by_view(s_tokens, 2), by_view(weight, 2),
+        extra["token_center"], d.teacher_temp, d.student_temp)
+    teacher = dino.collapse_statistics(t_pooled, extra["center"], d.teacher_temp)
+    aux = {"centers": {"center": t_pooled.mean(0, keepdims=True),
+                       "token_center": t_tokens.mean((0, 1, 2))[None]},
+           # student_kl: the pooled loss less the teacher's entropy, the part the student can
+           # lower (every teacher view enters as many pairs: the mean KL over the pairs).
+           "metrics": {"pooled_loss": pooled_loss, "token_loss": token_loss,
+                       "student_kl": pooled_loss - teacher["teacher_entropy"], **teacher}}
+    return pooled_loss + d.patch_weight * token_loss, aux
+  return loss_fn
+
+
+def init_extra(config):
+  prototypes = config.dino.head_dims[-1]
+
+  def init(params):
+    zeros = jnp.zeros((1, prototypes), jnp.float32)
+    return {"teacher": params, "center": zeros, "token_center": zeros}
+  return init
+
+
+def update_extra(config):
+  d = config.dino
+
+  def update(extra, params, aux, step, schedule):
+    momentum = dino.teacher_momentum(step, schedule["total_steps"], d.momentum)
+    centers = dino.ema({k: extra[k] for k in aux["centers"]}, aux["centers"], d.center_momentum)
+    return {"teacher": dino.ema(extra["teacher"], params, momentum), **centers}
+  return update
+
+
+def collapse_check(config):
+  """metrics -> a warning when the teacher's outputs no longer depend on the image."""
+  log_k = float(np.log(config.dino.head_dims[-1]))
+
+  def check(metrics) -> str:
+    kl, entropy = metrics["teacher_kl"], metrics["teacher_entropy"]
+    if kl >= COLLAPSED_KL:
+      return ""
+    how = ("a uniform output (lower config.dino.teacher_temp)" if entropy > 0.5 * log_k else
+           "one prototype for every image (raise config.dino.teacher_temp or lower "
+           "config.dino.center_momentum)")
+    return (f"DINO's teacher has collapsed to {how}: its outputs differ from their mean by "
+            f"KL {kl:.2g} (entropy {entropy:.3g} of at most {log_k:.3g})")
+  return check
+
+
+def task_fields(model, config) -> dict:
+  return {"init_params": lambda rng: masked_image.init_params(model, config, rng),
+          "loss_fn": make_loss_fn(model, config),
+          "extra": loop.ExtraState(init_extra(config), update_extra(config),
+                                   collapse_check(config))}
+
+
+def figure_rows(model, config, params, images_u8, rng) -> dict:
+  """The two global views, the first as the student sees it (hidden pixels NaN), and the first
+  local view."""
+  del model, params
+  views, hidden, local = inputs(config, images_u8, rng)
+  chans = config.model.in_chans
+  pixels = masked_image.hidden_pixels(hidden[:, 0], config.model.patch_size, chans)
+  rows = {"view 1": views[:, 0], "student's view 1": jnp.where(pixels, jnp.nan, views[:, 0]),
+          "view 2": views[:, 1]}
+  if local is not None:
+    rows["local view 1"] = local[:, 0]
+  return rows
