@@ -1,4 +1,5 @@
-"""Evaluation splits: k-fold by patient, fixed 72/8/20, and nested stratified label fractions.
+"""Evaluation splits: k-fold by patient, fixed 72/8/20, nested stratified label fractions and
+nested few-shot draws.
 
 Every split is a pure function of (labels, groups, seed): the same call gives the same indices on
 every host and in every rerun. Groups are patient keys where the dataset has them (images of one
@@ -39,6 +40,12 @@ def fixed_split(labels, groups=None, seed: int = 0, test: float = 0.2, val: floa
   return train_idx, val_idx, test_idx
 
 
+def _shuffled_by_class(indices: np.ndarray, labels: np.ndarray, seed) -> dict:
+  """{class: its cases among `indices`, shuffled by `seed`}: the nested subsets are prefixes."""
+  rng = np.random.default_rng(seed)
+  return {c: rng.permutation(indices[labels == c]) for c in np.unique(labels)}
+
+
 def label_fractions(indices, labels, fractions=LABEL_FRACTIONS, seed: int = 0) -> dict:
   """{fraction: sorted subset of `indices`}, nested (each inside the next) and stratified.
 
@@ -46,8 +53,31 @@ def label_fractions(indices, labels, fractions=LABEL_FRACTIONS, seed: int = 0) -
   every class, so a smaller subset is always a prefix of a larger one.
   """
   indices, labels = np.asarray(indices), np.asarray(labels)[np.asarray(indices)]
-  rng = np.random.default_rng(seed)
-  by_class = {c: rng.permutation(indices[labels == c]) for c in np.unique(labels)}
+  by_class = _shuffled_by_class(indices, labels, seed)
   return {f: np.sort(np.concatenate([ids[:int(np.ceil(f * len(ids)))]
                                      for ids in by_class.values()]))
           for f in sorted(fractions)}
+
+
+def shots(indices, labels, counts, seed) -> dict:
+  """{n: sorted subset of `indices`} with n cases of every class of `labels` (None: n cases in
+  all), nested (each inside the next).
+
+  `labels` are those of all cases, so that a class without cases among `indices` has too few
+  as well. Each class's cases are shuffled by `seed` alone (an int or a tuple of them, e.g.
+  (seed, fold, draw)) and n keeps the first n: a draw is the same whichever other counts run.
+  Raises ValueError naming the classes with fewer than max(counts) cases among `indices`.
+  """
+  indices = np.asarray(indices)
+  classes = np.zeros(len(indices), int) if labels is None else np.asarray(labels)[indices]
+  by_class = _shuffled_by_class(indices, classes, seed)
+  if labels is not None:
+    by_class = {c: by_class.get(c, indices[:0]) for c in np.unique(labels)}
+  need = max(counts)
+  short = [(c, len(ids)) for c, ids in by_class.items() if len(ids) < need]
+  if short:
+    raise ValueError(f"{need} cases {'in all' if labels is None else 'per class'} wanted, only "
+                     + ", ".join(f"{n}" if labels is None else f"{n} of class {c}"
+                                 for c, n in short))
+  return {n: np.sort(np.concatenate([ids[:n] for ids in by_class.values()]))
+          for n in sorted(counts)}

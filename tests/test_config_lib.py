@@ -122,6 +122,19 @@ def test_what_may_change_on_resume_is_one_list_with_two_scopes():
   assert "total_steps" not in config_lib.PROTOCOL_RESUMABLE
 
 
+def test_few_shot_settings_are_checked_and_may_be_added_to_a_protocol():
+  config = config_lib.finetune("classification", "tiny")
+  config.protocol.update(shots=(5, 0, 5), shot_draws=0)
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(config, device_count=1, process_count=1)
+  assert ("config.protocol.shots=(5, 0, 5): numbers of labelled training cases must be positive "
+          "integers, each once") in str(info.value)
+  assert "config.protocol.shot_draws=0: need at least 1 draw" in str(info.value)
+  saved = config_lib.finetune("classification", "tiny").to_dict()
+  del saved["protocol"]["shots"], saved["protocol"]["shot_draws"]  # a protocol from before them
+  config_lib.check_unchanged(config, saved, config_lib.PROTOCOL_RESUMABLE, "old")
+
+
 @pytest.mark.slow
 def test_cli_fails_before_any_work(tmp_path):
   workdir = tmp_path / "run"

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import run_main, shared_dataset
 from data_pipelines import downstream
-from vismae_jax import checkpoint, config_lib, parallel, protocol
+from vismae_jax import checkpoint, config_lib, parallel, protocol, report
 
 SEG = "configs/finetune_seg.py:tiny"
 
@@ -18,7 +18,8 @@ SEG = "configs/finetune_seg.py:tiny"
 def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds(
     tmp_path, sample_segmentation_csv, caplog):
   """Runs differ in data, length and seed only (the schedule is an argument): one trace of
-  the step and of predict serves all. Each run keeps only its best checkpoint."""
+  the step and of predict serves all, a few-shot run of 2 images in batches of 8 too. Each run
+  keeps only its best checkpoint."""
   traced = []
 
   def listener(event, duration, fun_name="", **kwargs):
@@ -27,8 +28,9 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
 
   config = config_lib.finetune("segmentation", "tiny")
   config.data.csv = sample_segmentation_csv
-  config.protocol.update(max_folds=1, fractions=(0.5, 1.0), repeats=2)
-  config.total_steps, config.min_steps, config.num_epochs = 0, 0, 1.0  # 2 steps at 50%, 3 at 100%
+  config.protocol.update(max_folds=1, fractions=(0.5, 1.0), repeats=2, shots=(2,))
+  # 2 steps at 50%, 3 at 100%, 1 at 2 shots
+  config.total_steps, config.min_steps, config.num_epochs = 0, 0, 1.0
   mesh = parallel.make_mesh(config.mesh)
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
@@ -39,7 +41,7 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
   runs = os.path.join(tmp_path, "runs")
   steps = {tuple(ocp.CheckpointManager(os.path.join(runs, run, "checkpoints")).all_steps())
            for run in os.listdir(runs)}
-  assert len(steps) == 2 and all(len(s) == 1 for s in steps), steps  # two lengths, one kept
+  assert len(steps) == 3 and all(len(s) == 1 for s in steps), steps  # three lengths, one kept
   random = summary["by_fraction"]["1.0"]["random"]
   names = ["random_labels100_fold0", "random_labels100_fold0_seed1"]
   seeds = [checkpoint.saved_config(checkpoint.manager(os.path.join(runs, n), 1),
@@ -49,6 +51,9 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
   metrics = [json.load(open(os.path.join(runs, n, "result.json")))["metric"] for n in names]
   assert random["per_fold_repeats"] == [pytest.approx(metrics)]
   assert random["per_fold"] == [pytest.approx(np.mean(metrics))]
+  with open(os.path.join(runs, "random_shots002_fold0_seed1", "result.json")) as f:
+    assert json.load(f)["train_size"] == 2
+  assert len(summary["by_shots"]["2"]["random"]["per_fold_repeats"][0]) == 2
   for name in ("report.json", "report.csv", "report.md", "label_efficiency.png", "overlays.png",
                "feature_reuse.md", "feature_reuse.png"):
     assert os.path.getsize(os.path.join(tmp_path, name)) > 0
@@ -68,8 +73,9 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
   # Run again: every run is reused, none trains, and the log says so.
   with caplog.at_level("INFO"):
     again = protocol.run(config, str(tmp_path), mesh)
-  assert "reusing 4 finished runs of 4" in caplog.text and "run 1/" not in caplog.text
+  assert "reusing 6 finished runs of 6" in caplog.text and "run 1/" not in caplog.text
   assert again["by_fraction"] == summary["by_fraction"]
+  assert again["by_shots"] == summary["by_shots"]
   assert again["feature_reuse"]["cka"]["random"] == pytest.approx(cka)  # the same start
 
 
@@ -117,6 +123,54 @@ def test_the_csv_fold_column_makes_the_folds_unless_told_otherwise(tmp_path):
   _, drawn, described = splits_of(csv_path, group_column="subject_id", fold_column="")
   assert described["folds"] == "5 folds drawn, stratified by label"
   assert any(not np.array_equal(a[3], b[3]) for a, b in zip(folds, drawn))
+
+
+def test_shot_runs_draw_n_per_class_from_the_training_cases_whatever_else_runs(tmp_path):
+  csv_path = frames_of_subjects(tmp_path, False)
+  config = config_lib.finetune("classification", "tiny")
+  config.data.update(csv=csv_path, group_column="subject_id")
+  config.protocol.update(max_folds=2, fractions=(0.5, 1.0), shots=(2, 4), shot_draws=2,
+                         repeats=2)
+  table = downstream.read_table(csv_path, protocol.columns(config))
+  runs = {r["name"]: r for r in protocol.plan(config, table)}
+  assert len(runs) == 2 * (2 + 2 * 2) * 2  # folds x (fractions + shots x draws) x repeats
+  assert {"random_labels050_fold0", "random_labels100_fold1_seed1", "random_shots002_fold0",
+          "random_shots004_fold1_draw1_seed1"} <= set(runs)
+  for name, r in runs.items():
+    assert protocol.parse_run_name(name) == {k: r[k] for k in ("init", *report.PLACEMENT)
+                                             if k in r}
+    assert protocol.run_name(**protocol.parse_run_name(name)) == name
+    assert not set(r["train"]) & (set(r["val"]) | set(r["test"]))
+    if "shots" in r:
+      assert np.bincount(table.labels[r["train"]]).tolist() == [r["shots"]] * 3
+      assert set(r["train"]) <= set(runs[f"random_labels100_fold{r['fold']}"]["train"])
+  assert set(runs["random_shots002_fold1_draw1"]["train"]) < set(
+      runs["random_shots004_fold1_draw1"]["train"])  # nested across N
+  assert set(runs["random_shots004_fold1"]["train"]) != set(
+      runs["random_shots004_fold1_draw1"]["train"])
+  # Other fractions and shots: the same draws, so a protocol reuses its finished runs.
+  config.protocol.update(fractions=(0.25,), shots=(4, 6))
+  again = [r for r in protocol.plan(config, table) if r["name"] in runs]
+  assert sorted(r["name"] for r in again) == sorted(n for n in runs if "shots004" in n)
+  for r in again:
+    np.testing.assert_array_equal(r["train"], runs[r["name"]]["train"])
+
+
+def test_too_few_training_cases_for_the_shots_fail_naming_the_class(tmp_path,
+                                                                     sample_segmentation_csv):
+  config = config_lib.finetune("classification", "tiny")
+  config.data.update(csv=frames_of_subjects(tmp_path, False), group_column="subject_id")
+  config.protocol.shots = (2, 30)
+  table = downstream.read_table(config.data.csv, protocol.columns(config))
+  with pytest.raises(config_lib.ConfigError, match=r"^config.protocol.shots=\(2, 30\): fold 0's "
+                     r"training cases are too few: 30 cases per class wanted, only \d+ of class 0"):
+    protocol.plan(config, table)
+  config = config_lib.finetune("segmentation", "tiny")
+  config.data.csv, config.protocol.shots = sample_segmentation_csv, (40,)
+  _, table, _ = protocol.read_labelled(config, sample_segmentation_csv)
+  with pytest.raises(config_lib.ConfigError, match=r"40 cases in all wanted, only 3\d\. Lower "
+                     "config.protocol.shots"):
+    protocol.plan(config, table)
 
 
 def busi_with_bad_rows(folder) -> str:

@@ -1,4 +1,5 @@
 """What runs mean: repeats averaged within folds, intervals, tests, and the report's files."""
+import csv
 import dataclasses
 import json
 import os
@@ -64,6 +65,55 @@ def test_the_report_files_say_the_same_numbers(tmp_path):
   assert f"| 100% | pretrained | {mean:.4f} |" in markdown and "1 rows of" in markdown
   assert open(paths["csv"]).read().count("\n") == 3  # the header and one row per init
   assert os.path.getsize(paths["curve"]) > 10_000
+
+
+def segmentation_results(rng, folds=4):
+  """Per (fold, init) two runs at all the labels (seeds) and the same two at 2 shots (draws);
+  pretrained a little better."""
+  results = []
+  for fold in range(folds):
+    for init, shift in (("pretrained", 0.1), ("random", 0.0)):
+      for run in range(2):
+        per_case = np.clip(rng.normal(0.6 + shift, 0.1, 10), 0, 1)
+        scored = {"init": init, "fold": fold, "metric": float(per_case.mean()),
+                  "per_case": per_case.tolist(), "hd95": 5.0, "precision": 0.7, "recall": 0.7}
+        results += [{**scored, "name": f"{init}_labels100_fold{fold}_seed{run}", "fraction": 1.0,
+                     "repeat": run},
+                     {**scored, "name": f"{init}_shots002_fold{fold}_draw{run}", "shots": 2,
+                      "draw": run, "repeat": 0}]
+  return results
+
+
+def test_shot_draws_are_summarized_and_reported_as_fractions_are(tmp_path):
+  config = config_lib.finetune("segmentation", "tiny")
+  config.protocol.update(shots=(2,), shot_draws=2)
+  results = segmentation_results(np.random.default_rng(0))
+  summary = report.summarize(config, results)
+  assert summary["fractions"] == [1.0] and summary["shots"] == [2]
+  entry = summary["by_shots"]["2"]
+  assert entry == summary["by_fraction"]["1.0"]  # draws average within the fold as seeds do
+  pretrained, random = (entry[i]["per_fold"] for i in report.INITS)
+  np.testing.assert_allclose(pretrained, [np.mean([r["metric"] for r in results if r.get(
+      "shots") and r["init"] == "pretrained" and r["fold"] == k]) for k in range(4)])
+  assert entry["p_value"] == pytest.approx(stats.ttest_rel(pretrained, random).pvalue)
+  paths = report.write_report(config, str(tmp_path), {**summary, "skipped_rows": []})
+  markdown = open(paths["markdown"]).read()
+  assert f"| 2 shots | pretrained | {entry['pretrained']['mean']:.4f} |" in markdown
+  assert "N shots: N training images" in markdown and "the mean of 2 draws" in markdown
+  with open(paths["csv"], newline="") as f:
+    rows = [(r["fraction"], r["shots"], r["init"]) for r in csv.DictReader(f)]
+  assert rows == [("1.0", "", "pretrained"), ("1.0", "", "random"), ("", "2", "pretrained"),
+                  ("", "2", "random")]
+
+
+def test_evaluation_compares_shot_runs_of_the_same_draw():
+  config = config_lib.finetune("segmentation", "tiny")
+  results = [r for r in segmentation_results(np.random.default_rng(0), folds=1) if "shots" in r]
+  summary = report.summarize_evaluation(config, results)
+  assert [(c["pretrained"], c["random"]) for c in summary["comparisons"]] == [
+      (f"pretrained_shots002_fold0_draw{d}", f"random_shots002_fold0_draw{d}") for d in (0, 1)]
+  assert {k: summary["models"][1][k] for k in ("shots", "draw", "fold", "repeat")} == {
+      "shots": 2, "draw": 1, "fold": 0, "repeat": 0}
 
 
 def test_segmentation_scores_pool_images_with_something_to_find():

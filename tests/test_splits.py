@@ -1,5 +1,6 @@
-"""Evaluation splits: k folds by patient, the fixed split, nested stratified label fractions."""
+"""Evaluation splits: k folds by patient, the fixed split, nested label fractions and shots."""
 import numpy as np
+import pytest
 
 from data_pipelines import splits
 
@@ -46,3 +47,28 @@ def test_label_fractions_are_nested_and_stratified():
       n_c = np.sum(labels[pool] == c)
       assert np.sum(labels[idx] == c) == int(np.ceil(f * n_c))  # every class, same fraction
   assert len(subsets[1.0]) == len(pool)
+
+
+def test_shots_are_n_per_class_nested_and_drawn_by_their_seed_alone():
+  labels, _ = synthetic_labels(400)
+  pool = np.arange(0, 400, 2)
+  subsets = splits.shots(pool, labels, (2, 5, 10), seed=(0, 1, 0))
+  previous = set()
+  for n, idx in subsets.items():
+    assert set(idx) <= set(pool) and previous <= set(idx)
+    previous = set(idx)
+    assert np.bincount(labels[idx], minlength=3).tolist() == [n] * 3
+  np.testing.assert_array_equal(splits.shots(pool, labels, (5,), seed=(0, 1, 0))[5], subsets[5])
+  assert set(splits.shots(pool, labels, (5,), seed=(0, 1, 1))[5]) != set(subsets[5])
+  in_all = splits.shots(pool, None, (3, 7), seed=0)
+  assert len(in_all[7]) == 7 and set(in_all[3]) <= set(in_all[7]) <= set(pool)
+
+
+def test_too_few_cases_name_each_short_class():
+  labels = np.array([0] * 10 + [1] * 3 + [2] * 5)
+  with pytest.raises(ValueError, match=r"^5 cases per class wanted, only 3 of class 1$"):
+    splits.shots(np.arange(18), labels, (2, 5), seed=0)
+  with pytest.raises(ValueError, match=r"only 3 of class 1, 0 of class 2$"):  # none in the pool
+    splits.shots(np.arange(13), labels, (4,), seed=0)
+  with pytest.raises(ValueError, match=r"^20 cases in all wanted, only 18$"):
+    splits.shots(np.arange(18), None, (20,), seed=0)

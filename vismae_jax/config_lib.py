@@ -42,7 +42,8 @@ RUN_RESUMABLE = EXECUTION + ("checkpoint_every", "total_steps", "num_epochs", "m
                              "protocol")
 # A protocol reuses finished runs, so only the choice of runs may change.
 PROTOCOL_RESUMABLE = EXECUTION + ("protocol.max_folds", "protocol.fractions",
-                                  "protocol.compare_random", "protocol.repeats")
+                                  "protocol.compare_random", "protocol.repeats",
+                                  "protocol.shots", "protocol.shot_draws")
 
 
 class ConfigError(ValueError):
@@ -235,8 +236,12 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   # label fractions to train on; compare_random also fine-tunes from random initialisation;
   # repeats: runs per (fold, fraction, initialisation) with seeds seed, seed + 1, ... (new
   # layers, data order, augmentation; the splits stay), averaged within the fold.
+  # shots: few-shot runs besides the fractions, on N training cases per class (classification;
+  # multi-label: per first positive label) or N images in all (segmentation) for each N, nested
+  # like the fractions; shot_draws: different draws of them per fold (seeds (seed, fold, draw)),
+  # each its own run and averaged within the fold like repeats.
   c.protocol = dict(kind="kfold", folds=5, max_folds=0, val_fraction=0.1, fractions=(1.0,),
-                    compare_random=False, repeats=1)
+                    compare_random=False, repeats=1, shots=(), shot_draws=1)
   c.batch_size = 32 if seg else 48
   c.eval_batch_size = 32
   c.num_epochs = 150.0 if seg else 50.0
@@ -501,6 +506,11 @@ def _check_finetune(config, check):
   check(all(0 < x <= 1 for x in p.fractions) and len(p.fractions) > 0,
         f"config.protocol.fractions={tuple(p.fractions)}: label fractions must be in (0, 1]")
   check(p.repeats >= 1, f"config.protocol.repeats={p.repeats}: need at least 1 run per fold")
+  check(all(isinstance(n, int) and n > 0 for n in p.shots) and len(set(p.shots)) == len(p.shots),
+        f"config.protocol.shots={tuple(p.shots)}: numbers of labelled training cases must be "
+        "positive integers, each once")
+  check(isinstance(p.shot_draws, int) and p.shot_draws >= 1,
+        f"config.protocol.shot_draws={p.shot_draws}: need at least 1 draw per fold and shots")
   check(0 <= f.probe_first < 1 and not (f.probe_first and f.freeze_encoder),
         f"config.finetune.probe_first={f.probe_first}: must be in [0, 1), and 0 with "
         "freeze_encoder (a frozen encoder is held for the whole run)")

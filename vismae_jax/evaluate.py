@@ -8,9 +8,9 @@ The CSV is read as fine-tuning reads one (the same columns and options; unreadab
 left out and listed). The models: the run in the workdir, a PyTorch file named by
 `finetune.pretrained`, or every run of a protocol's workdir. Each is scored with the
 protocol's metrics and a bootstrap CI over the cases; runs of a protocol that differ only in
-their initialisation (the same fold, label fraction and seed) are compared on the same cases,
-by DeLong's test for a binary AUC and the Wilcoxon signed-rank test on per-image Dice. OUT gets
-report.json, report.csv and report.md.
+their initialisation (the same fold, label fraction or shots and draw, and seed) are compared
+on the same cases, by DeLong's test for a binary AUC and the Wilcoxon signed-rank test on
+per-image Dice. OUT gets report.json, report.csv and report.md.
 """
 import os
 
@@ -24,7 +24,8 @@ from vismae_jax.train import finetune
 
 
 def models(config, workdir: str) -> list[dict]:
-  """[{name, workdir[, init, fraction, fold, repeat]}] of the models to score."""
+  """[{name, workdir[, init, fraction or shots and draw, fold, repeat]}] of the models to
+  score."""
   if config.finetune.pretrained.endswith(torch_import.SUFFIXES):
     return [{"name": os.path.basename(config.finetune.pretrained), "workdir": workdir}]
   runs = os.path.join(workdir, "runs")

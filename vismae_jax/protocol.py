@@ -1,7 +1,8 @@
 """Fine-tuning protocols: the runs over folds, label fractions and initialisations.
 
 k-fold cross-validation (by patient, stratified) or a fixed split; inside each fold a
-validation hold-out and nested label fractions; for every (fold, fraction, initialisation)
+validation hold-out, nested label fractions and, with `protocol.shots`, nested few-shot draws
+(`protocol.shot_draws` of them); for every (fold, fraction or shots and draw, initialisation)
 one fine-tuning run, or `protocol.repeats` runs with different seeds. Each run trains in
 `runs/<name>/` with the same loop as pretraining, keeps its best checkpoint by validation Dice
 or AUC, and is scored on the fold's test cases. A finished run leaves `result.json` and is
@@ -107,7 +108,7 @@ def _run_path(workdir: str, name: str, file: str) -> str:
 
 def _labelled(result: dict, run: dict) -> dict:
   """A run's result with where it stands in the protocol, for the report."""
-  return {**result, **{k: run[k] for k in ("fold", "fraction", "repeat")}}
+  return {**result, **{k: run[k] for k in report.PLACEMENT if k in run}}
 
 
 def run_one(config, run: dict, workdir: str, mesh, examples: dict, distance_scale) -> dict:
@@ -153,8 +154,8 @@ def feature_reuse(config, runs: list[dict], workdir: str, mesh, examples: dict) 
   for each initialisation's run with the most labels in the first fold (its first seed), on
   the same validation images of that fold: up to FEATURE_REUSE_IMAGES of them."""
   fold = min(r["fold"] for r in runs)
-  top = max(r["fraction"] for r in runs if r["fold"] == fold)
-  chosen = [r for r in runs if (r["fold"], r["fraction"], r["repeat"]) == (fold, top, 0)]
+  top = max(r["fraction"] for r in runs if r["fold"] == fold and "fraction" in r)
+  chosen = [r for r in runs if (r["fold"], r.get("fraction"), r["repeat"]) == (fold, top, 0)]
   images = examples["image"][np.asarray(chosen[0]["val"])[:FEATURE_REUSE_IMAGES]]
   cka = {}
   for r in chosen:  # repeat 0: trained under config.seed
@@ -183,24 +184,28 @@ def check_same_config(config, workdir: str):
       f.write(config.to_json(indent=1))
 
 
-RUN_NAME = re.compile(r"^(?P<init>pretrained|random)_labels(?P<percent>\d+)_fold(?P<fold>\d+)"
-                      r"(?:_seed(?P<repeat>\d+))?$")
+RUN_NAME = re.compile(r"^(?P<init>pretrained|random)_(?:labels(?P<percent>\d+)|shots(?P<shots>\d+))"
+                      r"_fold(?P<fold>\d+)(?:_draw(?P<draw>\d+))?(?:_seed(?P<repeat>\d+))?$")
 
 
-def run_name(init: str, fraction: float, fold: int, repeat: int) -> str:
-  """A run's folder under runs/. Repeat 0 is the run of a single-repeat protocol, so that
-  adding repeats reuses it."""
-  return f"{init}_labels{round(fraction * 100):03d}_fold{fold}" + (
+def run_name(init: str, fold: int, repeat: int, fraction: float | None = None,
+             shots: int | None = None, draw: int = 0) -> str:
+  """A run's folder under runs/: its label fraction, or its shots and draw. Repeat 0 and draw 0
+  add nothing, so that adding repeats or draws reuses the runs of a protocol without them."""
+  labels = f"shots{shots:03d}" if shots is not None else f"labels{round(fraction * 100):03d}"
+  return f"{init}_{labels}_fold{fold}" + (f"_draw{draw}" if draw else "") + (
       f"_seed{repeat}" if repeat else "")
 
 
 def parse_run_name(name: str) -> dict | None:
-  """{init, fraction, fold, repeat} of a run folder's name, or None for another name."""
+  """{init, fraction, fold, repeat} or {init, shots, draw, fold, repeat} of a run folder's name
+  (run_name's arguments), or None for another name."""
   m = RUN_NAME.match(name)
-  if not m:
+  if not m or (m["percent"] and m["draw"]):
     return None
-  return {"init": m["init"], "fraction": int(m["percent"]) / 100, "fold": int(m["fold"]),
-          "repeat": int(m["repeat"] or 0)}
+  labels = ({"fraction": int(m["percent"]) / 100} if m["percent"] else
+            {"shots": int(m["shots"]), "draw": int(m["draw"] or 0)})
+  return {"init": m["init"], **labels, "fold": int(m["fold"]), "repeat": int(m["repeat"] or 0)}
 
 
 def splittable(config, table: downstream.Table) -> list:
@@ -221,18 +226,45 @@ def splittable(config, table: downstream.Table) -> list:
         "config.protocol.folds, raise config.protocol.val_fraction, or use more cases") from e
 
 
+def shot_subsets(config, table: downstream.Table, fold: int,
+                 train) -> list[tuple[dict, np.ndarray]]:
+  """[({shots, draw}, subset of `train`)] of config.protocol.shots in one fold: N cases per
+  class (stratification_labels) or, for segmentation, N images; a ConfigError naming the
+  classes and counts where the fold's training cases are too few."""
+  p = config.protocol
+  per_class = config.finetune.kind != config_lib.SEGMENTATION
+  labels = stratification_labels(table) if per_class else None
+  try:
+    draws = [splits.shots(train, labels, tuple(p.shots), seed=(config.seed, fold, draw))
+             for draw in range(p.shot_draws)]
+  except ValueError as e:
+    raise config_lib.ConfigError(
+        f"config.protocol.shots={tuple(p.shots)}: fold {fold}'s training cases are too few: "
+        f"{e}{' (class -1: no positive label)' if config.finetune.multilabel else ''}. Lower "
+        "config.protocol.shots or config.protocol.folds, or use more cases") from e
+  return [({"shots": n, "draw": draw}, subset)
+          for draw, subsets in enumerate(draws) for n, subset in subsets.items()]
+
+
+def training_subsets(config, table: downstream.Table, fold: int,
+                     train) -> list[tuple[dict, np.ndarray]]:
+  """[(where the subset stands: {fraction} or {shots, draw}, subset of `train`)] of one fold."""
+  fractions = splits.label_fractions(train, stratification_labels(table),
+                                     tuple(config.protocol.fractions), seed=config.seed + fold)
+  return [({"fraction": f}, subset) for f, subset in fractions.items()] + (
+      shot_subsets(config, table, fold, train) if config.protocol.shots else [])
+
+
 def plan(config, table: downstream.Table) -> list[dict]:
-  """Every run of the protocol: name, fold, fraction, init, repeat and its train/val/test
-  cases."""
+  """Every run of the protocol: name, fold, fraction (or shots and draw), init, repeat and its
+  train/val/test cases."""
   inits = report.INITS if (config.finetune.pretrained and config.protocol.compare_random) else (
       ("pretrained",) if config.finetune.pretrained else ("random",))
-  return [{"name": run_name(init, fraction, fold, repeat),
-           "fold": fold, "fraction": fraction, "init": init, "repeat": repeat,
+  return [{"name": run_name(init, fold, repeat, **labels),
+           "fold": fold, **labels, "init": init, "repeat": repeat,
            "train": subset, "val": val, "test": test}
           for fold, train, val, test in splittable(config, table)
-          for fraction, subset in splits.label_fractions(
-              train, stratification_labels(table), tuple(config.protocol.fractions),
-              seed=config.seed + fold).items()
+          for labels, subset in training_subsets(config, table, fold, train)
           for init in inits
           for repeat in range(config.protocol.repeats)]
 

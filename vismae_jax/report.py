@@ -1,11 +1,12 @@
 """What a fine-tuning protocol's runs mean: per-run scores, statistics tables, curves, overlays.
 
 A run's score on its test cases (`score`) keeps the per-case values that the pooled statistics
-need. Repeats are averaged within their fold (the metrics, and the per-case Dice or
-probabilities), so that training noise does not hide a difference between initialisations.
-Per fraction and initialisation: the mean over folds with a t-interval and the pooled per-case
-bootstrap CI; pretrained against random by a paired t-test across folds and, for binary
-classification, DeLong's test on the pooled test predictions.
+need. Repeats (and few-shot draws) are averaged within their fold (the metrics, and the
+per-case Dice or probabilities), so that training noise does not hide a difference between
+initialisations. Per label fraction (or number of shots) and initialisation: the mean over
+folds with a t-interval and the pooled per-case bootstrap CI; pretrained against random by a
+paired t-test across folds and, for binary classification, DeLong's test on the pooled test
+predictions.
 
 Segmentation Dice is the mean over test images that contain the foreground (MONAI's
 ignore_empty: a normal image has nothing to find); HD95, precision and recall (segmentation)
@@ -23,6 +24,11 @@ from scipy import stats
 from vismae_jax import config_lib, figures, metrics
 
 INITS = ("pretrained", "random")
+# Where a run stands in a protocol: its label fraction, or its shots and their draw; its fold
+# and repeat. A run has either a fraction or shots and draw.
+PLACEMENT = ("fraction", "shots", "draw", "fold", "repeat")
+# The training subsets a protocol reports: (run key, summary's list, summary's entries).
+SUBSETS = (("fraction", "fractions", "by_fraction"), ("shots", "shots", "by_shots"))
 # Reported beside the main metric (means over folds); the first also in the CSV / Markdown.
 SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
 OVERLAY_EACH = 2  # cases shown at the best, the median and the worst Dice
@@ -63,13 +69,15 @@ def score(config, predictions: np.ndarray, examples: dict, indices, distance_sca
 
 
 def average_repeats(results: list[dict]) -> list[dict]:
-  """One result per (fold, fraction, initialisation): its repeats' metrics and per-case values
-  (Dice, predicted probabilities) averaged, their metrics kept as `repeat_metrics`."""
+  """One result per (fold, fraction or shots, initialisation): its repeats' and draws' metrics
+  and per-case values (Dice, predicted probabilities) averaged, their metrics kept as
+  `repeat_metrics` (by draw, then repeat)."""
   groups = {}
   for r in results:
-    groups.setdefault((r["fold"], r["fraction"], r["init"]), []).append(r)
+    groups.setdefault((r["fold"], r.get("fraction"), r.get("shots"), r["init"]), []).append(r)
   averaged = []
   for runs in groups.values():
+    runs = sorted(runs, key=lambda r: (r.get("draw", 0), r.get("repeat", 0)))
     merged = {**runs[0], "repeat_metrics": [r["metric"] for r in runs]}
     for key in ("metric", *SECONDARY[True], *SECONDARY[False]):
       if key in runs[0]:
@@ -92,39 +100,48 @@ def _pooled_ci(seg: bool, runs: list[dict]):
                               labels, probs, strata=labels if labels.ndim == 1 else None)
 
 
+def _compare(seg: bool, results: list[dict]) -> dict:
+  """One training subset's entry: per initialisation its fold values, mean with CI and pooled
+  bootstrap CI; pretrained against random where both ran in every fold."""
+  rows = {init: sorted((r for r in results if r["init"] == init), key=lambda r: r["fold"])
+          for init in INITS}
+  entry = {}
+  for init, runs in rows.items():
+    if not runs:
+      continue
+    values = [r["metric"] for r in runs]
+    mean, low, high = metrics.mean_ci(values)
+    pooled = _pooled_ci(seg, runs)
+    entry[init] = {"mean": mean, "ci95": [low, high], "per_fold": values,
+                   "per_fold_repeats": [r["repeat_metrics"] for r in runs],
+                   "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]],
+                   **{k: _nanmean([r[k] for r in runs]) for k in SECONDARY[seg]}}
+  if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
+    a, b = ([r["metric"] for r in rows[i]] for i in INITS)
+    entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
+    entry["p_value"] = entry["paired_t_test"]["p_value"] if len(a) > 1 else None
+    if not seg and np.asarray(rows["pretrained"][0]["labels"]).ndim == 1 and \
+        np.asarray(rows["pretrained"][0]["probs"]).shape[1] == 2:
+      labels = np.concatenate([r["labels"] for r in rows["pretrained"]])
+      entry["delong"] = metrics.delong_test(
+          labels, *(np.concatenate([np.asarray(r["probs"])[:, 1] for r in rows[i]])
+                    for i in INITS))
+  return entry
+
+
 def summarize(config, results: list[dict]) -> dict:
-  """Per fraction: each initialisation's fold values, mean with CI, pooled bootstrap CI, tests."""
+  """Per label fraction (`by_fraction`) and number of shots (`by_shots`): each
+  initialisation's fold values, mean with CI, pooled bootstrap CI, tests."""
   seg = config.finetune.kind == config_lib.SEGMENTATION
   results = average_repeats(results)
   summary = {"metric": metric_name(config), "repeats": config.protocol.repeats,
-             "units": {"hd95": distance_unit(config)} if seg else {},
-             "fractions": [], "by_fraction": {}}
-  for fraction in sorted({r["fraction"] for r in results}):
-    rows = {init: sorted((r for r in results if r["fraction"] == fraction and r["init"] == init),
-                         key=lambda r: r["fold"]) for init in INITS}
-    entry = {}
-    for init, runs in rows.items():
-      if not runs:
-        continue
-      values = [r["metric"] for r in runs]
-      mean, low, high = metrics.mean_ci(values)
-      pooled = _pooled_ci(seg, runs)
-      entry[init] = {"mean": mean, "ci95": [low, high], "per_fold": values,
-                     "per_fold_repeats": [r["repeat_metrics"] for r in runs],
-                     "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]],
-                     **{k: _nanmean([r[k] for r in runs]) for k in SECONDARY[seg]}}
-    if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
-      a, b = ([r["metric"] for r in rows[i]] for i in INITS)
-      entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
-      entry["p_value"] = entry["paired_t_test"]["p_value"] if len(a) > 1 else None
-      if not seg and np.asarray(rows["pretrained"][0]["labels"]).ndim == 1 and \
-          np.asarray(rows["pretrained"][0]["probs"]).shape[1] == 2:
-        labels = np.concatenate([r["labels"] for r in rows["pretrained"]])
-        entry["delong"] = metrics.delong_test(
-            labels, *(np.concatenate([np.asarray(r["probs"])[:, 1] for r in rows[i]])
-                      for i in INITS))
-    summary["fractions"].append(fraction)
-    summary["by_fraction"][str(fraction)] = entry
+             "shot_draws": config.protocol.shot_draws,
+             "units": {"hd95": distance_unit(config)} if seg else {}}
+  for key, listed, entries in SUBSETS:
+    values = sorted({r[key] for r in results if key in r})
+    summary[listed] = values
+    summary[entries] = {str(v): _compare(seg, [r for r in results if r.get(key) == v])
+                        for v in values}
   return summary
 
 
@@ -163,6 +180,23 @@ def write_feature_reuse(reuse: dict, workdir: str) -> dict:
   return paths
 
 
+def _subset_label(config, key: str, value) -> str:
+  """A table row's training subset: "25%" of the labels, "10 per class" or "10 shots"."""
+  if key == "fraction":
+    return f"{value:.0%}"
+  return f"{value} shots" if config.finetune.kind == config_lib.SEGMENTATION else (
+      f"{value} per class")
+
+
+def _shots_note(config, summary: dict) -> str:
+  """What the few-shot rows trained on, under the table."""
+  what = ("N shots: N training images" if config.finetune.kind == config_lib.SEGMENTATION else
+          "N per class: N training cases of every class")
+  draws = summary["shot_draws"]
+  return (f"{what}, drawn from each fold's training cases"
+          + (f"; each fold the mean of {draws} draws." if draws > 1 else "."))
+
+
 def write_report(config, workdir: str, summary: dict) -> dict:
   """report.json, report.csv, report.md and label_efficiency.png, and the feature reuse where
   the summary has it; returns their paths."""
@@ -181,20 +215,25 @@ def write_report(config, workdir: str, summary: dict) -> dict:
     w = csv.writer(f)
     w.writerow(["fraction", "init", "mean", "ci_low", "ci_high", "pooled", "pooled_ci_low",
                 "pooled_ci_high", "p_value", f"{second}_{unit}" if unit else second,
-                "per_fold"])
-    for fraction in summary["fractions"]:
-      entry = summary["by_fraction"][str(fraction)]
-      for init in INITS:
-        if init not in entry:
-          continue
-        e, p = entry[init], entry.get("p_value")
-        w.writerow([fraction, init, e["mean"], *e["ci95"], e["pooled"],
-                    *e["pooled_bootstrap_ci95"], p, e[second],
-                    " ".join(f"{v:.4f}" for v in e["per_fold"])])
-        p_text = "" if p is None or init != "pretrained" else f"{p:.3g}"
-        lines.append(f"| {fraction:.0%} | {init} | {e['mean']:.4f} | {e['ci95'][0]:.4f}-"
-                     f"{e['ci95'][1]:.4f} | {e['pooled_bootstrap_ci95'][0]:.4f}-"
-                     f"{e['pooled_bootstrap_ci95'][1]:.4f} | {p_text} | {e[second]:.4f} |")
+                "per_fold", "shots"])
+    for key, listed, entries in SUBSETS:
+      for value in summary[listed]:
+        entry = summary[entries][str(value)]
+        for init in INITS:
+          if init not in entry:
+            continue
+          e, p = entry[init], entry.get("p_value")
+          w.writerow([value if key == "fraction" else "", init, e["mean"], *e["ci95"],
+                      e["pooled"], *e["pooled_bootstrap_ci95"], p, e[second],
+                      " ".join(f"{v:.4f}" for v in e["per_fold"]),
+                      value if key == "shots" else ""])
+          p_text = "" if p is None or init != "pretrained" else f"{p:.3g}"
+          lines.append(f"| {_subset_label(config, key, value)} | {init} | {e['mean']:.4f} | "
+                       f"{e['ci95'][0]:.4f}-{e['ci95'][1]:.4f} | "
+                       f"{e['pooled_bootstrap_ci95'][0]:.4f}-{e['pooled_bootstrap_ci95'][1]:.4f}"
+                       f" | {p_text} | {e[second]:.4f} |")
+  if summary["shots"]:
+    lines.append(f"\n{_shots_note(config, summary)}")
   if summary["skipped_rows"]:
     lines.append(f"\n{len(summary['skipped_rows'])} rows of {config.data.csv} could not be read "
                  "and were left out (`skipped_rows` in report.json).")
@@ -211,19 +250,20 @@ def write_report(config, workdir: str, summary: dict) -> dict:
 
 def summarize_evaluation(config, results: list[dict]) -> dict:
   """Models scored on one labelled set (evaluate.py): each with its bootstrap CI over the
-  cases, and every pretrained run against the random run of the same fold, fraction and seed,
-  tested on the same cases (paired: DeLong for a binary AUC, Wilcoxon on per-image Dice)."""
+  cases, and every pretrained run against the random run of the same fold, fraction (or shots
+  and draw) and seed, tested on the same cases (paired: DeLong for a binary AUC, Wilcoxon on
+  per-image Dice)."""
   seg = config.finetune.kind == config_lib.SEGMENTATION
   models = []
   for r in results:
     estimate, low, high = _pooled_ci(seg, [r])
-    models.append({**{k: r[k] for k in ("name", "init", "fraction", "fold", "repeat") if k in r},
+    models.append({**{k: r[k] for k in ("name", "init", *PLACEMENT) if k in r},
                    "metric": estimate, "ci95": [low, high],
                    **{k: r[k] for k in SECONDARY[seg]}})
   comparisons = []
   for a in results:
     b = next((r for r in results if r.get("init") == "random" and a.get("init") == "pretrained"
-              and all(r[k] == a[k] for k in ("fraction", "fold", "repeat"))), None)
+              and all(r.get(k) == a.get(k) for k in PLACEMENT)), None)
     if b is None:
       continue
     test = {"pretrained": a["name"], "random": b["name"],
@@ -293,8 +333,8 @@ def write_overlays(config, workdir: str, results: list[dict], examples: dict,
   labels, pooled over folds; each row the case with its ground truth and every initialisation's
   prediction with its Dice, so pretrained and random are compared on the same images.
   `predictions(run name)` loads a run's label maps (its test cases, in order)."""
-  top = max(r["fraction"] for r in results)
-  runs = [r for r in results if r["fraction"] == top and r.get("repeat", 0) == 0]
+  top = max(r["fraction"] for r in results if "fraction" in r)
+  runs = [r for r in results if r.get("fraction") == top and r.get("repeat", 0) == 0]
   inits = [i for i in INITS if any(r["init"] == i for r in runs)]
   maps, dice = {i: {} for i in inits}, {i: {} for i in inits}
   for r in runs:
