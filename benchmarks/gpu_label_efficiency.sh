@@ -136,8 +136,8 @@ package() {
   (
     cd "$SCRATCH"
     paths=()  # those there are: a call that failed early leaves its logs only
-    for path in done logs runs.log export.log pretrain/metrics.jsonl busi_*/runs/*/result.json \
-        busi_*/runs/*/metrics.jsonl; do
+    for path in done logs runs.log pretrain/export.log pretrain/metrics.jsonl \
+        busi_*/runs/*/result.json busi_*/runs/*/metrics.jsonl; do
       if [[ -e $path ]]; then paths+=("$path"); fi
     done
     tar -czf "$OUT/results.tar.gz" "${paths[@]}"
@@ -175,7 +175,7 @@ for task in ("busi_seg", "busi_cls"):
     ci = lambda e: f"{e['mean']:.3f} ({e['ci95'][0]:.3f}-{e['ci95'][1]:.3f})"
     print(f"{task:9} {t['epochs']:6g} {float(f):6.0%} {ci(a):21} {ci(b):21} "
           f"{t['p_values'][f] if t['p_values'][f] is not None else float('nan'):.3g}")
-export = r.get("export", {})
+export = r.get("export", {}).get("mae", {})
 print("Export: " + (", ".join(f"{k} {v:,} bytes" for k, v in export.get("files", {}).items())
                     or f"failed ({export.get('log')})"))
 EOF

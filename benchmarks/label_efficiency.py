@@ -50,6 +50,7 @@ import time
 
 from absl import app, flags
 
+import compare_methods  # benchmarks/compare_methods.py
 import output  # benchmarks/output.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +60,12 @@ DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
 PRETRAIN_VARIANT = {"cpu": "sample", "full": "", "tiny": "tiny"}
 FINETUNE_VARIANT = {"cpu": "cpu", "full": "", "tiny": "tiny"}
 TASKS = ("busi_seg", "busi_cls")
+# config_lib.METHODS' config files, for the export.
+CONFIG_FILES = {"mae": "generic.py", "simmim": "simmim.py", "simclr": "simclr.py",
+                "dino": "dino.py"}
+# Steps of the short run that times a method's step for --pretrain_seconds; the log's rate of
+# the last TIMING_LOG of them (compilation and the first steps left out) is what counts.
+TIMING_STEPS, TIMING_LOG = 60, 20
 
 
 flags.DEFINE_enum("variant", "cpu", list(PRETRAIN_VARIANT), "cpu, full (a GPU) or tiny (tests)")
@@ -67,12 +74,23 @@ flags.DEFINE_string("scratch", "/tmp/vismae_label_efficiency", "working folder; 
 flags.DEFINE_list("fractions", ["0.1", "0.25", "0.5", "1.0"], "label fractions")
 flags.DEFINE_integer("folds", 5, "cross-validation folds")
 flags.DEFINE_integer("max_folds", 0, "run only the first N folds (0: all)")
+flags.DEFINE_list("methods", ["mae"], "pretraining methods (config.method: mae, simmim, "
+                  "simclr, dino), each pretrained on the same images (in <scratch>/pretrain, or "
+                  "pretrain_<method> for all but mae) and fine-tuned on the same folds, fractions "
+                  "and seeds (in <task>_<method>); the first method's protocols also run the "
+                  "random initialisation that every method is tested against")
+flags.DEFINE_float("pretrain_seconds", 0.0, "pretrain every method for this wall-clock time: "
+                   "its steps are these seconds over its step time, measured in a short run "
+                   "first (in <pretraining>_timing); 0: the variant's steps")
 flags.DEFINE_integer("pretrain_steps", 0, "0: the variant's, or --pretrain_epochs")
 flags.DEFINE_float("pretrain_epochs", 0.0, "0: the variant's length; its warm-up epochs stay")
 flags.DEFINE_integer("pretrain_batch", 0, "global pretraining batch (0: the variant's, 16 or "
                      "256); smaller for accelerators with less memory")
 flags.DEFINE_integer("repeats", 1, "fine-tuning runs per fold and fraction with different "
                      "seeds, averaged")
+flags.DEFINE_list("shots", [], "also fine-tune on N labelled cases per class (classification) "
+                  "or N images (segmentation) of each fold, for each N (config.protocol.shots)")
+flags.DEFINE_integer("shot_draws", 1, "draws of the few-shot cases per fold and N, averaged")
 flags.DEFINE_list("finetune_epochs", [], "N for every task or TASK:N (busi_seg:30) for one, "
                   "the warm-up keeping its share of the run; else the variant's")
 flags.DEFINE_multi_enum("tasks", list(TASKS), list(TASKS), "the tasks to run")
@@ -109,6 +127,8 @@ def epochs_by_task(entries) -> dict:
 
 
 flags.register_validator("finetune_epochs", lambda entries: epochs_by_task(entries) is not None)
+flags.register_validator("methods", lambda methods: methods and set(methods) <= set(CONFIG_FILES),
+                         f"--methods: a comma-separated list of {tuple(CONFIG_FILES)}")
 
 
 def link_images(datasets: str, farm: str):
@@ -133,16 +153,17 @@ def malignancy_csv(busi: str, path: str) -> str:
   return path
 
 
-def pretrain_config(args, shards: str):
+def pretrain_config(args, shards: str, method: str):
   from vismae_jax import config_lib
-  config = config_lib.pretrain(variant=PRETRAIN_VARIANT[args.variant])
+  config = config_lib.pretrain(variant=PRETRAIN_VARIANT[args.variant], method=method)
   config.data.source, config.data.path = "shards", shards
   config.data.mixture.update(US=1.0, XR=1.0)
   if args.variant == "cpu":
     config.total_steps, config.checkpoint_every = 6000, 1000
   elif args.variant == "full":
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
-  config.mae.masking, config.mae.secondary_ratio = args.masking, args.secondary_ratio
+  if method == "mae":
+    config.mae.masking, config.mae.secondary_ratio = args.masking, args.secondary_ratio
   if args.pretrain_epochs:
     config.num_epochs, config.total_steps = args.pretrain_epochs, 0
   config.total_steps = args.pretrain_steps or config.total_steps
@@ -150,22 +171,42 @@ def pretrain_config(args, shards: str):
   return config
 
 
-def pretrain(args, shards: str, workdir: str, mesh):
-  """Pretrains (or resumes) in `workdir`; returns the config."""
+def step_seconds(config, workdir: str, mesh) -> float:
+  """Seconds per step of `config`'s pretraining here: TIMING_STEPS steps in `workdir` (a rerun
+  reads the finished run's log), timed over the last TIMING_LOG."""
   from vismae_jax.train import loop, pretrain as pretrain_task
-  config = pretrain_config(args, shards)
-  loop.train(pretrain_task.make_task(config, workdir, mesh), config, workdir, mesh)
-  return config
+  timing = config.copy_and_resolve_references()
+  timing.total_steps, timing.log_every = TIMING_STEPS, TIMING_LOG
+  timing.checkpoint_every = TIMING_STEPS
+  loop.train(pretrain_task.make_task(timing, workdir, mesh), timing, workdir, mesh)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rate = [json.loads(line) for line in f][-1]["images_per_s"]
+  return config.batch_size / rate
 
 
-def start_export(args, workdir: str, log_path: str) -> subprocess.Popen:
+def pretrain(args, shards: str, workdir: str, mesh, method: str):
+  """Pretrains (or resumes) `method` in `workdir`; returns the config and what it cost."""
+  from vismae_jax.train import loop, pretrain as pretrain_task
+  config = pretrain_config(args, shards, method)
+  cost = {}
+  if args.pretrain_seconds:
+    cost["step_seconds"] = step_seconds(config, workdir + "_timing", mesh)
+    config.total_steps = max(1, round(args.pretrain_seconds / cost["step_seconds"]))
+  start = time.perf_counter()
+  last = loop.train(pretrain_task.make_task(config, workdir, mesh), config, workdir, mesh)
+  cost.update(total_steps=config.total_steps, seconds=time.perf_counter() - start,
+              final_loss=last.get("loss"))
+  return config, cost
+
+
+def start_export(args, method: str, workdir: str, log_path: str) -> subprocess.Popen:
   """`--config.task=export` of the pretraining in `workdir`, on the CPU: it needs no accelerator,
   and so takes none of its memory or time from the fine-tuning that runs meanwhile."""
   variant = PRETRAIN_VARIANT[args.variant]
   with open(log_path, "w") as log:
     return subprocess.Popen(
         [sys.executable, "-m", "vismae_jax.main",
-         "--config=configs/generic.py" + (f":{variant}" if variant else ""),
+         f"--config=configs/{CONFIG_FILES[method]}" + (f":{variant}" if variant else ""),
          f"--workdir={workdir}", "--config.task=export"],
         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=log,
         stderr=subprocess.STDOUT)
@@ -189,15 +230,19 @@ def timed(seconds: dict, stage: str):
   seconds[stage] = time.perf_counter() - start
 
 
-def masking_suffix(args) -> str:
-  """What tells a sparse pretraining's folders apart from the release masking's."""
+def method_suffix(args, method: str) -> str:
+  """What tells a method's folders (pretrain<suffix>, <task><suffix>) apart from the release's
+  SwinMAE's: the method's name, or for SwinMAE its sparse masking."""
+  if method != "mae":
+    return f"_{method}"
   if args.masking == "random":
     return ""
   return "_uniform" + (f"_secondary{args.secondary_ratio:g}" if args.secondary_ratio != 0.25
                        else "")
 
 
-def finetune_config(args, name: str, kind: str, csv_path: str, pretrained: str):
+def finetune_config(args, name: str, kind: str, csv_path: str, pretrained: str,
+                    compare_random: bool):
   from vismae_jax import config_lib
   config = config_lib.finetune(kind, variant=FINETUNE_VARIANT[args.variant])
   if args.variant == "full":
@@ -210,9 +255,9 @@ def finetune_config(args, name: str, kind: str, csv_path: str, pretrained: str):
   config.finetune.encoder_only = args.encoder_only
   config.finetune.probe_first = args.probe_first
   config.protocol.update(folds=args.folds, max_folds=args.max_folds,
-                         compare_random=args.compare_random,
-                         repeats=args.repeats,
-                         fractions=tuple(float(f) for f in args.fractions))
+                         compare_random=compare_random, repeats=args.repeats,
+                         fractions=tuple(float(f) for f in args.fractions),
+                         shots=tuple(int(n) for n in args.shots), shot_draws=args.shot_draws)
   epochs = epochs_by_task(args.finetune_epochs)
   epochs = epochs.get(name, epochs.get("", 0.0))
   if epochs:
@@ -224,14 +269,19 @@ def finetune_config(args, name: str, kind: str, csv_path: str, pretrained: str):
 
 
 def task_result(summary: dict) -> dict:
+  """A protocol's summary as this script reports it: per setting (a fraction's str, or
+  "N shots"), each initialisation's mean, CI and per-fold values and the paired p-value."""
   out = {"metric": summary["metric"], "fractions": summary["fractions"],
+         "shots": summary.get("shots", []), "settings": [],
          "pretrained": {}, "random": {}, "p_values": {}}
-  for fraction in summary["fractions"]:
-    entry = summary["by_fraction"][str(fraction)]
+  entries = [(str(f), summary["by_fraction"][str(f)]) for f in summary["fractions"]] + [
+      (f"{n} shots", summary["by_shots"][str(n)]) for n in summary.get("shots", [])]
+  for key, entry in entries:
+    out["settings"].append(key)
     for init in ("pretrained", "random"):
       if init in entry:
-        out[init][str(fraction)] = {k: entry[init][k] for k in ("mean", "ci95", "per_fold")}
-    out["p_values"][str(fraction)] = entry.get("p_value")
+        out[init][key] = {k: entry[init][k] for k in ("mean", "ci95", "per_fold")}
+    out["p_values"][key] = entry.get("p_value")
   return out
 
 
@@ -248,12 +298,11 @@ def compare_with(result: dict, other: dict, path: str):
       mine["random_from"] = path
     versus = {"path": path, "masking": other.get("masking", "random"), "pretrained": {},
               "difference": {}, "p_values": {}}
-    for fraction in mine["fractions"]:
-      f = str(fraction)
+    for f in mine["settings"]:
       a = mine["pretrained"][f]["per_fold"]
       b = theirs["pretrained"][f]["per_fold"]
       if len(a) != len(b):
-        sys.exit(f"{path}: {len(b)} folds at {fraction} against {len(a)} here: not the same folds")
+        sys.exit(f"{path}: {len(b)} folds at {f} against {len(a)} here: not the same folds")
       versus["pretrained"][f] = theirs["pretrained"][f]
       versus["difference"][f] = float(sum(a) - sum(b)) / len(a)
       versus["p_values"][f] = metrics.paired_test(a, b)["p_value"] if len(a) > 1 else None
@@ -270,7 +319,7 @@ def main(argv):
   datasets, scratch = os.path.abspath(args.datasets), os.path.abspath(args.scratch)
   import jax
   from data_pipelines import ingest
-  from vismae_jax import config_lib, parallel, protocol
+  from vismae_jax import checkpoint, config_lib, parallel, protocol
 
   busi = os.path.join(datasets, "busi")
   if not os.path.exists(os.path.join(busi, "labels.csv")):
@@ -290,36 +339,57 @@ def main(argv):
     link_images(datasets, farm)
     ingest.ingest(ingest.IngestConfig(input=farm, output=shards, salt="label-efficiency",
                                       size=size))
-  pretrained = os.path.join(scratch, "pretrain" + masking_suffix(args))
+  methods = args.methods
+  pretrained = {m: os.path.join(scratch, "pretrain" + method_suffix(args, m)) for m in methods}
+  pretraining = {}
   with timed(seconds, "pretraining"), contextlib.redirect_stdout(log):
-    pretraining = pretrain(args, shards, pretrained, mesh)
-  export_log = os.path.join(scratch, "export.log")
-  exporter = start_export(args, pretrained, export_log) if args.export else None
+    for m in methods:
+      pretraining[m] = pretrain(args, shards, pretrained[m], mesh, m)
+  # The protocols name the step they fine-tune from, so that a rerun after longer pretraining
+  # refuses the old protocol's runs (protocol.check_same_config) instead of reusing them.
+  weights = {m: os.path.join(*map(str, checkpoint.chosen_step(pretrained[m]))) for m in methods}
+  exporters = {m: start_export(args, m, pretrained[m], os.path.join(pretrained[m], "export.log"))
+               for m in (methods if args.export else ())}
 
   tasks = {"busi_seg": ("segmentation", os.path.join(busi, "labels.csv")),
            "busi_cls": ("classification",
                         malignancy_csv(busi, os.path.join(scratch, "busi_malignancy.csv")))}
+  first = pretraining[methods[0]][0]
   result = {"variant": args.variant, "image_size": size, "folds": args.folds,
             "max_folds": args.max_folds, "repeats": args.repeats,
             "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first,
             "encoder_only": args.encoder_only,
             "masking": args.masking, "secondary_ratio": args.secondary_ratio,
-            "pretraining": {k: pretraining[k]
-                            for k in ("batch_size", "num_epochs", "total_steps")}}
+            "pretraining": {k: first[k] for k in ("batch_size", "num_epochs", "total_steps")},
+            "methods": {m: cost for m, (_, cost) in pretraining.items()},
+            "pretrain_seconds": args.pretrain_seconds}
   # Each recipe its own protocol workdir beside the plain fine-tuning one.
   recipe = ("_frozen" if args.freeze_encoder else "") + (
       "_encoder_only" if args.encoder_only else "") + (
-      f"_probe{args.probe_first:g}" if args.probe_first else "") + (
-      masking_suffix(args))
+      f"_probe{args.probe_first:g}" if args.probe_first else "")
+  titles = {"busi_seg": "BUSI Dice", "busi_cls": "malignancy AUC"}
   for name in names:
     kind, csv_path = tasks[name]
-    config = finetune_config(args, name, kind, csv_path, pretrained)
+    by_method = {}
     with timed(seconds, name), contextlib.redirect_stdout(log):
-      result[name] = task_result(protocol.run(config, os.path.join(scratch, name + recipe), mesh))
-    result[name]["epochs"] = config.num_epochs
-  if exporter:
+      for i, m in enumerate(methods):  # the first method's protocol runs the random inits
+        config = finetune_config(args, name, kind, csv_path, weights[m],
+                                 compare_random=args.compare_random and i == 0)
+        by_method[m] = task_result(protocol.run(
+            config, os.path.join(scratch, name + recipe + method_suffix(args, m)), mesh))
+    result[name] = {**by_method[methods[0]], "epochs": config.num_epochs}
+    if len(methods) > 1:
+      comparison = compare_methods.compare(by_method)
+      stem = os.path.join(scratch, f"{name}{recipe}_methods")
+      with open(stem + ".md", "w") as f:
+        f.write("\n".join(compare_methods.table(comparison, titles[name])))
+      comparison["files"] = [stem + ".md", compare_methods.figure(
+          comparison, stem + ".png", f"{titles[name]}, {', '.join(methods)} and random")]
+      result[name]["methods"] = comparison
+  if exporters:
     with timed(seconds, "export_wait"):
-      result["export"] = {"log": export_log, **finish_export(exporter, pretrained)}
+      result["export"] = {m: {"log": os.path.join(pretrained[m], "export.log"),
+                              **finish_export(p, pretrained[m])} for m, p in exporters.items()}
   result["seconds"] = time.perf_counter() - t0
   result["stage_seconds"] = seconds
   if args.versus:
@@ -328,20 +398,25 @@ def main(argv):
 
   def line(name):
     r = result[name]
+    if "methods" in r:
+      c = r["methods"]
+      return ", ".join(compare_methods.setting_label(s) + " " + " ".join(
+          f"{m} {means[s]['mean']:.3f}" for m, means in c["means"].items())
+          for s in c["settings"])
     versus = r.get("versus")
     return ", ".join(
-        f"{float(f):.0%} {r['pretrained'][str(f)]['mean']:.3f} vs "
-        f"{r['random'][str(f)]['mean']:.3f} (p={r['p_values'][str(f)] or 1:.2g})"
-        + (f", {versus['masking']} masking {versus['pretrained'][str(f)]['mean']:.3f} "
-           f"(p={versus['p_values'][str(f)] or 1:.2g})" if versus else "")
-        for f in r["fractions"])
-  titles = {"busi_seg": "BUSI Dice", "busi_cls": "malignancy AUC"}
+        f"{compare_methods.setting_label(s)} {r['pretrained'][s]['mean']:.3f} vs "
+        f"{r['random'][s]['mean']:.3f} (p={r['p_values'][s] or 1:.2g})"
+        + (f", {versus['masking']} masking {versus['pretrained'][s]['mean']:.3f} "
+           f"(p={versus['p_values'][s] or 1:.2g})" if versus else "")
+        for s in r["settings"])
   how = f", {args.masking} masking" + (", frozen encoders" if args.freeze_encoder else "") + (
       ", encoders only" if args.encoder_only else "") + (
       f", the first {args.probe_first:.0%} frozen" if args.probe_first else "")
-  output.write(f"label_efficiency ({args.variant}{how}, pretrained vs random): "
+  what = ("pretrained vs random" if len(methods) == 1 else
+          f"{', '.join(methods)}, random; tables in <task>_methods.md")
+  output.write(f"label_efficiency ({args.variant}{how}, {what}): "
                + "; ".join(f"{titles[n]} {line(n)}" for n in names), result, args.json)
-
 
 if __name__ == "__main__":
   app.run(main)

@@ -138,6 +138,7 @@ def test_label_efficiency(tmp_path):
   for task, metric in (("busi_seg", "dice"), ("busi_cls", "roc_auc")):
     r = result[task]
     assert r["metric"] == metric and r["fractions"] == [1.0] and r["epochs"] > 0
+    assert r["settings"] == ["1.0"] and "methods" not in r
     for init in ("pretrained", "random"):
       entry = r[init]["1.0"]
       assert len(entry["per_fold"]) == 2 and all(0 <= v <= 1 for v in entry["per_fold"])
@@ -157,10 +158,44 @@ def test_label_efficiency(tmp_path):
     r = sparse[task]
     assert r["random"] == result[task]["random"] and r["random_from"] == str(dense)
     with open(tmp_path / "scratch" / f"{task}_uniform" / "protocol_config.json") as f:
-      assert json.load(f)["finetune"]["pretrained"].endswith("pretrain_uniform")
+      assert json.load(f)["finetune"]["pretrained"].endswith("pretrain_uniform/checkpoints/20")
     assert r["versus"]["pretrained"] == result[task]["pretrained"]
     assert 0 <= r["versus"]["p_values"]["1.0"] <= 1 and 0 <= r["p_values"]["1.0"] <= 1
     assert "random masking" in line
+
+
+@pytest.mark.slow
+def test_label_efficiency_compares_methods_on_equal_time_and_few_shots(tmp_path):
+  """--methods: each method pretrained for the same seconds (its steps from a timed run) and
+  fine-tuned on the same folds, with 2-shot runs beside the fractions; one table and figure
+  per task, paired tests against random and MAE."""
+  if not importlib.util.find_spec("apache_beam"):
+    pytest.skip("ingest needs the [ingest] extra")
+  datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
+  scratch = tmp_path / "scratch"
+  line, result = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
+                               "--methods=mae,dino", "--pretrain_seconds=3",
+                               "--tasks=busi_cls", "--shots=2", "--max_folds=2",
+                               "--fractions=1.0", f"--datasets={datasets}",
+                               f"--scratch={scratch}", timeout=900)
+  assert line.startswith("label_efficiency (tiny, random masking, mae, dino, random; "), line
+  for method, folder in (("mae", "pretrain"), ("dino", "pretrain_dino")):
+    cost = result["methods"][method]
+    assert cost["total_steps"] == max(1, round(3 / cost["step_seconds"]))
+    assert os.path.isdir(scratch / folder / "checkpoints" / str(cost["total_steps"]))
+  r = result["busi_cls"]
+  assert r["settings"] == ["1.0", "2 shots"] and r["shots"] == [2]
+  c = r["methods"]
+  assert c["settings"] == r["settings"] and set(c["means"]) == {"mae", "dino", "random"}
+  assert c["means"]["mae"] == r["pretrained"] and c["means"]["random"] == r["random"]
+  for s in c["settings"]:
+    assert len(c["means"]["dino"][s]["per_fold"]) == 2
+    assert 0 <= c["p_vs_random"]["dino"][s] <= 1 and 0 <= c["p_vs_mae"]["dino"][s] <= 1
+  assert set(c["p_vs_mae"]) == {"dino"}
+  table, figure = c["files"]
+  assert "| 2 shots | dino |" in open(table).read() and os.path.getsize(figure) > 0
+  # The random runs are the first method's: the other protocols run none.
+  assert not any(n.startswith("random") for n in os.listdir(scratch / "busi_cls_dino" / "runs"))
 
 
 @pytest.mark.slow

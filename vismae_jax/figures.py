@@ -113,3 +113,42 @@ def heatmap(values: np.ndarray, row_labels, column_labels, path: str, title: str
     ax.set_title(title, fontsize=9)
   _save(fig, path)
   return path
+
+
+def method_curves(curves: dict, metric: str, path: str, title: str = "") -> str:
+  """Methods side by side: {method: [(setting, mean, ci_low, ci_high)]}, the settings label
+  fractions ("10%") or few-shot counts ("10 shots"). Fractions make a curve on a log axis with
+  CI bands; few-shot settings, if any, points with CI bars in a panel of their own."""
+  first = next(iter(curves.values()))
+  fractions = [s for s, *_ in first if s.endswith("%")]
+  shots = [s for s, *_ in first if not s.endswith("%")]
+  panels = 1 + bool(shots)
+  fig, axes = plt.subplots(1, panels, figsize=(5 + 2.5 * (panels - 1), 3.8), squeeze=False,
+                           gridspec_kw={"width_ratios": [2, 1][:panels]})
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, (method, points) in enumerate(curves.items()):
+    colour = colours[i % len(colours)]
+    by_setting = {s: rest for s, *rest in points}
+    x = [float(s[:-1]) for s in fractions]
+    mean, low, high = (np.array([by_setting[s][k] for s in fractions]) for k in range(3))
+    axes[0, 0].plot(x, mean, "o-", color=colour, label=method)
+    axes[0, 0].fill_between(x, low, high, color=colour, alpha=0.15)
+    for j, s in enumerate(shots):
+      m, lo, hi = by_setting[s]
+      offset = (i - (len(curves) - 1) / 2) * 0.08
+      axes[0, 1].errorbar(j + offset, m, yerr=[[m - lo], [hi - m]], fmt="o", color=colour)
+  ax = axes[0, 0]
+  ax.set_xscale("log")
+  ax.set_xticks([float(s[:-1]) for s in fractions], fractions)
+  ax.set_xlabel("labelled training cases")
+  ax.set_ylabel(metric)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if shots:
+    axes[0, 1].set_xticks(range(len(shots)), shots)
+    axes[0, 1].set_xlim(-0.5, len(shots) - 0.5)
+    axes[0, 1].grid(alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  _save(fig, path, dpi=120)
+  return path
