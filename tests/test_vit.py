@@ -1,4 +1,5 @@
-"""SelfMedMAE's models: the 2D/3D ViT MAE and the ViT classifier. Tiny widths throughout."""
+"""SelfMedMAE's models: the 2D/3D ViT MAE, UNETR and the ViT classifier. Tiny widths
+throughout."""
 import functools
 
 import flax
@@ -9,7 +10,7 @@ import optax
 import pytest
 
 from helpers import param_shapes, plausible_values
-from vismae_jax.models import mae, vit
+from vismae_jax.models import mae, unetr, vit
 
 TINY = dict(embed_dim=32, depth=4, num_heads=2)
 TINY_MAE = dict(TINY, decoder_dim=16, decoder_depth=1, decoder_heads=2)
@@ -146,6 +147,44 @@ def test_classifier_pools_to_logits():
     logits = quick_jit(model.apply)({"params": plausible_params(model, images)}, images)
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
     assert np.isfinite(logits).all()
+
+
+def test_tap_blocks_are_evenly_spaced_and_end_at_the_last_block():
+  assert unetr.tap_blocks(12) == (3, 6, 9, 12)
+  assert unetr.tap_blocks(24) == (6, 12, 18, 24)
+  assert unetr.tap_blocks(8) == (2, 4, 6, 8)
+  assert unetr.tap_blocks(6) == (1, 3, 4, 6)
+  assert unetr.tap_blocks(4) == (1, 2, 3, 4)
+  with pytest.raises(ValueError, match="4 taps need at least 4 blocks"):
+    unetr.tap_blocks(3)
+
+
+def test_unetr_output_shapes():
+  model = unetr.UNETR(feature_size=4, num_classes=3, **TINY)
+  images = jnp.zeros((2, 64, 64, 1))
+  logits, _ = jax.eval_shape(model.init_with_output, jax.random.key(0), images)
+  assert logits.shape == (2, 64, 64, 3) and logits.dtype == jnp.float32
+  volumes = jax.random.normal(jax.random.key(0), (1, 32, 32, 32, 2))
+  logits = quick_jit(model.apply)({"params": plausible_params(model, volumes)}, volumes)
+  assert logits.shape == (1, 32, 32, 32, 3) and logits.dtype == jnp.float32
+  assert np.isfinite(logits).all()
+
+
+def test_unetr_rejects_other_patches():
+  with pytest.raises(ValueError, match="patch of 16"):
+    jax.eval_shape(unetr.UNETR(patch_size=8, **TINY).init, jax.random.key(0),
+                   jnp.ones((1, 32, 32, 1)))
+
+
+def test_unetr_gradient_reaches_every_parameter():
+  model = unetr.UNETR(feature_size=4, cls_token=True, **TINY)
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+  params = plausible_params(model, images)
+  weights = jax.random.normal(jax.random.key(2), (2, 32, 32, 2))
+  grads = quick_jit(jax.grad(lambda p: (model.apply({"params": p}, images) * weights).sum()))(
+      params)
+  dead = [name for name, g in flat(grads).items() if not np.abs(g).max() > 0]
+  assert not dead
 
 
 def test_adamw_steps_lower_the_3d_mae_loss():
