@@ -1,5 +1,5 @@
-"""SelfMedMAE's models: the 2D/3D ViT MAE, UNETR and the ViT classifier. Tiny widths
-throughout."""
+"""SelfMedMAE's models: the 2D/3D ViT MAE, UNETR and the ViT classifier, and the transfer of
+the MAE's encoder into the fine-tuning models by name. Tiny widths throughout."""
 import functools
 
 import flax
@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import param_shapes, plausible_values
+from helpers import param_shapes, plausible_values, random_values
+from vismae_jax.convert import transfer
 from vismae_jax.models import mae, unetr, vit
 
 TINY = dict(embed_dim=32, depth=4, num_heads=2)
@@ -185,6 +186,46 @@ def test_unetr_gradient_reaches_every_parameter():
       params)
   dead = [name for name, g in flat(grads).items() if not np.abs(g).max() > 0]
   assert not dead
+
+
+def mae_and_target(target_cls, **target_kw):
+  source_model = vit.ViTMAE(patch_size=16, cls_token=target_kw.get("cls_token", False),
+                            **TINY_MAE)
+  images = jnp.zeros((1, 32, 32, 1))
+  source = random_values(param_shapes(source_model, images, jax.random.key(0)), seed=1)
+  target = random_values(param_shapes(target_cls(patch_size=16, **TINY, **target_kw), images),
+                         seed=2)
+  return source, target
+
+
+@pytest.mark.parametrize("target_cls, target_kw", [
+    (unetr.UNETR, dict(feature_size=4)), (vit.ViTClassifier, dict(cls_token=True))],
+    ids=["unetr", "classifier"])
+def test_transfer_by_name_loads_the_whole_encoder(target_cls, target_kw):
+  source, target = mae_and_target(target_cls, **target_kw)
+  params, report = transfer.transfer_by_name(source, target)
+  src, tgt, out = flat(source), flat(target), flat(params)
+  encoder = sorted(n for n in tgt if n.startswith("encoder/"))
+  assert sorted(report.loaded) == encoder == sorted(n for n in src if n.startswith("encoder/"))
+  assert ("encoder/cls_token" in encoder) == target_kw.get("cls_token", False)
+  assert sorted(report.new) == sorted(n for n in tgt if not n.startswith("encoder/"))
+  assert sorted(report.unused) == sorted(n for n in src if n.startswith("decoder/"))
+  assert report.filled == []
+  for name in encoder:
+    np.testing.assert_array_equal(out[name], src[name])
+  for name in report.new:
+    np.testing.assert_array_equal(out[name], tgt[name])
+  assert f"{'loaded':<30}{len(encoder):>7}" in report.table()
+
+
+def test_transfer_by_name_fails_naming_mismatched_tensors():
+  source, _ = mae_and_target(unetr.UNETR)
+  target = param_shapes(unetr.UNETR(patch_size=16, embed_dim=48, depth=4, num_heads=2),
+                        jnp.zeros((1, 32, 32, 1)))
+  with pytest.raises(transfer.TransferError,
+                     match=r"encoder/patch_embed/proj/kernel: checkpoint \(16, 16, 1, 32\) vs "
+                     r"model \(16, 16, 1, 48\)"):
+    transfer.transfer_by_name(source, target)
 
 
 def test_adamw_steps_lower_the_3d_mae_loss():
