@@ -109,17 +109,19 @@ def model_inputs(model, image_size):
   return inputs
 
 
-@functools.cache
-def random_params(model, image_size, seed=0):
-  """Random values in the model's parameter shapes (no compiled init: full-size models)."""
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          *model_inputs(model, image_size))["params"]
+def param_shapes(model, *inputs):
+  """The shapes of `model.init(key, *inputs)`'s parameters, without compiling it."""
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs)["params"]
+
+
+def random_values(shapes, seed=0):
+  """Standard normal values in the given parameter shapes."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
 
 
-def plausible_params(model, image_size, seed=2):
-  """Parameters of an initialised model's scale without compiling its init: kernels with
+def plausible_values(shapes, seed=2):
+  """Values of an initialised model's scale in the given parameter shapes: kernels with
   variance 1 / fan-in, LayerNorm scales near 1, and no tensor at zero, so that every tensor's
   layout matters (zero biases and tables would hide a transposition)."""
   rng = np.random.default_rng(seed)
@@ -130,9 +132,18 @@ def plausible_params(model, image_size, seed=2):
     if name == "kernel":
       return noise / np.sqrt(np.prod(leaf.shape[:-1]))
     return 1.0 + 0.02 * noise if name == "scale" else 0.02 * noise
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          *model_inputs(model, image_size))["params"]
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@functools.cache
+def random_params(model, image_size, seed=0):
+  """Random values in the model's parameter shapes (no compiled init: full-size models)."""
+  return random_values(param_shapes(model, *model_inputs(model, image_size)), seed)
+
+
+def plausible_params(model, image_size, seed=2):
+  """`plausible_values` in the model's parameter shapes, without compiling its init."""
+  return plausible_values(param_shapes(model, *model_inputs(model, image_size)), seed)
 
 
 def write_csv_with_bad_rows(folder) -> str:

@@ -12,7 +12,7 @@ from typing import Mapping
 import flax
 import numpy as np
 
-from vismae_jax.models import swin
+from vismae_jax.models import swin, vit
 
 _SCOPES_WITHOUT_TORCH_NAME = ("encoder",)
 
@@ -36,14 +36,7 @@ def _to_torch_layout(path, value):
 
 def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
   """The fixed 2-D sin-cos table the release keeps as `pos_embed` (1, grid^2, dim)."""
-  def one_axis(dim, pos):
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-    angles = pos.reshape(-1)[:, None] * omega[None]
-    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-  cols, rows = np.meshgrid(np.arange(grid_size, dtype=np.float64),
-                           np.arange(grid_size, dtype=np.float64))
-  table = np.concatenate([one_axis(embed_dim // 2, cols), one_axis(embed_dim // 2, rows)], axis=1)
-  return table[None].astype(np.float32)
+  return vit.sincos_position_embedding((grid_size, grid_size), embed_dim)
 
 
 def to_torch(params: Mapping, image_size: int | None = None) -> dict[str, np.ndarray]:

@@ -12,9 +12,14 @@ The source may also be a published PyTorch checkpoint (the release's `.pth`, a `
 Microsoft Swin-T ImageNet checkpoint: same names), read without unpickling code.
 A name present in both with different shapes means the checkpoint does not fit the model: the
 transfer fails listing every mismatch instead of silently training from scratch.
+
+Models without a published PyTorch layout (the ViT MAE, UNETR and classifier of models/vit.py
+and models/unetr.py) transfer by their Flax paths instead (`transfer_by_name`).
 """
 import dataclasses
 import re
+
+import flax
 
 from vismae_jax.convert import torch_names
 
@@ -40,6 +45,17 @@ class TransferReport:
     return "\n".join(lines)
 
 
+def _check_shapes(source, target, wanted=lambda name: True):
+  """Raises TransferError listing every wanted target tensor whose source namesake differs in
+  shape."""
+  mismatched = [f"{n}: checkpoint {tuple(source[n].shape)} vs model {tuple(v.shape)}"
+                for n, v in target.items()
+                if wanted(n) and n in source and source[n].shape != v.shape]
+  if mismatched:
+    raise TransferError("the checkpoint does not fit the model; mismatched tensors:\n  " +
+                        "\n  ".join(mismatched))
+
+
 def _source_depths(state) -> dict:
   depths = {}
   for name in state:
@@ -63,12 +79,7 @@ def transfer(source_params, target_params, *, encoder_only: bool = False,
     source = torch_names.to_torch(source_params, image_size=source_image_size)
   target = torch_names.to_torch(target_params)
   wanted = lambda n: not encoder_only or n.startswith(("patch_embed.", "layers."))
-  mismatched = [f"{n}: checkpoint {tuple(source[n].shape)} vs model {tuple(v.shape)}"
-                for n, v in target.items()
-                if wanted(n) and n in source and source[n].shape != v.shape]
-  if mismatched:
-    raise TransferError("the checkpoint does not fit the model; mismatched tensors:\n  " +
-                        "\n  ".join(mismatched))
+  _check_shapes(source, target, wanted)
   depths = _source_depths(source)
   state, loaded, filled = dict(target), [], []
   for name in target:
@@ -88,4 +99,20 @@ def transfer(source_params, target_params, *, encoder_only: bool = False,
       loaded=loaded, filled=filled,
       new=[n for n in target if n not in loaded and n not in filled],
       unused=[n for n in source if n not in used or (encoder_only and n not in loaded)])
+  return params, report
+
+
+def transfer_by_name(source_params, target_params):
+  """-> (target params with every tensor whose Flax path, `/`-joined, the source shares,
+  TransferReport). The rest of the target keeps its initialisation (`new`), the rest of the
+  source is `unused`; a shared path with different shapes fails (TransferError)."""
+  source = flax.traverse_util.flatten_dict(flax.core.unfreeze(source_params), sep="/")
+  target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target_params), sep="/")
+  _check_shapes(source, target)
+  loaded = [n for n in target if n in source]
+  params = flax.traverse_util.unflatten_dict(
+      {n: source[n] if n in source else v for n, v in target.items()}, sep="/")
+  report = TransferReport(loaded=loaded, filled=[],
+                          new=[n for n in target if n not in source],
+                          unused=[n for n in source if n not in target])
   return params, report
