@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vismae_jax.models import swin
+from vismae_jax.models import swin, vit
 
 
 def window_mask(rng, batch: int, units_per_side: int, mask_ratio: float):
@@ -90,33 +90,22 @@ def unit_mask_to_tokens(unit_mask, tokens_per_unit: int):
 
 
 def patchify(images, patch: int):
-  """(B, H, W, C) -> (B, H/p, W/p, p * p * C), each patch flattened as (row, col, channel)."""
-  b, h, w, c = images.shape
-  x = images.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h // patch, w // patch, patch * patch * c)
+  """(B, H, W, C) -> (B, H/p, W/p, p * p * C), each patch flattened as (row, col, channel):
+  vit.patchify on the token grid."""
+  b, h, w, _ = images.shape
+  return vit.patchify(images, patch).reshape(b, h // patch, w // patch, -1)
 
 
 def unpatchify(patches, patch: int, channels: int):
   """Inverse of `patchify`."""
   b, gh, gw, _ = patches.shape
-  x = patches.reshape(b, gh, gw, patch, patch, channels).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, gh * patch, gw * patch, channels)
+  return vit.unpatchify(patches.reshape(b, gh * gw, patch * patch * channels), (gh, gw), patch)
 
 
 def masked_pixel_loss(pred, images, token_mask, patch: int, norm_pix_loss: bool, error):
-  """Per-token mean of error(pred - target) over the p*p*C values, averaged over masked tokens
-  only: the mean over masked pixels, as every token holds as many.
-
-  With `norm_pix_loss` each target patch is standardised by its own mean and unbiased variance.
-  """
-  target = patchify(images, patch).astype(jnp.float32)
-  if norm_pix_loss:
-    mean = target.mean(axis=-1, keepdims=True)
-    var = target.var(axis=-1, keepdims=True, ddof=1)
-    target = (target - mean) / jnp.sqrt(var + 1e-6)
-  per_token = jnp.mean(error(pred.astype(jnp.float32) - target), axis=-1)
-  mask = token_mask.astype(jnp.float32)
-  return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  """vit.masked_patch_error on the token grid: the mean of error(pred - target) over the masked
+  pixels, as every token holds as many."""
+  return vit.masked_patch_error(pred, patchify(images, patch), token_mask, norm_pix_loss, error)
 
 
 def masked_mse(pred, images, token_mask, patch: int, norm_pix_loss: bool = False):

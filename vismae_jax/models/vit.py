@@ -93,22 +93,28 @@ def unpatchify(patches, grid: Sequence[int], patch: Patch):
   return x.reshape(b, *[g * p for g, p in zip(grid, patch)], c)
 
 
-def masked_patch_loss(pred, images, mask, patch: Patch, norm_pix_loss: bool = True):
-  """MAE's loss: the squared error per patch, averaged over its pixels, then over the masked
-  patches only (the visible ones are copied, not predicted).
+def masked_patch_error(pred, target, mask, norm_pix_loss: bool, error=jnp.square):
+  """The masked-image losses' core: error(pred - target) averaged over each patch's values,
+  then over the masked patches only (the visible ones are copied, not predicted).
 
-  pred (B, tokens, prod(patch) * C), mask (B, tokens) True where masked. With `norm_pix_loss`
+  pred and target (..., values per patch), mask (...) True where masked. With `norm_pix_loss`
   each target patch is standardised by its own mean and unbiased variance (eps 1e-6), which MAE
   found to give better representations than raw pixels.
   """
-  target = patchify(images, patch).astype(jnp.float32)
+  target = target.astype(jnp.float32)
   if norm_pix_loss:
     mean = target.mean(axis=-1, keepdims=True)
     var = target.var(axis=-1, keepdims=True, ddof=1)
     target = (target - mean) / jnp.sqrt(var + 1e-6)
-  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+  per_patch = jnp.mean(error(pred.astype(jnp.float32) - target), axis=-1)
   mask = mask.astype(jnp.float32)
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_patch_loss(pred, images, mask, patch: Patch, norm_pix_loss: bool = True):
+  """MAE's loss: pred (B, tokens, prod(patch) * C) against the patches of `images`, mask
+  (B, tokens) True where masked; the squared error of `masked_patch_error`."""
+  return masked_patch_error(pred, patchify(images, patch), mask, norm_pix_loss)
 
 
 def random_masking(rng, batch: int, tokens: int, mask_ratio: float):
