@@ -189,6 +189,24 @@ def assert_export_loads_and_fills_the_unet(export_dir):
       model.state_dict()["layers.0.blocks.0.attn.qkv.weight"].numpy())
 
 
+def pretraining_param_shapes(config):
+  """The parameter shapes of a pretraining config's model (its method's init, traced only)."""
+  from vismae_jax.train import pretrain
+  model = pretrain.build_model(config)
+  return jax.eval_shape(lambda: pretrain.method(config).task_fields(model, config)[
+      "init_params"](jax.random.PRNGKey(0)))
+
+
+def assert_encoder_is_swinmaes(params):
+  """The pretraining model's `patch_embed` and `encoder` have SwinMAE's names (configs/generic.py
+  :tiny), what lets its checkpoint transfer into the fine-tuning models."""
+  import flax
+  mae_params = pretraining_param_shapes(load_config("generic.py", "tiny"))
+  names = lambda tree: set(flax.traverse_util.flatten_dict(tree, sep="/"))
+  assert {k: names(params[k]) for k in ("patch_embed", "encoder")} == {
+      k: names(mae_params[k]) for k in ("patch_embed", "encoder")}
+
+
 def assert_encoder_export_transfers(workdir, config):
   """Exports the pretraining run in `workdir` (its `config`, e.g. configs/simmim.py:tiny) and
   checks that the export holds the encoder alone (the run's patch_embed, layers.* and norm),

@@ -1,16 +1,16 @@
 """DINO + iBOT pretraining (configs/dino.py): the losses by hand, the teacher's and centres'
 moving averages, the collapse check, and a short run on the bundled real images whose teacher
 is what the checkpoint hands on and the export's encoder fills the fine-tuning models'."""
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import assert_encoder_export_transfers, load_config, read_metrics, run_main
+from helpers import (assert_encoder_export_transfers, assert_encoder_is_swinmaes, load_config,
+                     pretraining_param_shapes, read_metrics, run_main)
 from vismae_jax import checkpoint, config_lib
 from vismae_jax.models import dino
-from vismae_jax.train import distillation, masked_image, pretrain
+from vismae_jax.train import distillation, pretrain
 
 
 def softmax(x, axis=-1):
@@ -105,14 +105,8 @@ def test_the_collapse_check_tells_a_collapsed_teacher_from_a_working_one():
 def test_the_encoder_is_swinmaes_and_one_head_serves_pooled_and_token_outputs():
   config = load_config("dino.py", "tiny")
   model = pretrain.build_model(config)
-  params = jax.eval_shape(lambda: masked_image.init_params(model, config,
-                                                           jax.random.PRNGKey(0)))
-  mae = load_config("generic.py", "tiny")
-  mae_params = jax.eval_shape(lambda: masked_image.init_params(
-      pretrain.build_model(mae), mae, jax.random.PRNGKey(0)))
-  names = lambda tree: set(flax.traverse_util.flatten_dict(tree, sep="/"))
-  assert {k: names(params[k]) for k in ("patch_embed", "encoder")} == {
-      k: names(mae_params[k]) for k in ("patch_embed", "encoder")}
+  params = pretraining_param_shapes(config)
+  assert_encoder_is_swinmaes(params)
   assert set(params) == {"patch_embed", "mask_token", "encoder", "norm", "dino_head"}
   assert params["dino_head"]["prototypes"].shape == (32, 256)
   pooled, tokens = jax.eval_shape(lambda p: model.apply({"params": p},
