@@ -41,7 +41,7 @@ def pretraining(args) -> dict:
   import jax.numpy as jnp
 
   from vismae_jax.train import loop, masked_image, optim, pretrain
-  config = le.pretrain_config(args, shards="")
+  config = le.pretrain_config(args, shards="", method="mae")
   images = 0
   for name in ("busi", "chest_xray_pneumonia"):  # every image of both, as link_images
     with open(os.path.join(args.datasets, name, "labels.csv"), newline="") as f:
@@ -68,7 +68,8 @@ def finetuning(args, name: str, csv_path: str) -> dict:
   from vismae_jax import protocol
   from vismae_jax.train import finetune, loop, optim
   # Any pretrained path: plan() only asks whether there is one, to run both initialisations.
-  config = le.finetune_config(args, name, KINDS[name], csv_path, pretrained="planned")
+  config = le.finetune_config(args, name, KINDS[name], csv_path, pretrained="planned",
+                             compare_random=True)
   folds = {}
   for run in protocol.plan(config, downstream.read_table(csv_path, protocol.columns(config))):
     steps = loop.run_steps(config, len(run["train"]))
