@@ -11,6 +11,7 @@ import csv
 import os
 
 import grain
+import jax
 import numpy as np
 
 from data_pipelines import DatasetError, records, shards
@@ -67,6 +68,17 @@ def pretrain_dataset(data_dir: str, *, modalities, seed: int, per_host_batch: in
     ds = ds.repeat()
   ds = ds.map(records.decode_image)
   return ds.batch(per_host_batch, drop_remainder=True)[process_index::process_count]
+
+
+def host_batches(source, *, seed: int, batch_size: int, transform=None) -> grain.MapDataset:
+  """This host's endless batches of a random-access `source` (fine-tuning's in-memory cases,
+  volume crops), shuffled every epoch and cut as `pretrain_dataset` cuts records: global batch k
+  holds the same examples whatever the number of hosts. `transform` maps each example."""
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  if transform is not None:
+    ds = ds.map(transform)
+  return ds.batch(batch_size // jax.process_count(), drop_remainder=True)[
+      jax.process_index()::jax.process_count()]
 
 
 def num_examples(data_dir: str, modalities=None) -> int:

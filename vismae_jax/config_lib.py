@@ -25,12 +25,17 @@ DTYPES = ("float32", "bfloat16")
 MASKINGS = ("random", "uniform")
 # Pretraining methods of the same Swin encoder: SwinMAE (models/mae.py), SimMIM
 # (models/simmim.py), SimCLR (models/simclr.py), DINO with iBOT's masked tokens (models/dino.py).
-METHODS = ("mae", "simmim", "simclr", "dino")
+METHODS = ("mae", "simmim", "simclr", "dino", "vit_mae")
+# The encoder families: the Swin Transformer (VIS-MAE's) and the plain ViT (SelfMedMAE's
+# MAE, UNETR and classifier, models/vit.py and unetr.py, in 2D and 3D; method vit_mae only).
+ARCHS = ("swin", "vit")
 ATTENTIONS = ("einsum", "xla", "cudnn")  # models/swin.py's attend()
 # jax.checkpoint_policies for rematerialised blocks: save nothing, every matmul's output, or
 # those of matmuls without batch dimensions (the Dense layers, not attention's).
 REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
-DATA_SOURCES = ("shards", "sample")
+# shards and sample: 2-D records (data_pipelines.ingest); volumes: 3-D records
+# (data_pipelines.volume_ingest), for a config with input.roi.
+DATA_SOURCES = ("shards", "sample", "volumes")
 
 # Settings that say where and how a run executes, never what it computes: a workdir resumes
 # under other values of these.
@@ -60,7 +65,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   # How the model computes, never what (EXECUTION): remat recomputes blocks in the backward
   # pass, keeping what remat_policy (one of REMAT_POLICIES) saves; attention picks the window
   # attention's implementation (ATTENTIONS).
-  c.model = dict(in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 2, 2),
+  c.model = dict(arch="swin", in_chans=3, patch_size=4, embed_dim=96, depths=(2, 2, 2, 2),
                  decoder_depths=(2, 2, 2), num_heads=(3, 6, 12, 24), window=7, drop_path=0.1,
                  remat=False, remat_policy="nothing_saveable", attention="einsum")
   # The masking of the masked-image methods (SimMIM's: 32 px units, ratio 0.6; iBOT's in DINO:
@@ -203,7 +208,7 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "finetune"
   c.seed = 0
-  c.model = dict(in_chans=3, patch_size=4, embed_dim=96,
+  c.model = dict(arch="swin", in_chans=3, patch_size=4, embed_dim=96,
                  depths=(2, 2, 6, 2) if seg else (2, 2, 2, 2), num_heads=(3, 6, 12, 24),
                  window=7, drop_path=0.1, remat=False, remat_policy="nothing_saveable",
                  attention="einsum")
@@ -293,6 +298,107 @@ def finetune(kind: str, variant: str = "") -> ml_collections.ConfigDict:
   return apply_finetune_variant(finetune_defaults(kind), variant or "").lock()
 
 
+def vit_model() -> dict:
+  """SelfMedMAE's encoder: ViT-B/16 on one channel, no class token (UNETR's ViT has none; the
+  classifier pools the patch tokens)."""
+  return dict(arch="vit", in_chans=1, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+              mlp_ratio=4.0, drop_path=0.1, attention="einsum")
+
+
+def volume_input(roi: tuple) -> dict:
+  """input settings of a volume config.
+
+  roi: the crop the model sees, a multiple of the patch (SelfMedMAE's 96^3 at 1.5 x 1.5 x 2 mm
+  on BTCV). spacing: every volume resampled to it (mm per axis; (): as stored). modality and
+  ct_window: the intensity normalisation (data_pipelines/volumes.normalize: CT clipped to the
+  window, MR z-scored over the foreground). foreground_share: segmentation crops centred on a
+  labelled voxel, the rest anywhere (MONAI's positive:negative 1:1). overlap: between the
+  windows of sliding-window inference. intensity: the random scale and shift of augmentation.
+  """
+  return dict(roi=roi, spacing=(), modality="MR", ct_window=(-175.0, 250.0),
+              foreground_share=0.5, overlap=0.5, intensity=0.1)
+
+
+def vit_pretrain(ndim: int, variant: str = ""):
+  """A locked ViT-MAE pretraining config (method vit_mae) on images (ndim 2: 2-D shards, as the
+  Swin methods) or volumes (ndim 3: volume shards, data_pipelines.volume_ingest).
+
+  MAE's recipe: the encoder sees the visible 25% of the tokens (3-D: 87.5%, the ratio the issue
+  reports SelfMedMAE found best on volumes), a 512-wide 8-block decoder, MSE on each masked
+  patch normalised by its own mean and variance; AdamW lr 1.5e-4 per 256 images.
+  """
+  c = pretrain_defaults()
+  c.method = "vit_mae"
+  c.model = vit_model()
+  c.mae = dict(mask_ratio=0.75 if ndim == 2 else 0.125, norm_pix_loss=True, decoder_dim=512,
+               decoder_depth=8, decoder_heads=16)
+  for unused in ("views", "simclr", "dino"):
+    del c[unused]
+  c.optim.update(lr=1.5e-4, lr_batch_base=256)
+  c.batch_size = 1024 if ndim == 2 else 64
+  if ndim == 3:
+    c.input = dict(roi=(96, 96, 96), intensity=0.1)
+    c.data = dict(source="volumes", path="", workers=0)
+    c.figure_images = 4
+  return apply_vit_variant(c, variant, ndim).lock()
+
+
+def vit_finetune(kind: str, ndim: int, variant: str = ""):
+  """A locked fine-tuning config of the ViT: UNETR (segmentation) or the ViT classifier, on
+  images (ndim 2) or volumes (ndim 3: data.csv names NIfTI volumes, image,mask columns, or is
+  a Decathlon folder). SelfMedMAE's recipe: layer-wise lr decay 0.75, Dice + cross-entropy."""
+  c = finetune_defaults(kind)
+  c.model = vit_model()
+  if kind == SEGMENTATION:
+    c.model.feature_size = 16
+  c.optim.layer_decay = 0.75
+  if ndim == 3:
+    c.input = volume_input((96, 96, 96))
+    c.batch_size, c.eval_batch_size = 4, 4
+    c.data.group_column = ""  # a volume per subject, as in the Decathlon
+  return apply_vit_variant(c, variant, ndim).lock()
+
+
+def apply_vit_variant(c: ml_collections.ConfigDict, variant: str, ndim: int):
+  """The ViT configs' variants, for 2-core machines.
+
+  sample / cpu: a 4-block ViT of width 96 (0.5M parameters) and a 2-block decoder of 64; 2-D at
+          64 px on the bundled sample (pretraining) or 64 px images (fine-tuning), 3-D on crops
+          of 32 x 48 x 32 voxels (the Decathlon hippocampus: volumes of about 35 x 50 x 36 at
+          1 mm) with UNETR's feature size 8.
+  tiny:   the same models on 20-step (pretraining) or 40-step (fine-tuning) schedules, for tests.
+  """
+  pretraining = "finetune" not in c
+  for name in filter(None, (variant or "").split(",")):
+    if name not in ("sample", "cpu", "tiny"):
+      raise ConfigError(f"unknown config variant {name!r}; known: sample, cpu, tiny")
+    c.model.update(embed_dim=96, depth=4, num_heads=4, drop_path=0.0)
+    if pretraining:
+      c.mae.update(decoder_dim=64, decoder_depth=2, decoder_heads=4)
+      c.optim.update(lr=1.5e-3, lr_batch_base=0, warmup_epochs=5.0)
+      c.batch_size, c.num_epochs, c.log_every, c.checkpoint_every = 16, 125.0, 100, 500
+      if ndim == 2:
+        c.data.source = "sample"
+    else:
+      c.min_steps, c.log_every, c.checkpoint_every = 400, 50, 100
+      c.optim.update(lr=1e-3, warmup_epochs=3.0)
+      c.num_epochs = 30.0 if ndim == 2 else 100.0
+    if "feature_size" in c.model:
+      c.model.feature_size = 8
+    if ndim == 3:
+      c.input.roi = (32, 48, 32)
+      c.batch_size = c.eval_batch_size = 8 if pretraining else 4
+    else:
+      c.input.image_size = 64
+      c.batch_size = 16
+      if not pretraining:
+        c.eval_batch_size = 16
+    if name == "tiny":
+      c.total_steps, c.checkpoint_every, c.log_every = (20, 10, 5) if pretraining else (40, 20, 10)
+      c.optim.warmup_epochs = 0.2
+  return c
+
+
 def check_unchanged(config, saved: dict, may_change: tuple, where: str) -> None:
   """Raises ConfigError naming every setting of `config` that differs from `saved` (the config,
   as a dict, that `where` was made with), except those under the `may_change` prefixes.
@@ -316,10 +422,14 @@ def check_unchanged(config, saved: dict, may_change: tuple, where: str) -> None:
 
 
 def defaults_of(config) -> ml_collections.ConfigDict:
-  """The defaults of `config`'s kind of run: fine-tuning (of its kind) or pretraining."""
+  """The defaults of `config`'s kind of run: fine-tuning (of its kind) or pretraining, of its
+  encoder and dimensions."""
+  ndim = len(spatial_shape(config))
   if "finetune" in config:
+    if config.model.arch == "vit":
+      return vit_finetune(config.finetune.kind, ndim).unlock()
     return finetune_defaults(config.finetune.kind)
-  return pretrain_defaults()
+  return vit_pretrain(ndim).unlock() if config.model.arch == "vit" else pretrain_defaults()
 
 
 def validate(config, device_count: int, process_count: int) -> None:
@@ -366,16 +476,9 @@ def _positive(config, names, check) -> bool:
 
 
 def _check_model(config, check):
-  """The Swin geometry every task shares."""
-  m, size = config.model, config.input.image_size
-  if not _positive(config, ("model.in_chans", "model.patch_size", "model.embed_dim",
-                            "model.depths", "model.num_heads", "model.window",
-                            "input.image_size"), check):
-    return  # the checks below divide by these
-  n_stages = len(m.depths)
+  """The model geometry every task shares: the ViT's (_check_vit) or the Swin's."""
+  m = config.model
   check(config.dtype in DTYPES, f"config.dtype={config.dtype!r}: expected one of {DTYPES}")
-  check(m.remat_policy in REMAT_POLICIES,
-        f"config.model.remat_policy={m.remat_policy!r}: expected one of {REMAT_POLICIES}")
   check(m.attention in ATTENTIONS,
         f"config.model.attention={m.attention!r}: expected one of {ATTENTIONS}")
   if m.attention == "cudnn":
@@ -383,6 +486,53 @@ def _check_model(config, check):
           f"config.model.attention='cudnn' runs cuDNN's fused kernel, on a GPU in bfloat16 only "
           f"(here {jax.default_backend()}, config.dtype={config.dtype!r}); 'einsum' or 'xla' "
           "compute the same anywhere")
+  if m.arch not in ARCHS:
+    check(False, f"config.model.arch={m.arch!r}: expected one of {ARCHS}")
+  elif m.arch == "vit":
+    _check_vit(config, check)
+  else:
+    _check_swin(config, check)
+
+
+def _check_vit(config, check):
+  m = config.model
+  dims = "input.roi" if volumetric(config) else "input.image_size"
+  if not _positive(config, ("model.in_chans", "model.patch_size", "model.embed_dim",
+                            "model.depth", "model.num_heads", dims), check):
+    return
+  shape = spatial_shape(config)
+  check(m.embed_dim % m.num_heads == 0 and m.embed_dim % 2 == 0 and m.embed_dim >= 2 * len(shape),
+        f"config.model.embed_dim={m.embed_dim}: must be even, at least {2 * len(shape)} (its "
+        f"sine-cosine table) and a multiple of config.model.num_heads={m.num_heads}")
+  check(all(s % m.patch_size == 0 for s in shape),
+        f"config.{dims}={shape if volumetric(config) else shape[0]} must be a multiple of "
+        f"config.model.patch_size={m.patch_size} along every axis")
+  if config.get("finetune", {}).get("kind") == SEGMENTATION:
+    check(m.patch_size == 16 and m.depth >= 4,
+          f"config.model.patch_size={m.patch_size}, depth={m.depth}: UNETR decodes from a patch "
+          "of 16 and taps four blocks (models/unetr.py)")
+
+
+def volumetric(config) -> bool:
+  """Whether `config` runs on volumes (3-D crops of input.roi) rather than 2-D images."""
+  return "roi" in config.input
+
+
+def spatial_shape(config) -> tuple[int, ...]:
+  """The spatial shape of one model input: the 3-D ROI, or the 2-D image's square."""
+  return tuple(config.input.roi) if volumetric(config) else (config.input.image_size,) * 2
+
+
+def _check_swin(config, check):
+  """The Swin geometry: stages, heads, windows and the image size."""
+  m, size = config.model, config.input.image_size
+  if not _positive(config, ("model.in_chans", "model.patch_size", "model.embed_dim",
+                            "model.depths", "model.num_heads", "model.window",
+                            "input.image_size"), check):
+    return  # the checks below divide by these
+  n_stages = len(m.depths)
+  check(m.remat_policy in REMAT_POLICIES,
+        f"config.model.remat_policy={m.remat_policy!r}: expected one of {REMAT_POLICIES}")
   check(len(m.num_heads) == n_stages,
         f"config.model.num_heads has {len(m.num_heads)} entries for {n_stages} stages "
         "(config.model.depths): give one head count per stage")
@@ -398,12 +548,55 @@ def _check_model(config, check):
 
 
 def _check_pretrain(config, check):
+  check(config.method in METHODS, f"config.method={config.method!r}: expected one of {METHODS}")
+  check((config.method == "vit_mae") == (config.model.arch == "vit"),
+        f"config.method={config.method!r} with config.model.arch={config.model.arch!r}: "
+        "vit_mae pretrains the ViT, every other method the Swin encoder")
+  _check_pretrain_data(config, check)
+  if not volumetric(config):
+    check(config.input.normalization in preprocess.NORMALIZATIONS,
+          f"config.input.normalization={config.input.normalization!r}: expected one of "
+          f"{preprocess.NORMALIZATIONS}")
+  if config.model.arch == "vit":
+    _check_vit_mae(config, check)
+  else:
+    _check_swin_pretrain(config, check)
+
+
+def _check_pretrain_data(config, check):
+  d = config.data
+  check(d.source in DATA_SOURCES, f"config.data.source={d.source!r}: expected one of "
+        f"{DATA_SOURCES}")
+  check((d.source == "volumes") == volumetric(config),
+        f"config.data.source={d.source!r}: volumes (3-D records) go with a config.input.roi, "
+        "2-D shards or the sample with config.input.image_size")
+  check(d.source == "sample" or d.path,
+        "config.data.path is empty: pass --config.data.path=<directory of ArrayRecord shards "
+        "written by data_pipelines>, or use the bundled sample with configs/generic.py:sample")
+  for modality in d.get("modalities", ()):
+    check(modality in records.MODALITIES,
+          f"config.data.modalities: unknown modality {modality!r}; expected {records.MODALITIES}")
+  for modality, weight in d.get("mixture", {}).items():
+    check(weight >= 0, f"config.data.mixture.{modality}={weight}: weights must be >= 0")
+    check(weight == 0 or not d.modalities or modality in d.modalities,
+          f"config.data.mixture.{modality}={weight} but config.data.modalities="
+          f"{tuple(d.modalities)} excludes it: drop the weight or the filter")
+
+
+def _check_vit_mae(config, check):
+  mae, dims = config.mae, spatial_shape(config)
+  if not _positive(config, ("mae.decoder_dim", "mae.decoder_depth", "mae.decoder_heads"), check):
+    return
+  check(mae.decoder_dim % mae.decoder_heads == 0 and mae.decoder_dim % 2 == 0
+        and mae.decoder_dim >= 2 * len(dims),
+        f"config.mae.decoder_dim={mae.decoder_dim}: must be even, at least {2 * len(dims)} (its "
+        f"sine-cosine table) and a multiple of config.mae.decoder_heads={mae.decoder_heads}")
+  check(0.0 < mae.mask_ratio < 1.0, f"config.mae.mask_ratio={mae.mask_ratio}: must be in (0, 1)")
+
+
+def _check_swin_pretrain(config, check):
   m, size = config.model, config.input.image_size
   n_stages = len(m.depths)
-  check(config.input.normalization in preprocess.NORMALIZATIONS,
-        f"config.input.normalization={config.input.normalization!r}: expected one of "
-        f"{preprocess.NORMALIZATIONS}")
-  check(config.method in METHODS, f"config.method={config.method!r}: expected one of {METHODS}")
   check(config.method != "mae" or len(m.decoder_depths) == n_stages - 1,
         f"config.model.decoder_depths needs {n_stages - 1} entries (one per encoder stage but "
         f"the last), got {len(m.decoder_depths)}")
@@ -428,19 +621,6 @@ def _check_pretrain(config, check):
           f"per side (a multiple of 2 * config.mae.mask_unit = {2 * mae.mask_unit})")
     check(0.0 <= mae.secondary_ratio < 1.0,
           f"config.mae.secondary_ratio={mae.secondary_ratio}: must be in [0, 1)")
-  check(config.data.source in DATA_SOURCES,
-        f"config.data.source={config.data.source!r}: expected one of {DATA_SOURCES}")
-  check(config.data.source != "shards" or config.data.path,
-        "config.data.path is empty: pass --config.data.path=<directory of ArrayRecord shards "
-        "written by data_pipelines>, or use the bundled sample with configs/generic.py:sample")
-  for modality in config.data.modalities:
-    check(modality in records.MODALITIES,
-          f"config.data.modalities: unknown modality {modality!r}; expected {records.MODALITIES}")
-  for modality, weight in config.data.mixture.items():
-    check(weight >= 0, f"config.data.mixture.{modality}={weight}: weights must be >= 0")
-    check(weight == 0 or not config.data.modalities or modality in config.data.modalities,
-          f"config.data.mixture.{modality}={weight} but config.data.modalities="
-          f"{tuple(config.data.modalities)} excludes it: drop the weight or the filter")
   low, high = config.input.crop_scale
   check(0 < low <= high <= 1, f"config.input.crop_scale={tuple(config.input.crop_scale)}: "
         "need 0 < min <= max <= 1 (area fractions)")
@@ -523,6 +703,9 @@ def _check_finetune(config, check):
 def _check_apply(config, device_count, check):
   """Prediction and evaluation: a model, inputs, a place for the outputs, batches that split."""
   p = config.predict
+  check(not volumetric(config),
+        f"config.task={config.task!r} reads 2-D images; volumes are fine-tuned and scored by the "
+        "protocol (task=finetune), which predicts whole volumes by sliding windows")
   if config.task == "evaluate":
     check(p.input.endswith(".csv") and os.path.isfile(p.input),
           f"config.predict.input={p.input!r}: task=evaluate needs a labelled CSV (image,mask or "

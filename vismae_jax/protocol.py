@@ -20,7 +20,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from data_pipelines import downstream, splits
+from data_pipelines import DatasetError, downstream, splits, volumes
 from vismae_jax import analysis, checkpoint, config_lib, parallel, report
 from vismae_jax.train import finetune, loop
 
@@ -39,9 +39,58 @@ def columns(config) -> downstream.Columns:
                             pixel_size=d.pixel_size_column)
 
 
+def volume_rows(path: str) -> tuple[list[dict], downstream.Table | None]:
+  """The labelled volumes of a Decathlon folder (or its dataset.json), or of a CSV whose image
+  and mask columns name them: ([{name, image, label}], the CSV's table for its folds and
+  groups, None for a Decathlon folder)."""
+  if os.path.isdir(path) or os.path.basename(path) == "dataset.json":
+    return volumes.read_msd(path if os.path.isdir(path) else os.path.dirname(path)), None
+  table = downstream.read_table(path, downstream.Columns(group="", fold="fold"))
+  if table.masks is None:
+    raise DatasetError(f"{path}: volumes need image and mask columns (NIfTI paths)")
+  return [{"name": os.path.basename(i), "image": i, "label": m}
+          for i, m in zip(table.images, table.masks)], table
+
+
+def as_objects(arrays: list) -> np.ndarray:
+  """Volumes of different shapes as one array of objects, indexed by case like 2-D examples."""
+  out = np.empty(len(arrays), object)
+  out[:] = arrays
+  return out
+
+
+def read_volumes(config, path: str):
+  """Labelled volumes read as fine-tuning reads them: (examples {image, mask: arrays of
+  volumes, label: has foreground}, table, skipped rows), reoriented to RAS, resampled to
+  input.spacing and normalised per input.modality (data_pipelines/volumes.py). The table's
+  pixel sizes are the voxel spacings, which HD95 in mm needs."""
+  rows, csv_table = volume_rows(path)
+  i = config.input
+  images, masks, spacings, skipped = volumes.load_labelled(
+      rows, target_spacing=tuple(i.spacing) or None, modality=i.modality,
+      ct_window=tuple(i.ct_window))
+  if not images:
+    raise DatasetError(f"{path}: none of the {len(rows)} volumes could be read; the first: "
+                       f"{skipped[0]['problem']}")
+  kept = [k for k, r in enumerate(rows) if r["name"] not in {s["name"] for s in skipped}]
+  examples = {"image": as_objects(images), "mask": as_objects(masks),
+              "label": np.array([int(m.any()) for m in masks])}
+  pick = lambda a: None if a is None else np.asarray(a)[kept]
+  table = downstream.Table(
+      images=[rows[k]["image"] for k in kept], masks=[rows[k]["label"] for k in kept],
+      labels=examples["label"], groups=pick(csv_table and csv_table.groups),
+      folds=pick(csv_table and csv_table.folds), splits=None, pixel_sizes=np.array(spacings),
+      sizes=np.array([m.shape for m in masks]))
+  return examples, table, [{"line": rows.index(next(r for r in rows if r["name"] == s["name"]))
+                            + 2, "problem": s["problem"]} for s in skipped]
+
+
 def read_labelled(config, csv_path: str):
-  """A labelled CSV read as fine-tuning reads it: (examples, table, skipped rows); labels that
-  do not match config.finetune.multilabel fail, naming the setting."""
+  """A labelled CSV (volumes: also a Decathlon folder) read as fine-tuning reads it: (examples,
+  table, skipped rows); labels that do not match config.finetune.multilabel fail, naming the
+  setting."""
+  if config_lib.volumetric(config):
+    return read_volumes(config, csv_path)
   table = downstream.read_table(csv_path, columns(config))
   multilabel = table.labels is not None and table.labels.ndim == 2
   if multilabel != bool(config.finetune.multilabel):
@@ -119,21 +168,30 @@ def run_one(config, run: dict, workdir: str, mesh, examples: dict, distance_scal
   # On the mesh, as validation saw the parameters: predict keeps its one trace.
   params = jax.device_put(checkpoint.load_params(out_dir, task.best_metric),
                           parallel.replicated(mesh))
-  test = run["test"]
-  predictions = finetune.predict_all(finetune.functions(config).predict, params,
-                                     examples["image"][test], config.eval_batch_size, mesh)
+  test, predict = run["test"], finetune.functions(config).predict
   if config.finetune.kind == config_lib.SEGMENTATION:
-    predictions = finetune.label_maps(predictions)
+    predictions = finetune.segment(predict, params, examples["image"][test], config, mesh)
+  else:
+    predictions = finetune.predict_all(predict, params, examples["image"][test],
+                                       config.eval_batch_size, mesh)
   result = {"name": run["name"], "init": run["init"], "test": np.asarray(test).tolist(),
             "train_size": len(run["train"]),
             **report.score(config, predictions, examples, test, distance_scale[test])}
   if jax.process_index() == 0:
-    if config.finetune.kind == config_lib.SEGMENTATION:
-      np.save(_run_path(workdir, run["name"], "test_predictions.npy"), predictions)
+    if config.finetune.kind == config_lib.SEGMENTATION:  # volumes: one array per case
+      np.savez_compressed(_run_path(workdir, run["name"], PREDICTIONS), *predictions)
     with open(_run_path(workdir, run["name"], "result.json"), "w") as f:
       json.dump(result, f)
   checkpoint.keep_best_only(out_dir, task.best_metric)
   return result
+
+
+PREDICTIONS = "test_predictions.npz"  # a run's label maps of its test cases, in order
+
+
+def saved_predictions(workdir: str, name: str) -> list[np.ndarray]:
+  with np.load(_run_path(workdir, name, PREDICTIONS)) as saved:
+    return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 # Validation images per feature-reuse comparison: a forward pass of tens of images per model.
@@ -153,6 +211,8 @@ def feature_reuse(config, runs: list[dict], workdir: str, mesh, examples: dict) 
   """Linear CKA per encoder stage between the start and the end of fine-tuning (analysis.py)
   for each initialisation's run with the most labels in the first fold (its first seed), on
   the same validation images of that fold: up to FEATURE_REUSE_IMAGES of them."""
+  if config.model.arch != "swin":
+    return None  # analysis.feature_reuse compares the Swin's stages
   fold = min(r["fold"] for r in runs)
   top = max(r["fraction"] for r in runs if r["fold"] == fold and "fraction" in r)
   chosen = [r for r in runs if (r["fold"], r.get("fraction"), r["repeat"]) == (fold, top, 0)]
@@ -286,7 +346,8 @@ def run(config, workdir: str, mesh) -> dict:
   logging.info("splits: %s; %s", splits_made["folds"], splits_made["groups"])
   if table.groups is None:
     logging.warning("%s is %s", config.data.csv, splits_made["groups"])
-  distance_scale = table.distance_scale(config.input.image_size)
+  distance_scale = (table.pixel_sizes if config_lib.volumetric(config) else
+                    table.distance_scale(config.input.image_size))
   runs = plan(config, table)
 
   os.makedirs(workdir, exist_ok=True)
@@ -328,7 +389,6 @@ def run(config, workdir: str, mesh) -> dict:
     paths = report.write_report(config, workdir, summary)
     if config.finetune.kind == config_lib.SEGMENTATION:
       paths["overlays"] = report.write_overlays(
-          config, workdir, results, examples,
-          lambda name: np.load(_run_path(workdir, name, "test_predictions.npy")))
+          config, workdir, results, examples, lambda name: saved_predictions(workdir, name))
     print("Report: " + " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
   return summary

@@ -44,8 +44,9 @@ def metric_name(config) -> str:
 
 
 def distance_unit(config) -> str:
-  """HD95's unit: mm where the CSV gives pixel sizes, else pixels of the original images."""
-  return "mm" if config.data.pixel_size_column else "px"
+  """HD95's unit: mm for volumes (their voxel spacing) and where the CSV gives pixel sizes,
+  else pixels of the original images."""
+  return "mm" if config.data.pixel_size_column or config_lib.volumetric(config) else "px"
 
 
 def score(config, predictions: np.ndarray, examples: dict, indices, distance_scale) -> dict:
@@ -55,12 +56,18 @@ def score(config, predictions: np.ndarray, examples: dict, indices, distance_sca
   pixels into the distance unit (downstream.Table.distance_scale).
   """
   if config.finetune.kind == config_lib.SEGMENTATION:
-    s = metrics.segmentation_scores(predictions, examples["mask"][indices],
-                                    config.finetune.num_classes)
-    s["hd95"] = s["hd95"] * np.asarray(distance_scale)[:, None]
+    if config_lib.volumetric(config):  # volumes of their own shapes, distances in mm
+      s = metrics.segmentation_scores(list(predictions), list(examples["mask"][indices]),
+                                      config.finetune.num_classes,
+                                      spacing=[tuple(d) for d in distance_scale])
+    else:
+      s = metrics.segmentation_scores(predictions, examples["mask"][indices],
+                                      config.finetune.num_classes)
+      s["hd95"] = s["hd95"] * np.asarray(distance_scale)[:, None]
     dice = s["dice"][~np.all(np.isnan(s["dice"]), axis=1)]  # images with something to find
     per_case = np.nanmean(dice, axis=1)
     return {"metric": float(per_case.mean()), "per_case": per_case.tolist(),
+            "class_dice": np.nanmean(s["dice"], axis=0).tolist(),
             **{k: _nanmean(s[k]) for k in SECONDARY[True]}}
   labels = examples["label"][indices]
   s = metrics.classification_scores(labels, predictions)
@@ -82,7 +89,7 @@ def average_repeats(results: list[dict]) -> list[dict]:
     for key in ("metric", *SECONDARY[True], *SECONDARY[False]):
       if key in runs[0]:
         merged[key] = _nanmean([r[key] for r in runs])
-    for key in ("per_case", "probs"):
+    for key in ("per_case", "probs", "class_dice"):
       if key in runs[0]:
         merged[key] = np.mean([r[key] for r in runs], axis=0).tolist()
     averaged.append(merged)
@@ -116,6 +123,9 @@ def _compare(seg: bool, results: list[dict]) -> dict:
                    "per_fold_repeats": [r["repeat_metrics"] for r in runs],
                    "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]],
                    **{k: _nanmean([r[k] for r in runs]) for k in SECONDARY[seg]}}
+    if seg and all("class_dice" in r for r in runs):  # per structure: mean and CI over folds
+      entry[init]["class_dice"] = [dict(zip(("mean", "low", "high"), metrics.mean_ci(v)))
+                                   for v in np.array([r["class_dice"] for r in runs]).T]
   if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
     a, b = ([r["metric"] for r in rows[i]] for i in INITS)
     entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
@@ -239,7 +249,7 @@ def write_report(config, workdir: str, summary: dict) -> dict:
                  "and were left out (`skipped_rows` in report.json).")
   if "splits" in summary:
     lines.append(f"\nFolds: {summary['splits']['folds']}; {summary['splits']['groups']}.")
-  if "feature_reuse" in summary:
+  if summary.get("feature_reuse"):
     lines += ["", *feature_reuse_table(summary["feature_reuse"])]
     paths.update(write_feature_reuse(summary["feature_reuse"], workdir))
   with open(paths["markdown"], "w") as f:
@@ -338,14 +348,15 @@ def write_overlays(config, workdir: str, results: list[dict], examples: dict,
   inits = [i for i in INITS if any(r["init"] == i for r in runs)]
   maps, dice = {i: {} for i in inits}, {i: {} for i in inits}
   for r in runs:
-    label_maps = predictions(r["name"])
-    scores = metrics.segmentation_scores(label_maps, examples["mask"][r["test"]],
-                                         config.finetune.num_classes, hd95=False)["dice"]
-    for case, label_map, value in zip(r["test"], label_maps, scores):
+    for case, label_map in zip(r["test"], predictions(r["name"])):  # 2-D or volumes
+      value = metrics.segmentation_scores(label_map[None], examples["mask"][case][None],
+                                          config.finetune.num_classes, hd95=False)["dice"]
       maps[r["init"]][case], dice[r["init"]][case] = label_map, _nanmean(value)
   ranking = {c: d for c, d in dice[inits[0]].items() if not np.isnan(d)}  # something to find
   rows = overlay_rows(ranking)
-  return figures.segmentation_overlays(
+  draw = (figures.volume_overlays if config_lib.volumetric(config) else
+          figures.segmentation_overlays)
+  return draw(
       [examples["image"][c] for _, c in rows], [examples["mask"][c] for _, c in rows],
       {i: [(maps[i][c], dice[i][c]) for _, c in rows] for i in inits},
       [label for label, _ in rows], os.path.join(workdir, "overlays.png"),

@@ -1,4 +1,5 @@
-"""The fine-tuning tasks: Swin-UNet segmentation and Swin classification.
+"""The fine-tuning tasks: Swin-UNet or UNETR segmentation, Swin or ViT classification; UNETR on
+volumes too (config.input.roi: trained on crops, validated on whole volumes by sliding windows).
 
 Like pretraining, everything per-pixel runs in the jitted step: uint8 -> float, per-image
 min-max to [0, 1] (the release's fine-tuning input), channel replication, augmentation from the
@@ -18,15 +19,21 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from data_pipelines import pretrain_input, volume_crops
 from vismae_jax import augment, checkpoint, config_lib, metrics, parallel, preprocess
+from vismae_jax import sliding_window
 from vismae_jax.convert import torch_import, transfer
-from vismae_jax.models import unet
-from vismae_jax.train import loop, optim
-
+from vismae_jax.models import unet, unetr, vit
+from vismae_jax.train import loop, optim, vit_masked
 
 
 def build_model(config):
   m, f = config.model, config.finetune
+  seg = f.kind == config_lib.SEGMENTATION
+  if m.arch == "vit":
+    head = dict(feature_size=m.feature_size) if seg else {}
+    return (unetr.UNETR if seg else vit.ViTClassifier)(
+        **vit_masked.encoder_kwargs(config), num_classes=f.num_classes, **head)
   cls = unet.SwinUNet if f.kind == config_lib.SEGMENTATION else unet.SwinClassifier
   return cls(num_classes=f.num_classes, in_chans=m.in_chans, patch_size=m.patch_size,
              embed_dim=m.embed_dim, depths=tuple(m.depths), num_heads=tuple(m.num_heads),
@@ -35,15 +42,21 @@ def build_model(config):
 
 
 def init_params(model, config, rng):
-  size = config.input.image_size
-  return model.init(rng, jnp.zeros((1, size, size, config.model.in_chans)))["params"]
+  return model.init(rng, jnp.zeros((1, *vit_masked.input_shape(config))))["params"]
 
 
 def model_inputs(config, batch, rng, train: bool):
-  """Batch of uint8 images (+ masks) -> (float images, masks or None), augmented if training."""
+  """Batch of uint8 images or float volume crops (+ masks) -> (float images, masks or None),
+  augmented if training."""
+  masks = batch.get("mask")
+  if config_lib.volumetric(config):
+    x = batch["image"].astype(jnp.float32)[..., None]
+    if train:
+      x, masks = augment.volume_augment(rng, x, masks, scale=config.input.intensity,
+                                        shift=config.input.intensity)
+    return x, masks
   x = preprocess.to_model_input(batch["image"], image_size=config.input.image_size,
                                 channels=config.model.in_chans, normalization="minmax")
-  masks = batch.get("mask")
   if train and config.finetune.kind == config_lib.SEGMENTATION:
     x, masks = augment.segmentation_augment(rng, x, masks)
   elif train and config.input.hflip:
@@ -52,11 +65,12 @@ def model_inputs(config, batch, rng, train: bool):
 
 
 def soft_dice_loss(logits, masks, num_classes: int, eps: float = 1e-5):
-  """1 - mean soft Dice over foreground classes, pooled over the batch's pixels."""
+  """1 - mean soft Dice over foreground classes, pooled over the batch's pixels or voxels."""
   probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
   onehot = jax.nn.one_hot(masks, num_classes)[..., 1:]
-  inter = jnp.sum(probs * onehot, axis=(0, 1, 2))
-  total = jnp.sum(probs, axis=(0, 1, 2)) + jnp.sum(onehot, axis=(0, 1, 2))
+  axes = tuple(range(logits.ndim - 1))
+  inter = jnp.sum(probs * onehot, axis=axes)
+  total = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
   return 1.0 - jnp.mean((2 * inter + eps) / (total + eps))
 
 
@@ -129,6 +143,25 @@ def predict_all(predict, params, images: np.ndarray, batch: int, mesh) -> np.nda
   return np.concatenate(outputs)
 
 
+def predict_volumes(predict, params, volumes, config, mesh) -> list[np.ndarray]:
+  """Class probabilities (X, Y, Z, classes) of each whole volume: Gaussian-weighted sliding
+  windows of config.input.roi overlapping by input.overlap, eval_batch_size windows at a time
+  split over the mesh as `predict_all` splits images."""
+  def windows(batch):  # (B, *roi, 1) -> (B, *roi, classes)
+    return predict_all(predict, params, np.asarray(batch)[..., 0], config.eval_batch_size, mesh)
+  return [sliding_window.sliding_window_inference(
+              windows, np.asarray(v)[..., None], tuple(config.input.roi),
+              overlap=config.input.overlap, batch=config.eval_batch_size)
+          for v in volumes]
+
+
+def segment(predict, params, images, config, mesh):
+  """Label maps of `images`: an (N, H, W) array of 2-D images, a list of whole volumes."""
+  if config_lib.volumetric(config):
+    return [label_maps(p) for p in predict_volumes(predict, params, images, config, mesh)]
+  return label_maps(predict_all(predict, params, images, config.eval_batch_size, mesh))
+
+
 def label_maps(probabilities: np.ndarray) -> np.ndarray:
   """Per-pixel classes (B, H, W) of segmentation probabilities (B, H, W, classes)."""
   return probabilities.argmax(axis=-1).astype(np.uint8)
@@ -182,8 +215,11 @@ def pretrained_params(config, target_params):
     source = torch_import.load_state(f.pretrained)
   else:
     source = checkpoint.load_params(f.pretrained)
-  params, report = transfer.transfer(source, target_params, encoder_only=f.encoder_only,
-                                     fill_deeper=f.fill_deeper)
+  if config.model.arch == "vit":  # one `encoder` subtree in every ViT model
+    params, report = transfer.transfer_by_name(source, target_params)
+  else:
+    params, report = transfer.transfer(source, target_params, encoder_only=f.encoder_only,
+                                       fill_deeper=f.fill_deeper)
   logging.info("weights from %s:\n%s", f.pretrained, report.table())
   return params
 
@@ -207,19 +243,26 @@ def make_task(config, examples: dict, train, val, init: str, mesh) -> loop.Task:
   seg = config.finetune.kind == config_lib.SEGMENTATION
   keep = {k: v for k, v in examples.items() if seg or k != "mask"}
   arrays = {k: v[np.asarray(train)] for k, v in keep.items()}
-  dataset = grain.MapDataset.source(ArraySource(arrays)).seed(config.seed).shuffle().repeat()
-  dataset = dataset.batch(config.batch_size // jax.process_count(), drop_remainder=True)[
-      jax.process_index()::jax.process_count()]
+  if config_lib.volumetric(config):
+    source = volume_crops.CropSource(list(arrays["image"]), list(arrays["mask"]),
+                                     tuple(config.input.roi),
+                                     foreground_share=config.input.foreground_share,
+                                     seed=config.seed)
+  else:
+    source = ArraySource(arrays)
+  dataset = pretrain_input.host_batches(source, seed=config.seed, batch_size=config.batch_size)
   val_examples = {k: v[np.asarray(val)] for k, v in keep.items()}
   metric = best_metric(config)
 
   def validate(params, step):
+    if seg:
+      predicted = segment(fns.predict, params, val_examples["image"], config, mesh)
+      dice = [metrics.segmentation_scores(p[None], m[None], config.finetune.num_classes,
+                                          hd95=False)["dice"][0]
+              for p, m in zip(predicted, val_examples["mask"])]
+      return {metric: float(np.nanmean(dice))}
     predictions = predict_all(fns.predict, params, val_examples["image"],
                               config.eval_batch_size, mesh)
-    if seg:
-      scores = metrics.segmentation_scores(label_maps(predictions), val_examples["mask"],
-                                           config.finetune.num_classes, hd95=False)
-      return {metric: float(np.nanmean(scores["dice"]))}
     try:
       return {metric: float(metrics.classification_scores(val_examples["label"],
                                                           predictions)["roc_auc"])}

@@ -63,13 +63,23 @@ ENCODER = ("patch_embed", "encoder")
 
 def layer_ids(params) -> dict:
   """Depth of every parameter for layer-wise decay: the patch embedding 0, encoder block k
-  (counted over all stages) k + 1, a stage's patch merging with its last block, everything
-  after the encoder (decoder, norms, heads) the top, n_blocks + 1."""
-  depths = [len([k for k in params["encoder"][f"layers_{i}"] if k.startswith("blocks_")])
-            for i in range(len(params["encoder"]))]
+  (Swin: counted over all stages, a stage's patch merging with its last block) k + 1,
+  everything after the blocks (the ViT's final norm, decoders, heads) the top, n_blocks + 1."""
+  encoder = params["encoder"]
+  if "patch_embed" in encoder:  # the ViT: encoder/{patch_embed, blocks_<k>, norm}
+    top = len([k for k in encoder if k.startswith("blocks_")]) + 1
+
+    def layer(path):
+      names = [getattr(p, "key", str(p)) for p in path]
+      if names[0] != "encoder" or names[1] == "norm":
+        return top
+      return 0 if names[1] == "patch_embed" else int(names[1].split("_")[1]) + 1
+    return jax.tree_util.tree_map_with_path(lambda path, _: layer(path), params)
+  depths = [len([k for k in encoder[f"layers_{i}"] if k.startswith("blocks_")])
+            for i in range(len(encoder))]
   top = sum(depths) + 1
 
-  def layer(path):
+  def swin_layer(path):
     names = [getattr(p, "key", str(p)) for p in path]
     if names[0] == "patch_embed":
       return 0
@@ -79,7 +89,7 @@ def layer_ids(params) -> dict:
     done = sum(depths[:stage])
     return done + (int(names[2].split("_")[1]) + 1 if names[2].startswith("blocks_")
                    else depths[stage])
-  return jax.tree_util.tree_map_with_path(lambda path, _: layer(path), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: swin_layer(path), params)
 
 
 def stop_encoder_gradient(params):
@@ -110,7 +120,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
   One object per optimizer recipe, so that runs with the same recipe reuse one traced step.
   """
-  return _optimizer(ml_collections.FrozenConfigDict(config.optim), sum(config.model.depths) + 1)
+  m = config.model
+  blocks = m.depth if m.arch == "vit" else sum(m.depths)
+  return _optimizer(ml_collections.FrozenConfigDict(config.optim), blocks + 1)
 
 
 @functools.lru_cache(maxsize=8)

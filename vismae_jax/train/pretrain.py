@@ -6,7 +6,9 @@ init_params, loss_fn and, for self-distillation, extra state) and `figure_rows` 
 of its checkpoint figure, `FIGURE`, in the order `ROWS`):
 - masked_image.py: SwinMAE (MSE) and SimMIM (L1) on window-masked images;
 - contrastive.py: SimCLR's NT-Xent on two views;
-- distillation.py: DINO with iBOT's masked tokens, an EMA teacher in the train state.
+- distillation.py: DINO with iBOT's masked tokens, an EMA teacher in the train state;
+- vit_masked.py: SelfMedMAE's ViT-MAE (the ViT encoder, config.model.arch="vit") on 2-D images
+  or on 3-D crops of volume shards (config.input.roi).
 
 Everything per-pixel happens inside the jitted step: uint8 -> float, resize, augmentation,
 masks or views, and the loss. Randomness comes from the step's key only, so a resumed run
@@ -19,13 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from data_pipelines import pretrain_input, records, sample
+from data_pipelines import pretrain_input, records, sample, volume_crops, volume_ingest
 from vismae_jax import config_lib, figures, parallel
-from vismae_jax.train import contrastive, distillation, loop, masked_image
+from vismae_jax.train import contrastive, distillation, loop, masked_image, vit_masked
 
 METHODS = {"mae": masked_image, "simmim": masked_image, "simclr": contrastive,
-           "dino": distillation}
-NAMES = {"mae": "SwinMAE", "simmim": "SimMIM", "simclr": "SimCLR", "dino": "DINO + iBOT"}
+           "dino": distillation, "vit_mae": vit_masked}
+NAMES = {"mae": "SwinMAE", "simmim": "SimMIM", "simclr": "SimCLR", "dino": "DINO + iBOT",
+         "vit_mae": "ViT-MAE"}
 
 
 def method(config):
@@ -37,6 +40,8 @@ def build_model(config, model_class=None):
   """config.method's model, or model_class (a SwinMAE variant) on the same settings."""
   m = config.model
   module = method(config)
+  if m.arch == "vit":
+    return vit_masked.build_model(config)
   return (model_class or module.MODELS[config.method])(
       in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
       depths=tuple(m.depths), num_heads=tuple(m.num_heads), window=m.window,
@@ -63,35 +68,58 @@ def resolve_data_dir(config, workdir: str) -> str:
       os.path.join(workdir, "sample_shards", f"process_{jax.process_index()}"))
 
 
+def evenly(count: int, wanted: int) -> np.ndarray:
+  """`wanted` indices spread evenly over `count` examples (all of them when fewer)."""
+  return np.linspace(0, count - 1, min(wanted, count)).astype(int)
+
+
 def figure_batch(data_dir: str, config) -> np.ndarray:
   """Records spread evenly over the (filtered) dataset: the same pictures at every checkpoint."""
   source = pretrain_input.record_source(data_dir, config.data.modalities)
-  picks = np.linspace(0, len(source) - 1, min(config.figure_images, len(source))).astype(int)
-  return np.stack([records.decode_image(source[int(i)]) for i in picks])
+  return np.stack([records.decode_image(source[int(i)])
+                   for i in evenly(len(source), config.figure_images)])
 
 
-def make_task(config, workdir: str, mesh) -> loop.Task:
-  """config.method's pretraining on the configured shards; its figure at every checkpoint."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+def volume_crop_source(data_dir: str, config) -> volume_crops.CropSource:
+  """Random config.input.roi crops of the volume shards, one per volume and epoch."""
+  return volume_crops.CropSource(volume_ingest.volume_source(data_dir), None,
+                                 tuple(config.input.roi), seed=config.seed)
+
+
+def data(config, workdir: str):
+  """(this host's dataset, examples per epoch, the checkpoint figure's batch)."""
   data_dir = resolve_data_dir(config, workdir)
-  model = build_model(config)
+  if config_lib.volumetric(config):
+    crops = volume_crop_source(data_dir, config)
+    pictures = np.stack([crops[int(i)]["image"] for i in evenly(len(crops), config.figure_images)])
+    dataset = pretrain_input.host_batches(crops, seed=config.seed, batch_size=config.batch_size,
+                                          transform=lambda example: example["image"])
+    return dataset, len(crops), pictures
   dataset = pretrain_input.pretrain_dataset(
       data_dir, modalities=config.data.modalities, seed=config.seed,
       per_host_batch=config.batch_size // jax.process_count(),
       process_index=jax.process_index(), process_count=jax.process_count(),
       mixture=dict(config.data.mixture))
-  pictures = figure_batch(data_dir, config)
+  return (dataset, pretrain_input.num_examples(data_dir, config.data.modalities),
+          figure_batch(data_dir, config))
+
+
+def make_task(config, workdir: str, mesh) -> loop.Task:
+  """config.method's pretraining on the configured shards; its figure at every checkpoint."""
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  dataset, num_examples, pictures = data(config, workdir)
+  model = build_model(config)
   module = method(config)
   figure_path = os.path.join(workdir, f"{module.FIGURE}.png")
   replicated = parallel.replicated(mesh)
   draw = jax.jit(lambda params, images: module.figure_rows(
       model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)
   what = f" ({config.mae.masking} masking)" if module is masked_image else ""
+  norm = config.input.get("normalization", "minmax")  # volumes' rows come in [0, 1]
 
   def write_figure(params, step):
     rows = jax.device_get(draw(params, parallel.global_batch(pictures, replicated)))
     if jax.process_index() == 0:
-      norm = config.input.normalization
       figures.image_grid({name: figures.to_display(rows[name], norm)
                           for name in module.ROWS if name in rows},
                          figure_path,
@@ -99,6 +127,5 @@ def make_task(config, workdir: str, mesh) -> loop.Task:
     return {}
 
   return loop.Task(
-      **module.task_fields(model, config), dataset=dataset,
-      num_examples=pretrain_input.num_examples(data_dir, config.data.modalities),
+      **module.task_fields(model, config), dataset=dataset, num_examples=num_examples,
       on_checkpoint=write_figure, outputs={module.FIGURE.capitalize(): figure_path})

@@ -1,0 +1,15 @@
+r"""python -m vismae_jax.main --config=configs/vit_mae2d.py --workdir=DIR --config.data.path=SHARDS
+
+SelfMedMAE's 2-D pretraining: a ViT-B/16 masked autoencoder (models/vit.py) on the 2-D shards
+that the Swin methods read, 75% of the 16 px patches dropped before the encoder, a 512-wide
+8-block decoder, MSE on each masked patch normalised by its own mean and variance. Fine-tune it
+with configs/unetr2d.py (segmentation) or configs/vit_cls.py (classification).
+
+Variants (`configs/vit_mae2d.py:VARIANT`): `sample` (the bundled real images at 64 px, a
+0.5M-parameter ViT, minutes on 2 cores), `tiny` (tests).
+"""
+from vismae_jax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_pretrain(ndim=2, variant=arg)

@@ -1,0 +1,101 @@
+"""ViT-MAE pretraining (SelfMedMAE's): the plain ViT masked autoencoder of models/vit.py on 2-D
+images or 3-D crops, the masked tokens dropped before the encoder, MSE on the masked patches.
+
+One of pretrain.py's methods (`MODELS`, `head_kwargs`, `task_fields`, `figure_rows`), for
+`config.model.arch == "vit"`. 2-D batches are the shards' uint8 images, made model inputs as
+the Swin methods make them; 3-D batches are float crops of normalised volumes
+(data_pipelines/volume_crops.py), flipped, turned and intensity-jittered on device.
+"""
+import jax
+import jax.numpy as jnp
+
+from vismae_jax import augment, config_lib, preprocess
+from vismae_jax.models import vit
+
+MODELS = {"vit_mae": vit.ViTMAE}
+FIGURE = "reconstructions"
+ROWS = ("original", "masked", "reconstruction")
+
+
+def encoder_kwargs(config) -> dict:
+  """The ViT encoder's settings, which its MAE, UNETR and classifier share."""
+  m = config.model
+  return dict(patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
+              num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, drop_path=m.drop_path,
+              attention=m.attention, dtype=jnp.dtype(config.dtype))
+
+
+def build_model(config):
+  mae = config.mae
+  return vit.ViTMAE(**encoder_kwargs(config), decoder_dim=mae.decoder_dim,
+                    decoder_depth=mae.decoder_depth, decoder_heads=mae.decoder_heads,
+                    mask_ratio=mae.mask_ratio)
+
+
+def input_shape(config) -> tuple[int, ...]:
+  """One model input's shape: (*spatial, channels)."""
+  return (*config_lib.spatial_shape(config), config.model.in_chans)
+
+
+def model_inputs(config, batch, rng, train: bool):
+  """A batch as the shards give it -> model inputs (B, *spatial, C): 2-D uint8 images
+  normalised (and flipped when training), or 3-D float crops with a channel axis (augmented
+  when training)."""
+  if config_lib.volumetric(config):
+    x = batch.astype(jnp.float32)[..., None]
+    if train:
+      x, _ = augment.volume_augment(rng, x, scale=config.input.intensity,
+                                    shift=config.input.intensity)
+    return x
+  x = preprocess.to_model_input(batch, image_size=config.input.image_size,
+                                channels=config.model.in_chans,
+                                normalization=config.input.normalization)
+  return augment.random_hflip(rng, x) if train and config.input.hflip else x
+
+
+def init_params(model, config, rng):
+  return model.init(rng, jnp.zeros((1, *input_shape(config))), jax.random.PRNGKey(0))["params"]
+
+
+def make_loss_fn(model, config):
+  def loss_fn(params, batch, rng):
+    input_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
+    x = model_inputs(config, batch, input_rng, train=True)
+    pred, mask = model.apply({"params": params}, x, mask_rng, deterministic=False,
+                             rngs={"dropout": drop_rng})
+    return vit.masked_patch_loss(pred, x, mask, config.model.patch_size,
+                                 config.mae.norm_pix_loss)
+  return loss_fn
+
+
+def head_kwargs(config) -> dict:
+  del config
+  return {}
+
+
+def task_fields(model, config) -> dict:
+  return {"init_params": lambda rng: init_params(model, config, rng),
+          "loss_fn": make_loss_fn(model, config)}
+
+
+def figure_rows(model, config, params, batch, rng) -> dict:
+  """Original, masked (hidden patches NaN) and reconstruction (visible patches as they were,
+  masked ones as predicted, mapped back from the normalised target where norm_pix_loss); for
+  volumes the middle axial slice of each crop, anterior up, in [0, 1] of the crop's range."""
+  patch = config.model.patch_size
+  x = model_inputs(config, batch, None, train=False)
+  pred, mask = model.apply({"params": params}, x, rng, deterministic=True)
+  target = vit.patchify(x, patch)
+  if config.mae.norm_pix_loss:
+    pred = pred * jnp.sqrt(target.var(-1, keepdims=True, ddof=1) + 1e-6) + target.mean(
+        -1, keepdims=True)
+  grid = vit.token_grid(x.shape[1:-1], patch)
+  hidden = vit.unpatchify(jnp.broadcast_to(mask[..., None], target.shape), grid, patch)
+  rows = {"original": x, "masked": jnp.where(hidden, jnp.nan, x),
+          "reconstruction": jnp.where(hidden, vit.unpatchify(pred, grid, patch), x)}
+  if x.ndim == 5:  # (B, X, Y, Z, C) in RAS: the axial slice, anterior up, scaled to [0, 1]
+    lo = x.min(axis=(1, 2, 3, 4), keepdims=True)
+    scale = jnp.maximum(x.max(axis=(1, 2, 3, 4), keepdims=True) - lo, 1e-6)
+    rows = {k: jnp.flip(jnp.swapaxes(((v - lo) / scale)[:, :, :, v.shape[3] // 2], 1, 2), 1)
+            for k, v in rows.items()}
+  return rows
