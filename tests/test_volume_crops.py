@@ -59,8 +59,8 @@ def test_the_foreground_share_is_the_one_asked_for(share):
 def test_volumes_smaller_than_the_roi_are_padded():
   image, mask = blob_volume(shape=(10, 20, 5), blob=(5, 10, 2))
   image -= 7.0  # a minimum that is not 0
-  source = CropSource([image], [mask], ROI, foreground_share=1.0)
-  for example in (source[i] for i in range(5)):
+  source = CropSource([image], [mask], ROI, foreground_share=1.0, crops_per_volume=5)
+  for example in (source[i] for i in range(len(source))):
     assert example["image"].shape == example["mask"].shape == ROI
     y = int(example["image"][3, 0, 1] + 7) // 100  # axis 1 (20 > 16) is cropped
     np.testing.assert_array_equal(example["image"][3:13, :, 1:6], image[:, y:y + 16])
