@@ -1,4 +1,7 @@
 """On-device augmentation: deterministic from the key, joint image/mask geometry, identities."""
+import functools
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,3 +58,56 @@ def test_hflip_flips_about_half():
   out = augment.random_hflip(jax.random.PRNGKey(0), images)
   flipped = [bool(jnp.all(out[i] == images[i, :, ::-1])) for i in range(64)]
   assert 20 < sum(flipped) < 44
+
+
+def symmetries(volume, planes):
+  """Every flip (along any axes) followed by quarter turns in `planes`, of one (X, Y, Z, ...)
+  array: what volume_augment may return for it."""
+  out = []
+  for flips in itertools.product((False, True), repeat=3):
+    flipped = np.flip(volume, [a for a in range(3) if flips[a]])
+    turned = [flipped]
+    for plane in planes:
+      turned = [np.rot90(t, k, axes=plane) for t in turned for k in range(4)]
+    out += turned
+  return out
+
+
+def volumes(shape, b=6):
+  images = np.random.default_rng(0).random((b, *shape, 1)).astype(np.float32)
+  return jnp.asarray(images), jnp.asarray(images[..., 0] > 0.6, jnp.uint8)
+
+
+def test_volume_augment_moves_masks_with_images_and_turns_only_equal_planes():
+  geometry = functools.partial(augment.volume_augment, scale=0.0, shift=0.0)
+  for shape, planes in [((6, 6, 4), [(0, 1)]), ((4, 6, 6), [(1, 2)]),
+                        ((5, 5, 5), [(0, 1), (0, 2), (1, 2)])]:
+    images, masks = volumes(shape)
+    out_images, out_masks = jax.jit(geometry)(jax.random.PRNGKey(0), images, masks)
+    assert out_images.shape == images.shape and out_masks.shape == masks.shape
+    assert out_masks.dtype == jnp.uint8
+    np.testing.assert_array_equal(out_masks, np.asarray(out_images[..., 0] > 0.6))
+    turned = 0
+    for i in range(len(images)):
+      flips_only = symmetries(np.asarray(images[i]), [])
+      allowed = symmetries(np.asarray(images[i]), planes)
+      assert any(np.array_equal(out_images[i], a) for a in allowed)
+      turned += not any(np.array_equal(out_images[i], a) for a in flips_only)
+    assert turned > 0  # quarter turns happened, within the allowed planes only
+
+
+def test_volume_augment_is_deterministic_per_key_and_scales_and_shifts_intensities():
+  images, masks = volumes((4, 5, 6), b=16)
+  step = jax.jit(augment.volume_augment)
+  first, again, other = (step(jax.random.PRNGKey(k), images, masks) for k in (1, 1, 2))
+  np.testing.assert_array_equal(first[0], again[0])
+  np.testing.assert_array_equal(first[1], again[1])
+  assert not np.array_equal(first[0], other[0])
+  out, none = augment.volume_augment(jax.random.PRNGKey(3), images, flip=False, rotate90=False)
+  assert none is None
+  flat, out = np.asarray(images).reshape(16, -1), np.asarray(out).reshape(16, -1)
+  gain = (out[:, 1] - out[:, 0]) / (flat[:, 1] - flat[:, 0])
+  offset = out[:, 0] - gain * flat[:, 0]
+  np.testing.assert_allclose(out, gain[:, None] * flat + offset[:, None], atol=1e-5)
+  assert np.all(np.abs(gain - 1) <= 0.1 + 1e-5) and np.all(np.abs(offset) <= 0.1 + 1e-5)
+  assert np.std(gain) > 0.02 and np.std(offset) > 0.02  # one draw per example

@@ -37,10 +37,40 @@ def test_hausdorff95_by_hand():
   assert metrics.hausdorff95(square, square) == 0.0
   assert metrics.hausdorff95(square, point) == pytest.approx(np.sqrt(8))
   assert metrics.hausdorff95(point, square) == pytest.approx(np.sqrt(8))  # symmetric
+  assert metrics.hausdorff95(point, other, spacing=(2.0, 1.0)) == pytest.approx(np.hypot(6, 4))
   assert np.isnan(metrics.hausdorff95(square, np.zeros_like(square)))
   scores = metrics.segmentation_scores(np.stack([square, point]).astype(int),
                                        np.stack([point, point]).astype(int), num_classes=2)
   np.testing.assert_allclose(scores["hd95"][:, 0], [np.sqrt(8), 0.0])
+
+
+def test_segmentation_scores_on_volumes_by_hand():
+  target = np.zeros((1, 4, 4, 4), int)
+  target[0, :2, :2, :2] = 1                  # 8 voxels
+  target[0, 3, 3, 3] = 2
+  pred = np.zeros_like(target)
+  pred[0, :2, :2, :1] = 1                    # 4 of them
+  pred[0, 3, :, 3] = 2                       # 4 voxels, 1 right
+  volumes = [pred[0], pred[0, :3]], [target[0], target[0, :3]]  # of two sizes: a list
+  scores = metrics.segmentation_scores(*volumes, num_classes=3, hd95=False)
+  np.testing.assert_allclose(scores["dice"], [[2 * 4 / 12, 2 * 1 / 5], [2 * 4 / 12, np.nan]])
+  np.testing.assert_allclose(scores["precision"], [[1.0, 1 / 4], [1.0, np.nan]])
+  np.testing.assert_allclose(scores["recall"], [[4 / 8, 1.0], [4 / 8, np.nan]])
+
+
+def test_hausdorff95_is_in_mm_with_an_anisotropic_spacing():
+  box = np.zeros((12, 12, 12), bool)
+  box[2:6, 2:6, 2:6] = True
+  spacing = (3.0, 1.0, 0.5)
+  along_x, along_z = np.roll(box, 2, axis=0), np.roll(box, 2, axis=2)
+  assert metrics.hausdorff95(box, along_x, spacing) == pytest.approx(2 * 3.0)
+  assert metrics.hausdorff95(box, along_z, spacing) == pytest.approx(2 * 0.5)
+  assert metrics.hausdorff95(box, along_z) == pytest.approx(2.0)  # voxels
+  cases = np.stack([box, box]).astype(int), np.stack([along_x, along_z]).astype(int)
+  one = metrics.segmentation_scores(*cases, num_classes=2, spacing=spacing)
+  np.testing.assert_allclose(one["hd95"][:, 0], [6.0, 1.0])
+  per_case = metrics.segmentation_scores(*cases, num_classes=2, spacing=[spacing, (1, 1, 2)])
+  np.testing.assert_allclose(per_case["hd95"][:, 0], [6.0, 4.0])
 
 
 def test_classification_scores_match_sklearn():

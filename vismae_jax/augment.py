@@ -10,6 +10,8 @@ SimCLR's and DINO's views add brightness and contrast jitter and Gaussian blur
 Segmentation: the same random geometry applied to image and mask together: flips, 90-degree
 rotations, and an affine map (rotation, translation, scale, shear), bilinear for images and
 nearest-neighbour for masks so labels stay labels.
+Volumes (3D segmentation, `volume_augment`): flips along each axis and quarter turns, which
+need no resampling, then intensity scale and shift, as the UNETR recipe's MONAI transforms.
 """
 import jax
 import jax.numpy as jnp
@@ -139,3 +141,48 @@ def segmentation_augment(rng, images, masks, *, flip=True, rotate90=True, max_ro
   images = jax.vmap(lambda x, a, t: _warp(x, a, t, order=1))(images, inverse, shift)
   masks = jax.vmap(lambda x, a, t: _warp(x, a, t, order=0))(masks, inverse, shift)
   return images, jnp.round(masks[..., 0]).astype(jnp.int32)
+
+
+def _random_quarter_turns(rng, x, axes):
+  """Each example of x turned k times (k uniform in 0..3, one draw per example) in the plane
+  of `axes`, whose lengths are equal so every k gives the same shape."""
+  k = jax.random.randint(rng, (x.shape[0],), 0, 4).reshape((-1,) + (1,) * (x.ndim - 1))
+  turned = x
+  for n in range(1, 4):
+    turned = jnp.where(k == n, jnp.rot90(x, n, axes=axes), turned)
+  return turned
+
+
+def volume_augment(rng, images, masks=None, *, flip=True, rotate90=True, scale=0.1, shift=0.1):
+  """Random flips and quarter turns of (B, X, Y, Z, C) volumes and their (B, X, Y, Z) integer
+  masks together, then intensity scale and shift of the images alone; masks may be None.
+
+  Flips along each spatial axis with probability 1/2 and quarter turns in every plane whose two
+  axes have equal lengths (only those: shapes never change), per example: MONAI's RandFlip and
+  RandRotate90 of the UNETR recipe, exact (no interpolation), so labels stay labels.
+  Intensities as MONAI's RandScaleIntensity and RandShiftIntensity: x * (1 + U(-scale, scale))
+  + U(-shift, shift), the shift in the normalised image's own units (not times its std), per
+  example.
+  Returns (images, masks), masks in their own dtype (None without masks).
+  """
+  b, *spatial, channels = images.shape
+  per_example = (b,) + (1,) * (images.ndim - 1)  # one draw broadcast over an example
+  k_flip, k_turn, k_scale, k_shift = jax.random.split(rng, 4)
+  joint = images if masks is None else jnp.concatenate(
+      [images, masks[..., None].astype(images.dtype)], -1)  # one geometry for both
+  if flip:
+    do = jax.random.bernoulli(k_flip, 0.5, (len(spatial), b))
+    for axis in range(len(spatial)):
+      joint = jnp.where(do[axis].reshape(per_example), jnp.flip(joint, axis + 1), joint)
+  if rotate90:
+    planes = [(i + 1, j + 1) for i in range(len(spatial)) for j in range(i + 1, len(spatial))
+              if spatial[i] == spatial[j]]
+    for plane, key in zip(planes, jax.random.split(k_turn, len(planes))):
+      joint = _random_quarter_turns(key, joint, plane)
+  images = joint[..., :channels]
+  gain = 1 + jax.random.uniform(k_scale, per_example, minval=-scale, maxval=scale)
+  offset = jax.random.uniform(k_shift, per_example, minval=-shift, maxval=shift)
+  images = (images * gain + offset).astype(images.dtype)
+  if masks is None:
+    return images, None
+  return images, jnp.round(joint[..., channels]).astype(masks.dtype)

@@ -9,50 +9,57 @@ from scipy import ndimage, stats
 from sklearn import metrics as skm
 
 
-def segmentation_scores(pred, target, num_classes: int, hd95: bool = True) -> dict:
-  """Per-image, per-foreground-class Dice, precision and recall: arrays (N, num_classes - 1).
+def segmentation_scores(pred, target, num_classes: int, hd95: bool = True,
+                        spacing=None) -> dict:
+  """Per-case, per-foreground-class Dice, precision and recall: arrays (N, num_classes - 1).
 
-  pred, target: (N, H, W) integer label maps. As MONAI's `ignore_empty`: Dice and recall are
-  NaN where the class is absent from the target (nothing to find: leave the image out of the
-  mean, use np.nanmean), precision is NaN where nothing was predicted. A prediction on an image
-  without the class counts as precision 0. With `hd95` also the 95% Hausdorff distance
-  (pixels), NaN unless both masks are non-empty: a distance transform per image, most of the
-  cost, which validation during training leaves out.
+  pred, target: N integer label maps of any dimension, 2D images or 3D volumes: an (N, ...)
+  array or a list (volumes differ in size). As MONAI's `ignore_empty`: Dice and recall are NaN
+  where the class is absent from the target (nothing to find: leave the case out of the mean,
+  use np.nanmean), precision is NaN where nothing was predicted. A prediction on a case without
+  the class counts as precision 0. With `hd95` also the 95% Hausdorff distance, NaN unless both
+  masks are non-empty: a distance transform per case, most of the cost, which validation during
+  training leaves out. It is in pixels, or in mm with `spacing` (see `hausdorff95`): one
+  spacing for every case, or a list of one per case.
   """
-  pred, target = np.asarray(pred), np.asarray(target)
-  out = {"dice": [], "precision": [], "recall": [], **({"hd95": []} if hd95 else {})}
+  pairs = [(np.asarray(p), np.asarray(t)) for p, t in zip(pred, target)]
+  spacings = spacing if np.ndim(spacing) == 2 else [spacing] * len(pairs)
+  classes = range(1, num_classes)
+  shape = (len(pairs), len(classes))
+  # True positives, predicted and target voxels of each case and class: (3, N, classes).
+  tp, n_p, n_t = np.moveaxis(np.array(
+      [[[np.sum((p == c) & (t == c)), np.sum(p == c), np.sum(t == c)] for c in classes]
+       for p, t in pairs], np.float64).reshape(*shape, 3), -1, 0)
   with np.errstate(divide="ignore", invalid="ignore"):
-    for c in range(1, num_classes):
-      p = (pred == c).reshape(len(pred), -1)
-      t = (target == c).reshape(len(target), -1)
-      tp = np.sum(p & t, axis=1).astype(np.float64)
-      n_p, n_t = p.sum(axis=1), t.sum(axis=1)
-      out["dice"].append(np.where(n_t == 0, np.nan, 2 * tp / (n_p + n_t)))
-      out["precision"].append(np.where(n_p == 0, np.nan, tp / n_p))
-      out["recall"].append(np.where(n_t == 0, np.nan, tp / n_t))
-      if hd95:
-        out["hd95"].append([hausdorff95(a, b) for a, b in zip(pred == c, target == c)])
-  return {k: np.stack(v, axis=1) for k, v in out.items()}
+    out = {"dice": np.where(n_t == 0, np.nan, 2 * tp / (n_p + n_t)),
+           "precision": np.where(n_p == 0, np.nan, tp / n_p),
+           "recall": np.where(n_t == 0, np.nan, tp / n_t)}
+  if hd95:
+    out["hd95"] = np.array([[hausdorff95(p == c, t == c, s) for c in classes]
+                            for (p, t), s in zip(pairs, spacings)], np.float64).reshape(shape)
+  return out
 
 
-def _surface_distances(a, b):
-  """Distances from each boundary pixel of mask a to the nearest boundary pixel of mask b."""
+def _surface_distances(a, b, spacing):
+  """Distances from each boundary voxel of mask a to the nearest boundary voxel of mask b, in
+  units of `spacing` (None: voxels)."""
   a_edge = a & ~ndimage.binary_erosion(a, border_value=0)
   b_edge = b & ~ndimage.binary_erosion(b, border_value=0)
-  return ndimage.distance_transform_edt(~b_edge)[a_edge]
+  return ndimage.distance_transform_edt(~b_edge, sampling=spacing)[a_edge]
 
 
-def hausdorff95(pred, target) -> float:
-  """95th-percentile symmetric Hausdorff distance between two binary masks, in pixels.
+def hausdorff95(pred, target, spacing=None) -> float:
+  """95th-percentile symmetric Hausdorff distance between two binary masks of any dimension,
+  in pixels, or in mm with `spacing` (mm per axis, scipy's `sampling`).
 
-  As MONAI's `compute_hausdorff_distance(percentile=95)`: the larger of the two directed
-  95th percentiles of boundary-to-boundary distances. NaN if either mask is empty.
+  As MONAI's `compute_hausdorff_distance(percentile=95)` (with `spacing`): the larger of the two
+  directed 95th percentiles of boundary-to-boundary distances. NaN if either mask is empty.
   """
   pred, target = np.asarray(pred, bool), np.asarray(target, bool)
   if not pred.any() or not target.any():
     return float("nan")
-  return float(max(np.percentile(_surface_distances(pred, target), 95),
-                   np.percentile(_surface_distances(target, pred), 95)))
+  return float(max(np.percentile(_surface_distances(pred, target, spacing), 95),
+                   np.percentile(_surface_distances(target, pred, spacing), 95)))
 
 
 def classification_scores(labels, probs) -> dict:
