@@ -30,6 +30,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "scikit-learn>=1.5",
+        "scipy>=1.13",  # volume resampling (data_pipelines.volumes)
         "cryptography>=44.0",  # ingest's plan files, which name the source files
     ],
     extras_require={

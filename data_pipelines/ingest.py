@@ -65,19 +65,66 @@ MAX_FILES_PER_SHARD = 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class IngestConfig:
+class ShardedIngest:
+  """What every ingest into shards shares: the plan, the shards with their completion marks,
+  the finish, the report and the privacy guarantees. A subclass says what one planned item is
+  (`items`), which records it makes (`convert`) and what the outputs depend on (`recorded`):
+  IngestConfig for 2-D frames, data_pipelines.volume_ingest for volumes."""
   input: str
   output: str
   salt: str
-  size: int = 224
-  files_per_shard: int = 0  # 0: auto_files_per_shard
-  read: readers.ReadOptions = readers.ReadOptions()
+  files_per_shard: int = 0  # planned items per shard; 0: auto_files_per_shard
   error_paths: str = ""  # where to write errors.csv's rows with the file names (private)
 
   def recorded(self) -> dict:
     """What the outputs depend on, minus the salt: stored with the plan and the manifest."""
+    raise NotImplementedError
+
+  def items(self, rel_paths):
+    """The planned items, each a list of relative paths converted together: here every file
+    on its own. Items never span shards, so files that make one record stay together."""
+    for rel in rel_paths:
+      yield [rel]
+
+  def convert(self, position: int, item: list[str], errors: list):
+    """Yields the records (with .encode(), .values(), .modality and the hashes) of the item
+    planned at `position`; appends an _error_row to `errors` per file that fails."""
+    raise NotImplementedError
+
+  def describe(self) -> dict:
+    """Fields of dataset.json that only this kind of ingest has."""
+    return {}
+
+  def hashed(self, value: str) -> str:
+    return records.salted_hash(value, self.salt)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig(ShardedIngest):
+  size: int = 224
+  read: readers.ReadOptions = readers.ReadOptions()
+
+  def recorded(self) -> dict:
     return json.loads(json.dumps({"size": self.size, "files_per_shard": self.files_per_shard,
                                   "read": dataclasses.asdict(self.read)}))
+
+  def convert(self, position: int, item: list[str], errors: list):
+    """Every frame of one file, letterboxed."""
+    rel, = item
+    try:
+      frames = readers.read_frames(os.path.join(self.input, rel), rel, self.read)
+    except Exception as e:  # one file never stops the ingest: it becomes a row of the report
+      errors.append(_error_row(self, position, rel, str(e) or type(e).__name__))
+      return
+    for k, frame in enumerate(frames):
+      yield records.ImageRecord(
+          image=readers.letterbox(frame.image, self.size), modality=frame.modality,
+          patient_key=self.hashed(frame.patient_id), study_hash=self.hashed(frame.study_uid),
+          series_hash=self.hashed(frame.series_uid), source_hash=self.hashed(f"{rel}#{k}"),
+          orig_size=frame.image.shape)
+
+  def describe(self) -> dict:
+    return {"image_shape": [self.size, self.size]}
 
 
 def walk_files(root: str, skip_dir: str = "", unreadable: list | None = None):
@@ -103,7 +150,7 @@ def walk_files(root: str, skip_dir: str = "", unreadable: list | None = None):
         yield os.path.relpath(os.path.join(dirpath, name), root)
 
 
-def _plan_cipher(config: IngestConfig):
+def _plan_cipher(config: ShardedIngest):
   """Plan files name the source files, so they are encrypted with a key made from the salt:
   what a killed run leaves behind names no patient, and the workers, which know the salt, can
   still read them."""
@@ -112,7 +159,7 @@ def _plan_cipher(config: IngestConfig):
   return fernet.Fernet(base64.urlsafe_b64encode(digest))
 
 
-def _error_row(config: IngestConfig, position: int | None, rel: str, reason: str) -> dict:
+def _error_row(config: ShardedIngest, position: int | None, rel: str, reason: str) -> dict:
   """An errors.csv row: where the file is in the sorted walk and its salted hash, never its
   name (names can identify patients); --error_paths maps them back, privately."""
   return {"file": position or "", "source_hash": records.salted_hash(rel, config.salt),
@@ -129,7 +176,7 @@ def auto_files_per_shard(num_files: int, workers: int) -> int:
   return max(1, min(MAX_FILES_PER_SHARD, -(-num_files // (SHARDS_PER_WORKER * workers))))
 
 
-def _files_per_shard(config: IngestConfig) -> int:
+def _files_per_shard(config: ShardedIngest) -> int:
   """The configured count, or the one an earlier run of this output chose, or a new choice."""
   if config.files_per_shard:
     return config.files_per_shard
@@ -137,12 +184,12 @@ def _files_per_shard(config: IngestConfig) -> int:
   if os.path.exists(manifest):
     with open(manifest) as f:
       return json.load(f)["files_per_shard"]
-  num_files = sum(1 for _ in walk_files(config.input, skip_dir=config.output))
-  return auto_files_per_shard(num_files, os.cpu_count() or 1)
+  num_items = sum(1 for _ in config.items(walk_files(config.input, skip_dir=config.output)))
+  return auto_files_per_shard(num_items, os.cpu_count() or 1)
 
 
-def plan(config: IngestConfig) -> int:
-  """Writes (or reuses) the file lists of every shard; returns the number of shards."""
+def plan(config: ShardedIngest) -> int:
+  """Writes (or reuses) the item lists of every shard; returns the number of shards."""
   plan_dir = os.path.join(config.output, PLAN_DIR)
   plan_file = os.path.join(plan_dir, "plan.json")
   for earlier in (plan_file, os.path.join(config.output, shards.MANIFEST)):
@@ -160,16 +207,19 @@ def plan(config: IngestConfig) -> int:
   os.makedirs(tmp)
   per_shard = _files_per_shard(config)
   cipher = _plan_cipher(config)
-  num_files = num_shards = 0
+  num_items = num_files = num_shards = 0
   out, unreadable = None, []
-  for rel in walk_files(config.input, skip_dir=config.output, unreadable=unreadable):
-    if num_files % per_shard == 0:
+  for item in config.items(walk_files(config.input, skip_dir=config.output,
+                                      unreadable=unreadable)):
+    if num_items % per_shard == 0:
       if out:
         out.close()
       out = open(os.path.join(tmp, shard_name(num_shards, ".txt")), "w")
       num_shards += 1
-    out.write(cipher.encrypt(os.fsencode(rel)).decode("ascii") + "\n")
-    num_files += 1
+    # A line per item: its paths joined by NUL, the one byte no path holds.
+    out.write(cipher.encrypt(b"\0".join(map(os.fsencode, item))).decode("ascii") + "\n")
+    num_items += 1
+    num_files += len(item)
   if out:
     out.close()
   if not num_files:
@@ -189,43 +239,41 @@ def _write_atomically(path: str, write):
   os.replace(path + ".tmp", path)
 
 
-def write_shard(shard: int, config: IngestConfig) -> dict:
+def _planned_items(config: ShardedIngest, shard: int) -> list[list[str]]:
+  cipher = _plan_cipher(config)
+  with open(os.path.join(config.output, PLAN_DIR, shard_name(shard, ".txt"))) as f:
+    return [[os.fsdecode(p) for p in cipher.decrypt(line.encode()).split(b"\0")]
+            for line in f.read().split()]
+
+
+def write_shard(shard: int, config: ShardedIngest) -> dict:
   """Converts one planned shard; returns its summary. Skips shards finished earlier."""
   out = lambda suffix: os.path.join(config.output, shard_name(shard, suffix))
   if os.path.exists(out(".json")):
     with open(out(".json")) as f:
       return json.load(f)
-  with open(os.path.join(config.output, PLAN_DIR, shard_name(shard, ".txt"))) as f:
-    cipher = _plan_cipher(config)
-    rel_paths = [os.fsdecode(cipher.decrypt(line.encode())) for line in f.read().split()]
-  first = shard * _planned(config)["files_per_shard"] + 1  # this shard's first file, 1-based
+  items = _planned_items(config, shard)
+  first = shard * _planned(config)["files_per_shard"] + 1  # this shard's first item, 1-based
   # One record per chunk for cheap random access; snappy reads twice as fast as the default
   # zstd on uint8 images (measured: 19k against 8.5k records/s) for a similar size.
   writer = array_record_module.ArrayRecordWriter(out(".array_record.tmp"),
                                                  "group_size:1,snappy")
-  rows, errors, counts = [], [], {}
+  rows, errors, counts, shapes = [], [], {}, {}
   pixel_sum = pixel_sq_sum = 0.0
-  key = lambda value: records.salted_hash(value, config.salt)
-  for position, rel in enumerate(rel_paths, start=first):
-    try:
-      frames = readers.read_frames(os.path.join(config.input, rel), rel, config.read)
-    except Exception as e:  # one file never stops the ingest: it becomes a row of the report
-      errors.append(_error_row(config, position, rel, str(e) or type(e).__name__))
-      continue
-    for k, frame in enumerate(frames):
-      image = readers.letterbox(frame.image, config.size)
-      record = records.ImageRecord(
-          image=image, modality=frame.modality, patient_key=key(frame.patient_id),
-          study_hash=key(frame.study_uid), series_hash=key(frame.series_uid),
-          source_hash=key(f"{rel}#{k}"), orig_size=frame.image.shape)
+  pixels = 0
+  for position, item in enumerate(items, start=first):
+    for record in config.convert(position, item, errors):
       writer.write(record.encode())
       rows.append({"offset": len(rows), "modality": record.modality,
                    "patient_key": record.patient_key, "study_hash": record.study_hash,
                    "series_hash": record.series_hash, "source_hash": record.source_hash})
       counts[record.modality] = counts.get(record.modality, 0) + 1
-      pixels = image.astype(np.float64) / 255.0
-      pixel_sum += float(pixels.sum())
-      pixel_sq_sum += float((pixels ** 2).sum())
+      values = record.values()
+      shape = "x".join(map(str, values.shape))
+      shapes[shape] = shapes.get(shape, 0) + 1
+      pixel_sum += float(values.sum())
+      pixel_sq_sum += float((values ** 2).sum())
+      pixels += values.size
   writer.close()
   if rows:
     os.replace(out(".array_record.tmp"), out(".array_record"))
@@ -237,30 +285,30 @@ def write_shard(shard: int, config: IngestConfig) -> dict:
     w.writeheader()
     w.writerows(rows)
   _write_atomically(out(".index.csv"), write_rows)
-  summary = {"shard": shard, "records": len(rows), "files": len(rel_paths), "counts": counts,
-             "pixel_sum": pixel_sum, "pixel_sq_sum": pixel_sq_sum,
-             "pixels": len(rows) * config.size ** 2, "errors": errors}
+  summary = {"shard": shard, "records": len(rows), "files": sum(map(len, items)),
+             "counts": counts, "shapes": shapes, "pixel_sum": pixel_sum,
+             "pixel_sq_sum": pixel_sq_sum, "pixels": pixels, "errors": errors}
   _write_atomically(out(".json"), lambda f: json.dump(summary, f))
   return summary
 
 
-def _planned(config: IngestConfig) -> dict:
+def _planned(config: ShardedIngest) -> dict:
   with open(os.path.join(config.output, PLAN_DIR, "plan.json")) as f:
     return json.load(f)
 
 
-def _write_error_paths(config: IngestConfig, errors: list[dict]):
-  """The private map from errors.csv's rows back to file names (--error_paths)."""
-  cipher, per_shard = _plan_cipher(config), _planned(config)["files_per_shard"]
+def _write_error_paths(config: ShardedIngest, errors: list[dict]):
+  """The private map from errors.csv's rows back to file names (--error_paths; the files of an
+  item of several, one per line)."""
+  per_shard = _planned(config)["files_per_shard"]
   wanted = {int(e["file"]) for e in errors if e["file"]}
   names = {}
   for name in sorted(os.listdir(os.path.join(config.output, PLAN_DIR))):
     if name.endswith(".txt"):
-      first = int(name[len("shard-"):-len(".txt")]) * per_shard + 1
-      with open(os.path.join(config.output, PLAN_DIR, name)) as f:
-        for position, line in enumerate(f.read().split(), start=first):
-          if position in wanted:
-            names[position] = os.fsdecode(cipher.decrypt(line.encode()))
+      shard = int(name[len("shard-"):-len(".txt")])
+      for position, item in enumerate(_planned_items(config, shard), start=shard * per_shard + 1):
+        if position in wanted:
+          names[position] = "\n".join(item)
   with open(config.error_paths, "w", newline="", encoding="utf-8",
             errors="surrogateescape") as f:
     w = csv.writer(f)
@@ -269,7 +317,7 @@ def _write_error_paths(config: IngestConfig, errors: list[dict]):
                 for e in errors)
 
 
-def finish(config: IngestConfig, num_shards: int) -> dict:
+def finish(config: ShardedIngest, num_shards: int) -> dict:
   """index.csv, errors.csv and dataset.json from the per-shard outputs; returns the manifest."""
   summaries = [write_shard(k, config) for k in range(num_shards)]  # all done: reads the marks
   names = [shard_name(s["shard"], ".array_record") for s in summaries if s["records"]]
@@ -292,17 +340,19 @@ def finish(config: IngestConfig, num_shards: int) -> dict:
   if not num_records:
     raise DatasetError(f"--input={config.input}: none of the files could be read; see "
                      f"{os.path.join(config.output, ERRORS)}")
-  counts = {}
+  counts, shapes = {}, {}
   for s in summaries:
-    for modality, n in s["counts"].items():
-      counts[modality] = counts.get(modality, 0) + n
+    for total, part in ((counts, s["counts"]), (shapes, s["shapes"])):
+      for key, n in part.items():
+        total[key] = total.get(key, 0) + n
   n = sum(s["pixels"] for s in summaries)
   mean = sum(s["pixel_sum"] for s in summaries) / n
   var = sum(s["pixel_sq_sum"] for s in summaries) / n - mean ** 2
   manifest = {"shards": names, "num_records": num_records, "counts": dict(sorted(counts.items())),
               "num_files": sum(s["files"] for s in summaries), "num_errors": len(errors),
               "pixel_mean": mean, "pixel_std": float(np.sqrt(max(var, 0.0))),
-              "image_shape": [config.size, config.size], "config": config.recorded()}
+              "shapes": dict(sorted(shapes.items())), **config.describe(),
+              "config": config.recorded()}
   manifest["files_per_shard"] = _planned(config)["files_per_shard"]
   with open(os.path.join(config.output, shards.MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1)
@@ -310,7 +360,7 @@ def finish(config: IngestConfig, num_shards: int) -> dict:
   return manifest
 
 
-def _watch_progress(config: IngestConfig, num_shards: int, stop: threading.Event):
+def _watch_progress(config: ShardedIngest, num_shards: int, stop: threading.Event):
   """A progress bar (rate, ETA) fed by the shards' completion marks, whatever the runner."""
   done = lambda: sum(os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
                      for k in range(num_shards))
@@ -321,7 +371,7 @@ def _watch_progress(config: IngestConfig, num_shards: int, stop: threading.Event
     bar.update(done() - bar.n)
 
 
-def run_beam(config: IngestConfig, num_shards: int, beam_args: list[str]):
+def run_beam(config: ShardedIngest, num_shards: int, beam_args: list[str]):
   import apache_beam as beam  # optional: the [ingest] extra
   from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -338,7 +388,7 @@ def run_beam(config: IngestConfig, num_shards: int, beam_args: list[str]):
          | "Write" >> beam.Map(write_shard, config))
 
 
-def ingest(config: IngestConfig, beam_args: list[str] | None = None) -> dict:
+def ingest(config: ShardedIngest, beam_args: list[str] | None = None) -> dict:
   """Plan, shards, finish. beam_args None: shards in this process (small inputs, the sample)."""
   os.makedirs(config.output, exist_ok=True)
   num_shards = plan(config)

@@ -80,12 +80,7 @@ def read_frames(path: str, rel_path: str, options: ReadOptions) -> list[Frame]:
   """
   lower = rel_path.lower()
   try:
-    status = os.stat(path)
-    if not stat.S_ISREG(status.st_mode):
-      raise UnreadableFile("not a regular file (a folder, FIFO, device or socket)")
-    if status.st_size > MAX_FILE_BYTES:
-      raise UnreadableFile(f"{status.st_size / 2 ** 30:.1f} GiB: larger than the "
-                           f"{MAX_FILE_BYTES / 2 ** 30:.0f} GiB read per file")
+    check_file(path)
     if lower.endswith(IMAGE_EXTENSIONS):
       return _read_picture(path, rel_path, options)
     if lower.endswith(NIFTI_EXTENSIONS):
@@ -97,6 +92,16 @@ def read_frames(path: str, rel_path: str, options: ReadOptions) -> list[Frame]:
   except Exception as e:  # every reader error becomes a report line, never a crash
     raise UnreadableFile(scrubbed(f"{type(e).__name__}: {_first_line(e)}", path, rel_path)) from e
   raise UnreadableFile("unsupported file type (expected DICOM, PNG, JPEG or NIfTI)")
+
+
+def check_file(path: str):
+  """Only regular files of bounded size are opened: a FIFO would block, a device never ends."""
+  status = os.stat(path)
+  if not stat.S_ISREG(status.st_mode):
+    raise UnreadableFile("not a regular file (a folder, FIFO, device or socket)")
+  if status.st_size > MAX_FILE_BYTES:
+    raise UnreadableFile(f"{status.st_size / 2 ** 30:.1f} GiB: larger than the "
+                         f"{MAX_FILE_BYTES / 2 ** 30:.0f} GiB read per file")
 
 
 def scrubbed(reason: str, *names: str) -> str:
@@ -187,7 +192,7 @@ def _first_line(e: Exception) -> str:
   return (str(e).splitlines() or [""])[0][:200]
 
 
-def _check_pixels(count: int, what: str):
+def check_pixels(count: int, what: str):
   if count > MAX_PIXELS:
     raise UnreadableFile(f"{what} of {count:,} pixels: more than the {MAX_PIXELS:,} read per "
                          "file")
@@ -200,7 +205,7 @@ def _fallback(values: np.ndarray, modality: str, options: ReadOptions) -> np.nda
   return percentile_window(values)
 
 
-def _resolve_modality(found: str | None, rel_path: str, options: ReadOptions) -> str:
+def resolve_modality(found: str | None, rel_path: str, options: ReadOptions) -> str:
   if options.modality == "any":
     return found or ""
   if options.modality != "auto":
@@ -217,27 +222,27 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 def _read_picture(path, rel_path, options):
   with Image.open(path) as img:
-    _check_pixels(img.width * img.height, "an image")
+    check_pixels(img.width * img.height, "an image")
     img.load()  # decode now: a truncated file fails here
     if img.mode in ("I", "I;16", "I;16B", "F"):
       unit = percentile_window(np.asarray(img, np.float64))
     else:
       unit = np.asarray(img.convert("L"), np.float64) / 255.0
-  modality = _resolve_modality(modality_from_path(rel_path), rel_path, options)
+  modality = resolve_modality(modality_from_path(rel_path), rel_path, options)
   return [Frame(to_uint8(unit), modality, "", "", "")]  # a picture names no patient
 
 
 def _read_nifti(path, rel_path, options):
   import nibabel  # optional: the [ingest] extra
   image = nibabel.load(path)
-  _check_pixels(int(np.prod(image.shape)), "a volume")
+  check_pixels(int(np.prod(image.shape)), "a volume")
   volume = np.asanyarray(image.dataobj).astype(np.float64)
   check_finite(volume)
   if volume.ndim == 2:
     volume = volume[..., None]
   if volume.ndim != 3:
     raise UnreadableFile(f"NIfTI with {volume.ndim} dimensions; expected 2 or 3")
-  modality = _resolve_modality(modality_from_path(rel_path), rel_path, options)
+  modality = resolve_modality(modality_from_path(rel_path), rel_path, options)
   unit = _fallback(volume, modality, options)  # one window for the whole volume
   slices = np.moveaxis(unit, options.nifti_axis, 0)
   # Voxel axes are (x, y): rotate so rows run top to bottom in the usual radiological view.
@@ -252,10 +257,10 @@ def _read_dicom(path, rel_path, options):
   ds = pydicom.dcmread(path)
   if "PixelData" not in ds:
     raise UnreadableFile("DICOM without pixel data")
-  _check_pixels(int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+  check_pixels(int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
                 * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("SamplesPerPixel", 1) or 1),
                 "pixel data")
-  modality = _resolve_modality(DICOM_MODALITIES.get(str(ds.get("Modality", ""))), rel_path,
+  modality = resolve_modality(DICOM_MODALITIES.get(str(ds.get("Modality", ""))), rel_path,
                                options)
   frames = int(ds.get("NumberOfFrames", 1) or 1)
   pixels = ds.pixel_array  # decodes compressed syntaxes; YBR colour comes back as RGB

@@ -34,11 +34,54 @@ class ImageRecord:
         "study_hash": self.study_hash, "series_hash": self.series_hash,
         "source_hash": self.source_hash, "orig_size": list(self.orig_size)})
 
+  def values(self) -> np.ndarray:
+    """The pixels on the [0, 1] scale the model sees: what dataset.json's mean and std
+    describe."""
+    return self.image.astype(np.float64) / 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeRecord:
+  voxels: np.ndarray         # (X, Y, Z) float16, RAS, normalised (data_pipelines.volumes)
+  spacing: tuple             # mm per voxel after resampling
+  modality: str              # one of MODALITIES
+  patient_key: str           # salted hashes, as ImageRecord's
+  study_hash: str
+  series_hash: str
+  source_hash: str           # hash of the source path (a series: its first file's)
+  orig_shape: tuple          # (X, Y, Z) and spacing before resampling
+  orig_spacing: tuple
+
+  def encode(self) -> bytes:
+    if self.voxels.dtype != np.float16 or self.voxels.ndim != 3:
+      raise ValueError(f"volume records hold (X, Y, Z) float16 voxels, got "
+                       f"{self.voxels.dtype} {self.voxels.shape}")
+    if self.modality not in MODALITIES:
+      raise ValueError(f"unknown modality {self.modality!r}; expected one of {MODALITIES}")
+    return msgpack.packb({
+        "voxels": self.voxels.astype("<f2").tobytes(), "shape": list(self.voxels.shape),
+        "spacing": [float(s) for s in self.spacing], "modality": self.modality,
+        "patient_key": self.patient_key, "study_hash": self.study_hash,
+        "series_hash": self.series_hash, "source_hash": self.source_hash,
+        "orig_shape": [int(n) for n in self.orig_shape],
+        "orig_spacing": [float(s) for s in self.orig_spacing]})
+
+  def values(self) -> np.ndarray:
+    return self.voxels.astype(np.float64)
+
 
 def decode(data: bytes) -> dict:
   """Bytes -> dict with `image` as an (H, W) uint8 array and the metadata fields."""
   fields = msgpack.unpackb(data)
   fields["image"] = np.frombuffer(fields["image"], np.uint8).reshape(fields["shape"])
+  return fields
+
+
+def decode_volume(data: bytes) -> dict:
+  """Bytes of a VolumeRecord -> dict with `voxels` as an (X, Y, Z) float16 array and the
+  metadata fields."""
+  fields = msgpack.unpackb(data)
+  fields["voxels"] = np.frombuffer(fields["voxels"], "<f2").reshape(fields["shape"])
   return fields
 
 
