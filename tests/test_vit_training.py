@@ -40,8 +40,11 @@ def test_vit_configs_fail_naming_the_setting(tmp_path, config_file, overrides, m
   config = load_config(config_file, "tiny")
   config.data.update({"csv": str(tmp_path)} if "finetune" in config else {"path": str(tmp_path)})
   for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
+    *sections, name = key.split(".")
+    target = config
+    for section in sections:
+      target = target[section]
+    target[name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config, 1, 1)
 

@@ -10,7 +10,6 @@ import dataclasses
 import functools
 from typing import Callable
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from data_pipelines import pretrain_input, records, sample, volume_crops, volume_ingest
+from data_pipelines import pretrain_input, records, sample, volume_crops
 from vismae_jax import config_lib, figures, parallel
 from vismae_jax.train import contrastive, distillation, loop, masked_image, vit_masked
 
@@ -82,6 +82,7 @@ def figure_batch(data_dir: str, config) -> np.ndarray:
 
 def volume_crop_source(data_dir: str, config) -> volume_crops.CropSource:
   """Random config.input.roi crops of the volume shards, one per volume and epoch."""
+  from data_pipelines import volume_ingest  # the [ingest] extra's readers come with it
   return volume_crops.CropSource(volume_ingest.volume_source(data_dir), None,
                                  tuple(config.input.roi), seed=config.seed)
 
