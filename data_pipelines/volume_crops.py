@@ -63,7 +63,7 @@ class CropSource:
     rng = np.random.default_rng([self.seed, i])
     start = self._start(rng, v)
     crop = tuple(slice(s, s + r) for s, r in zip(start, self.roi))
-    example = {"image": np.asarray(self.images[v][crop], np.float32)}
+    example = {"image": np.array(self.images[v][crop], np.float32)}  # copies: not a view
     if self.masks is not None:
-      example["mask"] = np.asarray(self.masks[v][crop], np.uint8)
+      example["mask"] = np.array(self.masks[v][crop], np.uint8)
     return example

@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from vismae_jax import preprocess  # noqa: E402
 
@@ -66,34 +67,83 @@ def label_efficiency_curve(summary: dict, path: str) -> str:
   return path
 
 
+def _overlay_panel(ax, image, mask, label_map, text: str):
+  """One overlay panel: a greyscale image, the ground truth's outline (lime) and a prediction's
+  (red) where given and non-empty, titled."""
+  ax.imshow(image, cmap="gray")
+  for outline, colour in ((mask, "lime"), (label_map, "red")):
+    if outline is not None and np.any(outline > 0):
+      ax.contour(outline > 0, levels=[0.5], colors=colour, linewidths=1.0)
+  ax.set_title(text, fontsize=8)
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def _overlay_grid(rows, path: str, title: str) -> str:
+  """A figure of `_overlay_panel`s: rows of (image, mask, label map, title) panels."""
+  fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(2.2 * len(rows[0]), 2.3 * len(rows)),
+                           squeeze=False)
+  for r, panels in enumerate(rows):
+    for c, panel in enumerate(panels):
+      _overlay_panel(axes[r, c], *panel)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+  return path
+
+
+def _row_panels(predictions: dict, row: int, row_label: str):
+  """A case's columns: (None, the case's label) for the ground truth, then (label map, title)
+  for each model, the title with its Dice where known."""
+  return [(None, row_label)] + [
+      (label_map, name if dice is None else f"{name}: Dice {dice:.2f}")
+      for name, (label_map, dice) in ((n, predictions[n][row]) for n in predictions)]
+
+
 def segmentation_overlays(images, masks, predictions: dict, row_labels, path: str,
                           title: str = "") -> str:
   """One row per case: the image with its ground truth (green; `masks` None: none known),
   then each model's prediction (red) over it, titled with its Dice where known.
   `predictions`: {model name: [(label map, Dice or None) per case]}."""
-  names = list(predictions)
-  fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(2.2 * (1 + len(names)),
-                                                                 2.3 * len(images)),
-                           squeeze=False)
   masks = [None] * len(images) if masks is None else masks
+  rows = [[(image, mask, label_map, text)
+           for label_map, text in _row_panels(predictions, row, row_labels[row])]
+          for row, (image, mask) in enumerate(zip(images, masks))]
+  return _overlay_grid(rows, path, title)
+
+
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+def orthogonal_slices(volume, centre) -> list:
+  """The axial, coronal and sagittal slices through `centre` of an RAS (X, Y, Z) volume, each
+  as an image with the anterior (axial) or superior side up: axial = fixed Z (rows Y), coronal
+  = fixed Y and sagittal = fixed X (rows Z), the patient's right and anterior to the right."""
+  x, y, z = centre
+  return [np.asarray(s).T[::-1] for s in (volume[:, :, z], volume[:, y, :], volume[x, :, :])]
+
+
+def volume_overlays(images, masks, predictions: dict, row_labels, path: str,
+                    title: str = "") -> str:
+  """`segmentation_overlays` for volumes: per case, the ground truth and each model shown in
+  three orthogonal slices (`orthogonal_slices`) through the ground truth's foreground centroid,
+  or the volume's centre where there is no mask or no foreground.
+
+  images: (X, Y, Z) RAS volumes; masks: label maps of the same shapes, or None;
+  `predictions`: {model name: [(label map, Dice or None) per case]}, the Dice the volume's.
+  """
+  masks = [None] * len(images) if masks is None else masks
+  rows = []
   for row, (image, mask) in enumerate(zip(images, masks)):
-    panels = [(None, row_labels[row])] + [
-        (label_map, n if dice is None else f"{n}: Dice {dice:.2f}")
-        for n, (label_map, dice) in ((n, predictions[n][row]) for n in names)]
-    for col, (label_map, text) in enumerate(panels):
-      ax = axes[row, col]
-      ax.imshow(image, cmap="gray")
-      outlines = [(o, c) for o, c in ((mask, "lime"), (label_map, "red")) if o is not None]
-      for outline, colour in outlines:
-        if np.any(outline > 0):
-          ax.contour(outline > 0, levels=[0.5], colors=colour, linewidths=1.0)
-      ax.set_title(text, fontsize=8)
-      ax.set_xticks([])
-      ax.set_yticks([])
-  if title:
-    fig.suptitle(title, fontsize=9)
-  _save(fig, path)
-  return path
+    centre = (np.array(image.shape) - 1) // 2
+    if mask is not None and np.any(mask > 0):
+      centre = np.round(ndimage.center_of_mass(mask > 0)).astype(int)
+    views = lambda v: [None] * 3 if v is None else orthogonal_slices(v, centre)
+    rows.append([panel + (f"{text}\n{view}",)
+                 for label_map, text in _row_panels(predictions, row, row_labels[row])
+                 for panel, view in zip(zip(views(image), views(mask), views(label_map)),
+                                        VIEWS)])
+  return _overlay_grid(rows, path, title)
 
 
 def heatmap(values: np.ndarray, row_labels, column_labels, path: str, title: str = "",
