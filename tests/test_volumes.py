@@ -5,6 +5,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 
 from data_pipelines import DatasetError, ingest, readers, records, shards  # noqa: E402
 from data_pipelines import volume_ingest, volumes  # noqa: E402
-from helpers import shared_dataset  # noqa: E402
+from helpers import ROOT, main_env, shared_dataset  # noqa: E402
 
 SPACING = (0.8, 1.2, 2.5)
 
@@ -305,3 +307,17 @@ def test_volume_ingest_rerun_rewrites_only_the_shard_without_its_mark(volumes_in
     assert open(os.path.join(config.output, n), "rb").read() == before[n]
     changed = os.stat(os.path.join(config.output, n)).st_mtime_ns != mtimes[n]
     assert changed == (n == victim), n
+
+
+@pytest.mark.slow
+def test_the_volume_command_line_runs_beam_and_refuses_bad_spacing(volume_raw, tmp_path):
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "data_pipelines.volume_ingest", f"--input={volume_raw}",
+       "--salt=s", *args], cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=300)
+  refused = run(f"--output={tmp_path / 'refused'}", "--spacing=1,1")
+  assert refused.returncode == 1 and "--spacing takes three positive numbers" in refused.stderr
+  done = run(f"--output={tmp_path / 'out'}", "--spacing=2,2,2", "--ct_window=-1000,1000",
+             "--direct_num_workers=1")  # a Beam option: the Beam runner
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.startswith("volume_ingest: 4 volumes from 10 files {'CT': 1, 'MR': 3}")
+  assert volume_ingest.num_volumes(str(tmp_path / "out")) == 4
