@@ -415,15 +415,26 @@ def parse_window(text: str) -> tuple:
   return modality, float(center), float(width)
 
 
-def define_flags():
-  """The command line's flags, defined only when this module runs as the program (a library
-  import must not add them to another program's flags)."""
-  flags.DEFINE_string("input", None, "folder of DICOM, PNG/JPEG and NIfTI files", required=True)
+def define_common_flags(inputs: str):
+  """The flags of every ingest's command line (--input holds `inputs`), defined only when the
+  module runs as the program (a library import must not add them to another program's)."""
+  flags.DEFINE_string("input", None, f"folder of {inputs}", required=True)
   flags.DEFINE_string("output", None, "folder for the shards, index and manifest",
                       required=True)
   flags.DEFINE_string("salt", os.environ.get("VISMAE_INGEST_SALT", ""),
                       "secret for the de-identified keys (default $VISMAE_INGEST_SALT); never "
                       "stored, keep it to make reruns and later ingests consistent")
+  flags.DEFINE_bool("verbose", False, "also show Apache Beam's INFO and WARNING lines")
+  flags.register_validator(
+      "salt", bool, "--salt (or $VISMAE_INGEST_SALT) is required: it keys the de-identified "
+      "patient hashes, and a fixed salt keeps them stable across runs")
+  flags.register_validator("input", lambda path: path is None or os.path.isdir(path),
+                           "--input must be a folder")
+
+
+def define_flags():
+  """This command line's flags (see define_common_flags)."""
+  define_common_flags("DICOM, PNG/JPEG and NIfTI files")
   flags.DEFINE_enum("modality", "auto", ("auto",) + records.MODALITIES,
                     "auto: DICOM Modality attribute, else a folder named CT/MR/PET/XR/US")
   flags.DEFINE_integer("size", 224, "stored side (letterboxed square)", lower_bound=16)
@@ -433,17 +444,11 @@ def define_flags():
   flags.DEFINE_multi_string("fallback_window", [],
                             "MODALITY:CENTER:WIDTH for images without a VOI window (default "
                             "CT:40:400; others use the 0.5-99.5 percentile range)")
-  flags.DEFINE_bool("verbose", False, "also show Apache Beam's INFO and WARNING lines")
   flags.DEFINE_string("error_paths", "", "also write errors.csv's rows with the files' names to "
                       "this file, outside --output: names can identify patients, so keep it "
                       "private")
   flags.DEFINE_integer("nifti_axis", 2, "NIfTI volumes are cut into slices along this voxel "
                        "axis", lower_bound=0, upper_bound=2)
-  flags.register_validator(
-      "salt", bool, "--salt (or $VISMAE_INGEST_SALT) is required: it keys the de-identified "
-      "patient hashes, and a fixed salt keeps them stable across runs")
-  flags.register_validator("input", lambda path: path is None or os.path.isdir(path),
-                           "--input must be a folder")
 
   def valid_windows(texts):
     try:

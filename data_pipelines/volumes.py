@@ -15,6 +15,7 @@ Decathlon layout. data_pipelines.volume_ingest writes volumes into shards.
 A DICOM series' identifiers come back only so that the caller can hash them (as the 2-D
 reader's Frame); no other header attribute is read into a volume.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,22 +38,32 @@ class Volume:
   affine: np.ndarray  # 4x4: voxel index -> RAS mm
 
 
-def _canonical(image, problem: str) -> Volume:
-  """A nibabel image reoriented to the closest canonical (RAS) orientation, as float32;
-  `problem` prefixes the reasons it fails (which file or series)."""
+@contextlib.contextmanager
+def _failing_as(problem: str):
+  """Any failure inside becomes a readers.UnreadableFile that starts with `problem` (the file
+  or series): nibabel's and pydicom's errors come in many types and rarely say which file."""
+  try:
+    yield
+  except readers.UnreadableFile as e:
+    if str(e).startswith(problem):
+      raise
+    raise readers.UnreadableFile(f"{problem}: {e}") from e
+  except Exception as e:
+    raise readers.UnreadableFile(f"{problem}: {type(e).__name__}: {e}") from e
+
+
+def _canonical(image) -> Volume:
+  """A nibabel image reoriented to the closest canonical (RAS) orientation, as float32."""
   import nibabel  # optional: the [ingest] extra
   if len(image.shape) == 4 and image.shape[3] == 1:
     image = image.slicer[..., 0]
   if len(image.shape) != 3:
-    raise readers.UnreadableFile(f"{problem}: a volume of shape {tuple(image.shape)}; expected "
-                                 "3 dimensions (or 4 with a single volume)")
-  readers.check_pixels(int(np.prod(image.shape)), f"{problem}: a volume")
+    raise readers.UnreadableFile(f"a volume of shape {tuple(image.shape)}; expected 3 "
+                                 "dimensions (or 4 with a single volume)")
+  readers.check_pixels(int(np.prod(image.shape)), "a volume")
   image = nibabel.as_closest_canonical(image)
   voxels = np.asarray(image.dataobj, np.float32)
-  try:
-    readers.check_finite(voxels)
-  except readers.UnreadableFile as e:
-    raise readers.UnreadableFile(f"{problem}: {e}") from e
+  readers.check_finite(voxels)
   spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
   return Volume(voxels=voxels, spacing=spacing, affine=image.affine)
 
@@ -60,12 +71,9 @@ def _canonical(image, problem: str) -> Volume:
 def read_nifti(path: str) -> Volume:
   """A NIfTI volume in RAS orientation; fails with readers.UnreadableFile naming the file."""
   import nibabel  # optional: the [ingest] extra
-  try:
-    return _canonical(nibabel.load(path), path)
-  except readers.UnreadableFile:
-    raise
-  except Exception as e:  # nibabel's many errors: one kind, naming the file
-    raise readers.UnreadableFile(f"{path}: {type(e).__name__}: {e}") from e
+  with _failing_as(path):
+    readers.check_file(path)  # a FIFO would block, a device never end
+    return _canonical(nibabel.load(path))
 
 
 def find_dicom_series(paths, unreadable: list | None = None) -> dict[str, list[str]]:
@@ -78,15 +86,15 @@ def find_dicom_series(paths, unreadable: list | None = None) -> dict[str, list[s
   series = {}
   for path in paths:
     try:
-      uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", ""))
-      if not uid:
-        raise readers.UnreadableFile(f"{path}: DICOM without a SeriesInstanceUID")
-    except Exception as e:
-      error = e if isinstance(e, readers.UnreadableFile) else readers.UnreadableFile(
-          f"{path}: {type(e).__name__}: {e}")
+      with _failing_as(path):
+        readers.check_file(path)
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+        if not uid:
+          raise readers.UnreadableFile("DICOM without a SeriesInstanceUID")
+    except readers.UnreadableFile as e:
       if unreadable is None:
-        raise error from e
-      unreadable.append((path, str(error)))
+        raise
+      unreadable.append((path, str(e)))
       continue
     series.setdefault(uid, []).append(path)
   return series
@@ -107,45 +115,41 @@ def read_dicom_series(paths) -> tuple[Volume, dict]:
 
   paths = sorted(paths)
   problem = f"the DICOM series of {len(paths)} files starting at {paths[0]}"
-  try:
+  with _failing_as(problem):
     datasets = [pydicom.dcmread(p) for p in paths]
     missing = [k for k in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
                            "PixelData") if any(k not in ds for ds in datasets)]
     if missing:
-      raise readers.UnreadableFile(f"{problem}: slices without {', '.join(missing)}")
+      raise readers.UnreadableFile(f"slices without {', '.join(missing)}")
     orientation = np.array(datasets[0].ImageOrientationPatient, float)
     if any(not np.allclose(ds.ImageOrientationPatient, orientation, atol=1e-4)
            or (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns)
            for ds in datasets):
-      raise readers.UnreadableFile(f"{problem}: slices of different orientations or sizes")
+      raise readers.UnreadableFile("slices of different orientations or sizes")
     readers.check_pixels(int(datasets[0].Rows) * int(datasets[0].Columns) * len(datasets),
-                         f"{problem}: pixel data")
+                         "pixel data")
     along_row, along_column = orientation[:3], orientation[3:]
     normal = np.cross(along_row, along_column)
     positions = np.array([np.dot(np.array(ds.ImagePositionPatient, float), normal)
                           for ds in datasets])
     order = np.argsort(positions, kind="stable")
-    step = _slice_step(positions[order], datasets[0], problem)
+    step = _slice_step(positions[order], datasets[0])
     # Voxel (i, j, k): column i, row j of the k-th slice along the normal.
     voxels = np.stack([processing.apply_modality_lut(datasets[k].pixel_array, datasets[k]).T
                        for k in order], axis=-1).astype(np.float32)
-  except readers.UnreadableFile:
-    raise
-  except Exception as e:  # pydicom's many errors: one kind, naming the series
-    raise readers.UnreadableFile(f"{problem}: {type(e).__name__}: {e}") from e
-  row_spacing, column_spacing = (float(s) for s in datasets[0].PixelSpacing)
-  affine = np.eye(4)
-  affine[:3, 0] = along_row * column_spacing
-  affine[:3, 1] = along_column * row_spacing
-  affine[:3, 2] = normal * step
-  affine[:3, 3] = np.array(datasets[order[0]].ImagePositionPatient, float)
-  affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS -> RAS
-  ids = {k: str(datasets[0].get(k, "")) for k in ("PatientID", "StudyInstanceUID",
-                                                  "SeriesInstanceUID", "Modality")}
-  return _canonical(nibabel.Nifti1Image(voxels, affine), problem), ids
+    row_spacing, column_spacing = (float(s) for s in datasets[0].PixelSpacing)
+    affine = np.eye(4)
+    affine[:3, 0] = along_row * column_spacing
+    affine[:3, 1] = along_column * row_spacing
+    affine[:3, 2] = normal * step
+    affine[:3, 3] = np.array(datasets[order[0]].ImagePositionPatient, float)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM's LPS -> RAS
+    ids = {k: str(datasets[0].get(k, "")) for k in ("PatientID", "StudyInstanceUID",
+                                                    "SeriesInstanceUID", "Modality")}
+    return _canonical(nibabel.Nifti1Image(voxels, affine)), ids
 
 
-def _slice_step(sorted_positions: np.ndarray, first, problem: str) -> float:
+def _slice_step(sorted_positions: np.ndarray, first) -> float:
   """The distance between consecutive slices, checked even; one slice: its thickness."""
   if len(sorted_positions) == 1:
     return float(first.get("SliceThickness") or 1.0)
@@ -153,11 +157,10 @@ def _slice_step(sorted_positions: np.ndarray, first, problem: str) -> float:
   step = float(steps.mean())
   duplicates = int(np.sum(steps <= SLICE_STEP_TOLERANCE * max(step, 1e-3)))
   if duplicates:
-    raise readers.UnreadableFile(f"{problem}: {duplicates} slices duplicate the position of "
-                                 "another")
+    raise readers.UnreadableFile(f"{duplicates} slices duplicate the position of another")
   if np.abs(steps - step).max() > SLICE_STEP_TOLERANCE * step:
-    raise readers.UnreadableFile(f"{problem}: slices unevenly spaced (steps from "
-                                 f"{steps.min():.3f} to {steps.max():.3f} mm)")
+    raise readers.UnreadableFile(f"slices unevenly spaced (steps from {steps.min():.3f} to "
+                                 f"{steps.max():.3f} mm)")
   return step
 
 

@@ -5,6 +5,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,8 +15,9 @@ pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from data_pipelines import DatasetError, readers, volumes  # noqa: E402
-from helpers import shared_dataset  # noqa: E402
+from data_pipelines import DatasetError, ingest, readers, records, shards  # noqa: E402
+from data_pipelines import volume_ingest, volumes  # noqa: E402
+from helpers import ROOT, main_env, shared_dataset  # noqa: E402
 
 SPACING = (0.8, 1.2, 2.5)
 
@@ -229,3 +232,92 @@ def test_a_decathlon_folder_with_problems_fails_naming_the_file(tmp_path):
   shutil.rmtree(folder)
   with pytest.raises(DatasetError, match="msd/dataset.json: not a Medical"):
     volumes.read_msd(folder)
+
+
+@pytest.fixture(scope="module")
+def volume_raw(tmp_path_factory):
+  """NIfTI volumes (MR, by their folder) in two orientations, a CT series of six DICOM files,
+  a corrupt NIfTI file and a note that is not read."""
+  root = tmp_path_factory.mktemp("volume_raw")
+  os.makedirs(root / "mr")
+  for n, codes in enumerate(("RAS", "LPS", "PIR")):
+    voxels, affine = orient(asymmetric_volume() + 1 + n, SPACING, codes)
+    nibabel.save(nibabel.Nifti1Image(voxels, affine), str(root / "mr" / f"subject{n}.nii.gz"))
+  (root / "mr" / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+  (root / "mr" / "notes.txt").write_text("not an image")
+  write_series(root / "ct" / "series1")
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def volumes_ingested(volume_raw, tmp_path_factory):
+  config = volume_ingest.VolumeIngestConfig(
+      input=volume_raw, output=str(tmp_path_factory.mktemp("volumes")), salt="volume-salt",
+      files_per_shard=1, spacing=(1.0, 1.0, 2.0))
+  return config, ingest.ingest(config)
+
+
+def test_volume_ingest_writes_one_record_per_volume_and_reports_bad_files(
+    volumes_ingested, volume_raw):
+  config, manifest = volumes_ingested
+  assert manifest["counts"] == {"CT": 1, "MR": 3}  # six DICOM files: one series, one volume
+  assert manifest["num_files"] == 10 and manifest["num_errors"] == 1
+  assert manifest["shapes"] == {"4x7x9": 3, "85x85x8": 1}
+  with open(os.path.join(config.output, ingest.ERRORS)) as f:
+    errors = list(csv.DictReader(f))
+  assert errors[0]["source_hash"] == records.salted_hash(
+      os.path.join("mr", "corrupt.nii.gz"), "volume-salt")
+  assert "corrupt" not in errors[0]["reason"] and "<file>" in errors[0]["reason"]
+  index = shards.load_index(config.output)
+  assert [row["modality"] for row in index] == ["CT", "MR", "MR", "MR"]
+  assert len({row["series_hash"] for row in index}) == 4 and index[0]["patient_key"]
+  assert volume_ingest.num_volumes(config.output) == 4
+  source = volume_ingest.volume_source(config.output)
+  assert len(source) == 4
+  for k in range(3):  # every orientation: the same anatomy, resampled and z-scored
+    volume = volumes.read_nifti(os.path.join(volume_raw, "mr", f"subject{k}.nii.gz"))
+    expected = volumes.normalize(volumes.resample(volume.voxels, SPACING, (1, 1, 2)), "MR")
+    assert source[1 + k].dtype == np.float32
+    np.testing.assert_allclose(source[1 + k], expected, atol=2e-3)
+  ct = source[0]
+  assert ct.shape == (85, 85, 8) and 0.0 <= ct.min() and ct.max() <= 1.0
+
+
+def test_no_identifier_or_file_name_reaches_any_volume_output(volumes_ingested, volume_raw):
+  config, _ = volumes_ingested
+  ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+  secrets = [str(ds.get(k)) for k in ("PatientID", "PatientName", "StudyInstanceUID",
+                                      "SeriesInstanceUID", "SOPInstanceUID")]
+  secrets += ["subject", "corrupt", "series1", "img0", "volume-salt", volume_raw]
+  blob = b"".join(open(os.path.join(folder, name), "rb").read()
+                  for folder, _, names in os.walk(config.output) for name in names)
+  leaked = [s for s in secrets if s.encode() in blob]
+  assert not leaked, leaked
+
+
+def test_volume_ingest_rerun_rewrites_only_the_shard_without_its_mark(volumes_ingested):
+  config, manifest = volumes_ingested
+  names = manifest["shards"]
+  mtimes = {n: os.stat(os.path.join(config.output, n)).st_mtime_ns for n in names}
+  before = {n: open(os.path.join(config.output, n), "rb").read() for n in names}
+  victim = names[2]
+  os.remove(os.path.join(config.output, victim.replace(".array_record", ".json")))
+  assert ingest.ingest(config) == manifest
+  for n in names:
+    assert open(os.path.join(config.output, n), "rb").read() == before[n]
+    changed = os.stat(os.path.join(config.output, n)).st_mtime_ns != mtimes[n]
+    assert changed == (n == victim), n
+
+
+@pytest.mark.slow
+def test_the_volume_command_line_runs_beam_and_refuses_bad_spacing(volume_raw, tmp_path):
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "data_pipelines.volume_ingest", f"--input={volume_raw}",
+       "--salt=s", *args], cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=300)
+  refused = run(f"--output={tmp_path / 'refused'}", "--spacing=1,1")
+  assert refused.returncode == 1 and "--spacing takes three positive numbers" in refused.stderr
+  done = run(f"--output={tmp_path / 'out'}", "--spacing=2,2,2", "--ct_window=-1000,1000",
+             "--direct_num_workers=1")  # a Beam option: the Beam runner
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.startswith("volume_ingest: 4 volumes from 10 files {'CT': 1, 'MR': 3}")
+  assert volume_ingest.num_volumes(str(tmp_path / "out")) == 4
