@@ -23,8 +23,9 @@ class CropSource:
   """Example i: a crop of volume i % len(images), {"image": float32 ROI, "mask": uint8 ROI}
   ("mask" only with masks).
 
-  images: float32 (X, Y, Z) volumes, normalised; masks: uint8 label maps of the same shapes, or
-  None. A volume smaller than the ROI along an axis is padded on both sides, the image with its
+  images: float32 (X, Y, Z) volumes, normalised: a list, or any random-access source (the volume
+  shards of pretraining, read one volume at a time); masks: uint8 label maps of the same shapes,
+  or None. A volume smaller than the ROI along an axis is padded on both sides, the image with its
   minimum (the background after normalisation) and the mask with 0, so every crop has the ROI's
   shape. `crops_per_volume` repeats the volumes within one epoch, each time with other crops.
   """
@@ -33,7 +34,7 @@ class CropSource:
                roi: tuple[int, int, int], foreground_share: float = 0.5, seed: int = 0,
                crops_per_volume: int = 1):
     self.roi = tuple(roi)
-    self.images = [pad_to_roi(image, self.roi)[0] for image in images]
+    self.images = images  # padded as they are read: a source may hold millions
     self.masks = None if masks is None else [pad_to_roi(m, self.roi, 0)[0] for m in masks]
     # Flat indices of each volume's foreground, found once: drawing a centre is then O(1).
     self.foreground = (None if masks is None else
@@ -45,9 +46,10 @@ class CropSource:
   def __len__(self):
     return len(self.images) * self.crops_per_volume
 
-  def _start(self, rng, v: int) -> np.ndarray:
-    """The crop's corner in volume v: uniform without masks, else around a drawn centre."""
-    shape, roi = np.array(self.images[v].shape), np.array(self.roi)
+  def _start(self, rng, v: int, shape) -> np.ndarray:
+    """The crop's corner in volume v of (padded) `shape`: uniform without masks, else around a
+    drawn centre."""
+    shape, roi = np.array(shape), np.array(self.roi)
     if self.masks is None:
       return rng.integers(0, shape - roi + 1)
     foreground = self.foreground[v]
@@ -61,9 +63,10 @@ class CropSource:
     i = int(i)
     v = i % len(self.images)
     rng = np.random.default_rng([self.seed, i])
-    start = self._start(rng, v)
+    image = pad_to_roi(np.asarray(self.images[v]), self.roi)[0]
+    start = self._start(rng, v, image.shape)
     crop = tuple(slice(s, s + r) for s, r in zip(start, self.roi))
-    example = {"image": np.array(self.images[v][crop], np.float32)}  # copies: not a view
+    example = {"image": np.array(image[crop], np.float32)}  # copies: not a view
     if self.masks is not None:
       example["mask"] = np.array(self.masks[v][crop], np.uint8)
     return example

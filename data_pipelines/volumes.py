@@ -246,13 +246,14 @@ def msd_info(folder: str) -> dict:
                        f"must map numbers to names ({type(e).__name__}: {e})") from e
 
 
-def load_labelled(rows, target_spacing=None, modality: str = "MR"):
+def load_labelled(rows, target_spacing=None, modality: str = "MR", ct_window=(-175.0, 250.0)):
   """(images, labels, spacings, skipped) for rows {"name", "image", "label"} (read_msd's):
   images normalised float32 (X, Y, Z) in RAS, label maps uint8 on the same grid, the spacing
   of each after resampling to `target_spacing` (None: as stored), and the rows that could not
-  be used as {"name", "problem"} (unreadable, or a label of another shape than its image)."""
+  be used as {"name", "row": its index in `rows`, "problem"} (unreadable, or a label of another
+  shape than its image)."""
   images, labels, spacings, skipped = [], [], [], []
-  for row in tqdm.tqdm(rows, desc="volumes", unit="volume", disable=None):
+  for k, row in enumerate(tqdm.tqdm(rows, desc="volumes", unit="volume", disable=None)):
     try:
       image, label = read_nifti(row["image"]), read_nifti(row["label"])
       if image.voxels.shape != label.voxels.shape:
@@ -263,14 +264,14 @@ def load_labelled(rows, target_spacing=None, modality: str = "MR"):
       if classes.min() < 0 or classes.max() > 255 or (np.round(classes) != classes).any():
         raise readers.UnreadableFile(f"label {row['label']}: values that are not classes 0-255")
     except readers.UnreadableFile as e:
-      skipped.append({"name": row["name"], "problem": str(e)})
+      skipped.append({"name": row["name"], "row": k, "problem": str(e)})
       continue
     voxels, classes, spacing = image.voxels, classes.astype(np.uint8), image.spacing
     if target_spacing is not None:
       voxels = resample(voxels, spacing, target_spacing)
       classes = resample(classes, spacing, target_spacing, order=0)
       spacing = tuple(float(s) for s in target_spacing)
-    images.append(normalize(voxels, modality))
+    images.append(normalize(voxels, modality, ct_window))
     labels.append(classes)
     spacings.append(spacing)
   return images, labels, spacings, skipped

@@ -46,7 +46,7 @@ def test_vit_configs_fail_naming_the_setting(tmp_path, config_file, overrides, m
     for section in sections:
       target = target[section]
     target[name] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     config_lib.validate(config, 1, 1)
 
 
@@ -61,7 +61,7 @@ def assert_encoder_loaded(log: str):
 
 
 def losses_fell(workdir, share: float = 0.8) -> list:
-  losses = [m["loss"] for m in read_metrics(workdir)]
+  losses = [m["loss"] for m in read_metrics(workdir) if "loss" in m]  # not validation lines
   assert np.mean(losses[-2:]) < share * losses[0], losses
   return losses
 
@@ -125,15 +125,16 @@ def test_volumes_ingest_pretrain_and_fine_tune_unetr3d(tmp_path):
                   "--modality=MR"], cwd=ROOT, env=main_env(), check=True, capture_output=True,
                  timeout=300)
   pretrain = str(tmp_path / "pretrain")
-  run_main(pretrain, f"--config.data.path={shards}", "--config.total_steps=30",
+  run_main(pretrain, f"--config.data.path={shards}", "--config.total_steps=40",
            config="configs/vit_mae3d.py:tiny")
-  losses_fell(pretrain)
+  losses_fell(pretrain, share=0.92)  # from about 1: the normalised patches' variance
   assert os.path.getsize(os.path.join(pretrain, "reconstructions.png")) > 0
   workdir = str(tmp_path / "unetr3d")
   proc = run_main(workdir, f"--config.data.csv={msd}", f"--config.finetune.pretrained={pretrain}",
                   "--config.finetune.num_classes=3", "--config.protocol.folds=2",
-                  "--config.protocol.max_folds=1", "--config.protocol.compare_random=True",
-                  "--config.total_steps=60", config="configs/unetr3d.py:tiny")
+                  "--config.protocol.max_folds=1", "--config.protocol.val_fraction=0.25",
+                  "--config.protocol.compare_random=True", "--config.total_steps=40",
+                  config="configs/unetr3d.py:tiny")
   assert_encoder_loaded(proc.stderr)
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)

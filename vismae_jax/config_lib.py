@@ -366,7 +366,8 @@ def apply_vit_variant(c: ml_collections.ConfigDict, variant: str, ndim: int):
           64 px on the bundled sample (pretraining) or 64 px images (fine-tuning), 3-D on crops
           of 32 x 48 x 32 voxels (the Decathlon hippocampus: volumes of about 35 x 50 x 36 at
           1 mm) with UNETR's feature size 8.
-  tiny:   the same models on 20-step (pretraining) or 40-step (fine-tuning) schedules, for tests.
+  tiny:   the same models on 20-step (pretraining) or 40-step (fine-tuning) schedules, 3-D on
+          crops of 32^3, for tests.
   """
   pretraining = "finetune" not in c
   for name in filter(None, (variant or "").split(",")):
@@ -396,6 +397,8 @@ def apply_vit_variant(c: ml_collections.ConfigDict, variant: str, ndim: int):
     if name == "tiny":
       c.total_steps, c.checkpoint_every, c.log_every = (20, 10, 5) if pretraining else (40, 20, 10)
       c.optim.warmup_epochs = 0.2
+      if ndim == 3:
+        c.input.roi = (32, 32, 32)
   return c
 
 

@@ -72,7 +72,7 @@ def read_volumes(config, path: str):
   if not images:
     raise DatasetError(f"{path}: none of the {len(rows)} volumes could be read; the first: "
                        f"{skipped[0]['problem']}")
-  kept = [k for k, r in enumerate(rows) if r["name"] not in {s["name"] for s in skipped}]
+  kept = sorted(set(range(len(rows))) - {s["row"] for s in skipped})
   examples = {"image": as_objects(images), "mask": as_objects(masks),
               "label": np.array([int(m.any()) for m in masks])}
   pick = lambda a: None if a is None else np.asarray(a)[kept]
@@ -81,8 +81,9 @@ def read_volumes(config, path: str):
       labels=examples["label"], groups=pick(csv_table and csv_table.groups),
       folds=pick(csv_table and csv_table.folds), splits=None, pixel_sizes=np.array(spacings),
       sizes=np.array([m.shape for m in masks]))
-  return examples, table, [{"line": rows.index(next(r for r in rows if r["name"] == s["name"]))
-                            + 2, "problem": s["problem"]} for s in skipped]
+  # As a CSV's lines count them (the header is line 1); in a Decathlon folder, the position in
+  # dataset.json's training list plus 2. The problem names the file either way.
+  return examples, table, [{"line": s["row"] + 2, "problem": s["problem"]} for s in skipped]
 
 
 def read_labelled(config, csv_path: str):
@@ -124,6 +125,8 @@ def describe_splits(config, table: downstream.Table) -> dict:
   if table.groups is not None:
     groups = (f"grouped by the CSV's {d.group_column!r} column: {len(np.unique(table.groups))} "
               f"groups of {len(table)} cases never straddle a split")
+  elif not d.group_column:
+    groups = "not grouped (config.data.group_column is empty): every case is its own group"
   else:
     groups = (f"not grouped: the CSV has no {d.group_column!r} column, so every image is its own "
               "group and images of one patient may land on both sides of a split (name the "
@@ -344,7 +347,7 @@ def run(config, workdir: str, mesh) -> dict:
                     len(skipped), len(skipped) + len(table), config.data.csv)
   splits_made = describe_splits(config, table)
   logging.info("splits: %s; %s", splits_made["folds"], splits_made["groups"])
-  if table.groups is None:
+  if table.groups is None and config.data.group_column:
     logging.warning("%s is %s", config.data.csv, splits_made["groups"])
   distance_scale = (table.pixel_sizes if config_lib.volumetric(config) else
                     table.distance_scale(config.input.image_size))
