@@ -3,6 +3,7 @@ the MAE's encoder into the fine-tuning models by name. Tiny widths throughout.""
 import functools
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,10 +172,24 @@ def test_unetr_output_shapes():
   assert np.isfinite(logits).all()
 
 
-def test_unetr_rejects_other_patches():
-  with pytest.raises(ValueError, match="patch of 16"):
-    jax.eval_shape(unetr.UNETR(patch_size=8, **TINY).init, jax.random.key(0),
-                   jnp.ones((1, 32, 32, 1)))
+@pytest.mark.parametrize("patch", [12, (8, 16), 2])
+def test_unetr_rejects_patches_that_are_not_one_power_of_two(patch):
+  with pytest.raises(ValueError, match="a power of two >= 4"):
+    jax.eval_shape(unetr.UNETR(**{**TINY, "patch_size": patch}).init, jax.random.key(0),
+                   jnp.ones((1, 48, 48, 1)))
+
+
+def test_unetr_with_a_patch_of_8_taps_three_blocks_and_decodes_from_an_eighth():
+  """A patch of 2^k: k - 1 taps besides the last, decoders named from k + 1 down to 2."""
+  model = unetr.UNETR(feature_size=4, num_classes=3, **{**TINY, "patch_size": 8})
+  volumes = jnp.zeros((1, 16, 24, 16, 1))
+  logits, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), volumes)
+  assert logits.shape == (1, 16, 24, 16, 3)
+  heads = {k for k in variables["params"] if k != "encoder"}
+  assert heads == {"encoder1", "encoder2", "encoder3", "decoder4", "decoder3", "decoder2", "out"}
+  # encoder2 starts at the token grid (1/8) and doubles twice to 1/2, with 2F channels.
+  assert variables["params"]["encoder2"]["transp_conv_0"]["kernel"].shape[-1] == 8
+  assert "transp_conv_1" not in variables["params"]["encoder2"]
 
 
 def test_unetr_gradient_reaches_every_parameter():
@@ -249,3 +264,16 @@ def test_adamw_steps_lower_the_3d_mae_loss():
     params, opt_state, loss = step(params, opt_state, jax.random.key(10 + i))
     losses.append(float(loss))
   assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 2, 4, 5)], ids=["2d", "3d"])
+def test_up_is_flax_transposed_convolution_with_kernel_equal_to_stride(shape):
+  """unetr.Up computes nn.ConvTranspose(kernel = stride = 2, VALID) as a matrix product per
+  voxel: the same parameters and values, on inputs whose voxels all differ."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  n = len(shape) - 2
+  reference = nn.ConvTranspose(6, (2,) * n, strides=(2,) * n, padding="VALID", use_bias=False)
+  params = reference.init(jax.random.key(1), x)
+  fast = unetr.Up(6).apply(params, x)
+  assert fast.shape == (shape[0], *(2 * s for s in shape[1:-1]), 6)
+  np.testing.assert_allclose(fast, reference.apply(params, x), rtol=1e-5, atol=1e-5)

@@ -30,7 +30,7 @@ def test_layer_decay_counts_the_vit_blocks_and_puts_heads_on_top():
 
 
 @pytest.mark.parametrize("config_file,overrides,message", [
-    ("unetr3d.py", {"model.patch_size": 8}, "UNETR decodes from a patch of 16"),
+    ("unetr3d.py", {"model.patch_size": 12}, "UNETR decodes from a patch of 2^k >= 4"),
     ("unetr3d.py", {"input.roi": (32, 40, 32)}, "must be a multiple of config.model.patch_size"),
     ("unetr2d.py", {"model.num_heads": 5}, "a multiple of config.model.num_heads=5"),
     ("vit_mae3d.py", {"data.source": "shards"}, "volumes (3-D records) go with a"),

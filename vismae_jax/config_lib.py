@@ -362,10 +362,11 @@ def vit_finetune(kind: str, ndim: int, variant: str = ""):
 def apply_vit_variant(c: ml_collections.ConfigDict, variant: str, ndim: int):
   """The ViT configs' variants, for 2-core machines.
 
-  sample / cpu: a 4-block ViT of width 96 (0.5M parameters) and a 2-block decoder of 64; 2-D at
-          64 px on the bundled sample (pretraining) or 64 px images (fine-tuning), 3-D on crops
-          of 32 x 48 x 32 voxels (the Decathlon hippocampus: volumes of about 35 x 50 x 36 at
-          1 mm) with UNETR's feature size 8.
+  sample / cpu: a 4-block ViT of width 96 (0.5M parameters) on patches of 8 and a 2-block
+          decoder of 64; 2-D at 64 px on the bundled sample (pretraining) or 64 px images
+          (fine-tuning): 8 x 8 tokens; 3-D on crops of 32 x 48 x 32 voxels (the Decathlon
+          hippocampus: volumes of about 35 x 50 x 36 at 1 mm): 4 x 6 x 4 tokens, where MONAI's
+          16-voxel patches would leave 2 x 3 x 2; UNETR's feature size 8.
   tiny:   the same models on 20-step (pretraining) or 40-step (fine-tuning) schedules, 3-D on
           crops of 32^3, for tests.
   """
@@ -373,7 +374,7 @@ def apply_vit_variant(c: ml_collections.ConfigDict, variant: str, ndim: int):
   for name in filter(None, (variant or "").split(",")):
     if name not in ("sample", "cpu", "tiny"):
       raise ConfigError(f"unknown config variant {name!r}; known: sample, cpu, tiny")
-    c.model.update(embed_dim=96, depth=4, num_heads=4, drop_path=0.0)
+    c.model.update(patch_size=8, embed_dim=96, depth=4, num_heads=4, drop_path=0.0)
     if pretraining:
       c.mae.update(decoder_dim=64, decoder_depth=2, decoder_heads=4)
       c.optim.update(lr=1.5e-3, lr_batch_base=0, warmup_epochs=5.0)
@@ -511,9 +512,10 @@ def _check_vit(config, check):
         f"config.{dims}={shape if volumetric(config) else shape[0]} must be a multiple of "
         f"config.model.patch_size={m.patch_size} along every axis")
   if config.get("finetune", {}).get("kind") == SEGMENTATION:
-    check(m.patch_size == 16 and m.depth >= 4,
+    k = m.patch_size.bit_length() - 1
+    check(m.patch_size >= 4 and m.patch_size == 2 ** k and m.depth >= k,
           f"config.model.patch_size={m.patch_size}, depth={m.depth}: UNETR decodes from a patch "
-          "of 16 and taps four blocks (models/unetr.py)")
+          "of 2^k >= 4 (MONAI's 16) and taps k blocks (models/unetr.py)")
 
 
 def volumetric(config) -> bool:
