@@ -58,7 +58,9 @@ def main(argv):
   args = flags.FLAGS
   shards = os.path.join(args.scratch, "volume_shards")
   pretrain = os.path.join(args.scratch, "pretrain")
-  finetune = os.path.join(args.scratch, f"unetr3d_{args.variant}")
+  # One protocol workdir per recipe: the pretraining is shared, the runs of a recipe resumed.
+  recipe = "_".join([args.variant, *args.overrides]).replace("=", "-").replace("/", "-")
+  finetune = os.path.join(args.scratch, f"unetr3d_{recipe}")
   main_py = [sys.executable, "-m", "vismae_jax.main"]
   seconds = {"ingest": run([sys.executable, "-m", "data_pipelines.volume_ingest",
                             f"--input={os.path.join(args.datasets, 'imagesTr')}",

@@ -4,7 +4,9 @@ r"""Raw clinical files -> ArrayRecord shards of 224x224 uint8 records, as an Apa
       [--modality=auto|CT|MR|PT|XR|US] [--size=224] [--files_per_shard=0] [--verbose] \
       [--error_paths=PRIVATE.csv] [Beam options]
 
-Three steps, each safe to repeat:
+The machinery (plan, shards, finish, errors, privacy) is `ShardedIngest`'s, which
+data_pipelines/volume_ingest.py shares for volumes; this module's `IngestConfig` makes 2-D
+frames. Three steps, each safe to repeat:
 1. Plan (on the launcher): a sorted, streaming walk of --input writes the relative paths,
    encrypted with a key made from the salt, into `_plan/shard-NNNNN.txt`, `files_per_shard` to
    a file (by default sized so that every core gets several shards), so no process ever holds
@@ -88,7 +90,7 @@ class ShardedIngest:
 
   def convert(self, position: int, item: list[str], errors: list):
     """Yields the records (with .encode(), .values(), .modality and the hashes) of the item
-    planned at `position`; appends an _error_row to `errors` per file that fails."""
+    planned at `position`; appends an error_row to `errors` per file that fails."""
     raise NotImplementedError
 
   def describe(self) -> dict:
@@ -114,7 +116,7 @@ class IngestConfig(ShardedIngest):
     try:
       frames = readers.read_frames(os.path.join(self.input, rel), rel, self.read)
     except Exception as e:  # one file never stops the ingest: it becomes a row of the report
-      errors.append(_error_row(self, position, rel, str(e) or type(e).__name__))
+      errors.append(error_row(self, position, rel, str(e) or type(e).__name__))
       return
     for k, frame in enumerate(frames):
       yield records.ImageRecord(
@@ -159,7 +161,7 @@ def _plan_cipher(config: ShardedIngest):
   return fernet.Fernet(base64.urlsafe_b64encode(digest))
 
 
-def _error_row(config: ShardedIngest, position: int | None, rel: str, reason: str) -> dict:
+def error_row(config: ShardedIngest, position: int | None, rel: str, reason: str) -> dict:
   """An errors.csv row: where the file is in the sorted walk and its salted hash, never its
   name (names can identify patients); --error_paths maps them back, privately."""
   return {"file": position or "", "source_hash": records.salted_hash(rel, config.salt),
@@ -226,7 +228,7 @@ def plan(config: ShardedIngest) -> int:
     raise DatasetError(f"--input={config.input}: no files found")
   with open(os.path.join(tmp, "plan.json"), "w") as f:
     json.dump({"num_shards": num_shards, "num_files": num_files, "files_per_shard": per_shard,
-               "walk_errors": [_error_row(config, None, rel, reason)
+               "walk_errors": [error_row(config, None, rel, reason)
                                for rel, reason in unreadable],
                "config": config.recorded()}, f)
   os.replace(tmp, plan_dir)

@@ -62,7 +62,7 @@ class VolumeIngestConfig(ingest.ShardedIngest):
         volume, ids = read()
         record = self._record(rel, volume, ids)
       except Exception as e:  # one volume never stops the ingest: it becomes a row of the report
-        errors.append(ingest._error_row(self, position, rel, str(e) or type(e).__name__))
+        errors.append(ingest.error_row(self, position, rel, str(e) or type(e).__name__))
         continue
       yield record
 
@@ -82,7 +82,7 @@ class VolumeIngestConfig(ingest.ShardedIngest):
       except Exception as e:
         unreadable.append((path(rel), str(e) or type(e).__name__))
     series = volumes.find_dicom_series(list(rels), unreadable)
-    errors.extend(ingest._error_row(self, position, os.path.relpath(p, self.input), reason)
+    errors.extend(ingest.error_row(self, position, os.path.relpath(p, self.input), reason)
                   for p, reason in unreadable)
     return [(rels[min(paths)], lambda paths=paths: volumes.read_dicom_series(paths))
             for paths in sorted(series.values(), key=min)]
