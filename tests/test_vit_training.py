@@ -25,23 +25,25 @@ def test_layer_decay_counts_the_vit_blocks_and_puts_heads_on_top():
   assert ids["encoder"]["blocks_0"]["attn"]["qkv"]["kernel"] == 1
   assert ids["encoder"]["blocks_3"]["mlp"]["fc2"]["bias"] == 4
   assert ids["encoder"]["norm"]["scale"] == top
-  assert ids["decoder5"] and all(v == top for v in jax.tree.leaves(ids["decoder5"]))
+  assert ids["decoder4"] and all(v == top for v in jax.tree.leaves(ids["decoder4"]))
   assert all(v == top for v in jax.tree.leaves(ids["encoder1"]))  # UNETR's image skip
 
 
 @pytest.mark.parametrize("config_file,overrides,message", [
     ("unetr3d.py", {"model.patch_size": 12}, "UNETR decodes from a patch of 2^k >= 4"),
-    ("unetr3d.py", {"input.roi": (32, 40, 32)}, "must be a multiple of config.model.patch_size"),
+    ("unetr3d.py", {"input.roi": (32, 36, 32)}, "must be a multiple of config.model.patch_size"),
     ("unetr2d.py", {"model.num_heads": 5}, "a multiple of config.model.num_heads=5"),
     ("vit_mae3d.py", {"data.source": "shards"}, "volumes (3-D records) go with a"),
     ("vit_mae2d.py", {"mae.decoder_heads": 3}, "config.mae.decoder_dim=64"),
     ("vit_mae2d.py", {"method": "mae"}, "vit_mae pretrains the ViT"),
+    ("vit_mae2d.py", {"task": "export"}, "a ViT checkpoint stays in Orbax"),
+    ("unetr3d.py", {"task": "predict"}, "volumes are fine-tuned and scored by the protocol"),
 ])
 def test_vit_configs_fail_naming_the_setting(tmp_path, config_file, overrides, message):
   config = load_config(config_file, "tiny")
   config.data.update({"csv": str(tmp_path)} if "finetune" in config else {"path": str(tmp_path)})
   for key, value in overrides.items():
-    *sections, name = key.split(".")
+    *sections, name = key.split(".")  # a dotted setting
     target = config
     for section in sections:
       target = target[section]

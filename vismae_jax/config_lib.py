@@ -454,6 +454,9 @@ def validate(config, device_count: int, process_count: int) -> None:
       errors.append(message)
 
   _check_model(config, check)
+  check(config.task != "export" or config.model.arch == "swin",
+        "config.task='export' writes the release's Swin models under their PyTorch names; a ViT "
+        "checkpoint stays in Orbax (config.model.arch='vit')")
   if config.task in ("predict", "evaluate"):
     _check_apply(config, device_count, check)
   elif config.task != "export":  # exporting needs the model only
