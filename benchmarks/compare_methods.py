@@ -21,9 +21,10 @@ def _p(a: list, b: list):
 
 
 def compare(by_method: dict) -> dict:
-  """{method: label_efficiency.task_result} (the first method's with the random runs) -> the
-  comparison: settings, per method and for random {setting: mean, ci95, per_fold}, and per
-  method {setting: p} against random and against MAE."""
+  """{method: label_efficiency.task_result} (the first method's with the random runs; a method of
+  another model, vit_mae, with its own) -> the comparison: settings, per method and for each
+  random {setting: mean, ci95, per_fold}, and per method {setting: p} against its random and
+  against MAE."""
   first = next(iter(by_method.values()))
   settings = first["settings"]
   out = {"metric": first["metric"], "settings": settings,
@@ -33,9 +34,12 @@ def compare(by_method: dict) -> dict:
     out["means"][RANDOM] = first["random"]
   for method, r in by_method.items():
     folds = {s: r["pretrained"][s]["per_fold"] for s in settings}
-    if first["random"]:
-      out["p_vs_random"][method] = {s: _p(folds[s], first["random"][s]["per_fold"])
-                                    for s in settings}
+    # A method with random runs of its own (another model: the ViT) is tested against those.
+    random = r["random"] or first["random"]
+    if r["random"] and r is not first:
+      out["means"][f"{RANDOM} ({method})"] = r["random"]
+    if random:
+      out["p_vs_random"][method] = {s: _p(folds[s], random[s]["per_fold"]) for s in settings}
     if "mae" in by_method and method != "mae":
       out["p_vs_mae"][method] = {s: _p(folds[s], by_method["mae"]["pretrained"][s]["per_fold"])
                                  for s in settings}

@@ -62,7 +62,7 @@ FINETUNE_VARIANT = {"cpu": "cpu", "full": "", "tiny": "tiny"}
 TASKS = ("busi_seg", "busi_cls")
 # config_lib.METHODS' config files, for the export.
 CONFIG_FILES = {"mae": "generic.py", "simmim": "simmim.py", "simclr": "simclr.py",
-                "dino": "dino.py"}
+                "dino": "dino.py", "vit_mae": "vit_mae2d.py"}
 # Steps of the short run that times a method's step for --pretrain_seconds; the log's rate of
 # the last TIMING_LOG of them (compilation and the first steps left out) is what counts.
 TIMING_STEPS, TIMING_LOG = 60, 20
@@ -75,10 +75,12 @@ flags.DEFINE_list("fractions", ["0.1", "0.25", "0.5", "1.0"], "label fractions")
 flags.DEFINE_integer("folds", 5, "cross-validation folds")
 flags.DEFINE_integer("max_folds", 0, "run only the first N folds (0: all)")
 flags.DEFINE_list("methods", ["mae"], "pretraining methods (config.method: mae, simmim, "
-                  "simclr, dino), each pretrained on the same images (in <scratch>/pretrain, or "
-                  "pretrain_<method> for all but mae) and fine-tuned on the same folds, fractions "
-                  "and seeds (in <task>_<method>); the first method's protocols also run the "
-                  "random initialisation that every method is tested against")
+                  "simclr, dino, vit_mae), each pretrained on the same images (in "
+                  "<scratch>/pretrain, or pretrain_<method> for all but mae) and fine-tuned on "
+                  "the same folds, fractions and seeds (in <task>_<method>); the first method's "
+                  "protocols also run the random initialisation that every method is tested "
+                  "against, and vit_mae's its own (UNETR-2D and the ViT classifier: another "
+                  "model)")
 flags.DEFINE_float("pretrain_seconds", 0.0, "pretrain every method for this wall-clock time: "
                    "its steps are these seconds over its step time, measured in a short run "
                    "first (in <pretraining>_timing); 0: the variant's steps")
@@ -155,7 +157,9 @@ def malignancy_csv(busi: str, path: str) -> str:
 
 def pretrain_config(args, shards: str, method: str):
   from vismae_jax import config_lib
-  config = config_lib.pretrain(variant=PRETRAIN_VARIANT[args.variant], method=method)
+  variant = PRETRAIN_VARIANT[args.variant]
+  config = (config_lib.vit_pretrain(2, variant) if method == "vit_mae" else
+            config_lib.pretrain(variant=variant, method=method))
   config.data.source, config.data.path = "shards", shards
   config.data.mixture.update(US=1.0, XR=1.0)
   if args.variant == "cpu":
@@ -242,12 +246,17 @@ def method_suffix(args, method: str) -> str:
 
 
 def finetune_config(args, name: str, kind: str, csv_path: str, pretrained: str,
-                    compare_random: bool):
+                    compare_random: bool, method: str = "mae"):
+  """The fine-tuning protocol of `name` from `pretrained`: the Swin-UNet or classifier, or for
+  vit_mae UNETR-2D or the ViT classifier."""
   from vismae_jax import config_lib
-  config = config_lib.finetune(kind, variant=FINETUNE_VARIANT[args.variant])
+  variant = FINETUNE_VARIANT[args.variant]
+  vit = method == "vit_mae"
+  config = (config_lib.vit_finetune(kind, 2, variant) if vit else
+            config_lib.finetune(kind, variant=variant))
   if args.variant == "full":
     config.model.in_chans, config.dtype = 1, "bfloat16"
-    config.finetune.fill_deeper = kind == "segmentation"
+    config.finetune.fill_deeper = kind == "segmentation" and not vit
   config.data.csv = csv_path
   config.data.fold_column = ""  # drawn folds, as in the recorded runs (not BUSI's fold column)
   config.finetune.pretrained = pretrained
@@ -372,9 +381,10 @@ def main(argv):
     kind, csv_path = tasks[name]
     by_method = {}
     with timed(seconds, name), contextlib.redirect_stdout(log):
-      for i, m in enumerate(methods):  # the first method's protocol runs the random inits
+      for i, m in enumerate(methods):  # the first method's protocol runs the random inits,
+        own_random = i == 0 or m == "vit_mae"  # and the ViT's its own: another model
         config = finetune_config(args, name, kind, csv_path, weights[m],
-                                 compare_random=args.compare_random and i == 0)
+                                 compare_random=args.compare_random and own_random, method=m)
         by_method[m] = task_result(protocol.run(
             config, os.path.join(scratch, name + recipe + method_suffix(args, m)), mesh))
     result[name] = {**by_method[methods[0]], "epochs": config.num_epochs}

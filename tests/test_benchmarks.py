@@ -168,34 +168,38 @@ def test_label_efficiency(tmp_path):
 def test_label_efficiency_compares_methods_on_equal_time_and_few_shots(tmp_path):
   """--methods: each method pretrained for the same seconds (its steps from a timed run) and
   fine-tuned on the same folds, with 2-shot runs beside the fractions; one table and figure
-  per task, paired tests against random and MAE."""
+  per task, paired tests against random and MAE. The ViT (another model) brings random runs of
+  its own and is tested against those."""
   if not importlib.util.find_spec("apache_beam"):
     pytest.skip("ingest needs the [ingest] extra")
   datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
   scratch = tmp_path / "scratch"
   line, result = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
-                               "--methods=mae,dino", "--pretrain_seconds=3",
+                               "--methods=mae,vit_mae", "--pretrain_seconds=3",
                                "--tasks=busi_cls", "--shots=2", "--max_folds=2",
                                "--fractions=1.0", f"--datasets={datasets}",
                                f"--scratch={scratch}", timeout=900)
-  assert line.startswith("label_efficiency (tiny, random masking, mae, dino, random; "), line
-  for method, folder in (("mae", "pretrain"), ("dino", "pretrain_dino")):
+  assert line.startswith("label_efficiency (tiny, random masking, mae, vit_mae, random; "), line
+  for method, folder in (("mae", "pretrain"), ("vit_mae", "pretrain_vit_mae")):
     cost = result["methods"][method]
     assert cost["total_steps"] == max(1, round(3 / cost["step_seconds"]))
     assert os.path.isdir(scratch / folder / "checkpoints" / str(cost["total_steps"]))
   r = result["busi_cls"]
   assert r["settings"] == ["1.0", "2 shots"] and r["shots"] == [2]
   c = r["methods"]
-  assert c["settings"] == r["settings"] and set(c["means"]) == {"mae", "dino", "random"}
+  assert c["settings"] == r["settings"]
+  assert set(c["means"]) == {"mae", "vit_mae", "random", "random (vit_mae)"}
   assert c["means"]["mae"] == r["pretrained"] and c["means"]["random"] == r["random"]
   for s in c["settings"]:
-    assert len(c["means"]["dino"][s]["per_fold"]) == 2
-    assert 0 <= c["p_vs_random"]["dino"][s] <= 1 and 0 <= c["p_vs_mae"]["dino"][s] <= 1
-  assert set(c["p_vs_mae"]) == {"dino"}
+    assert len(c["means"]["vit_mae"][s]["per_fold"]) == 2
+    assert 0 <= c["p_vs_random"]["vit_mae"][s] <= 1 and 0 <= c["p_vs_mae"]["vit_mae"][s] <= 1
+  assert set(c["p_vs_mae"]) == {"vit_mae"}
   table, figure = c["files"]
-  assert "| 2 shots | dino |" in open(table).read() and os.path.getsize(figure) > 0
-  # The random runs are the first method's: the other protocols run none.
-  assert not any(n.startswith("random") for n in os.listdir(scratch / "busi_cls_dino" / "runs"))
+  assert "| 2 shots | vit_mae |" in open(table).read() and os.path.getsize(figure) > 0
+  # The Swin's random runs are the first method's; the ViT's protocols run their own.
+  with open(scratch / "busi_cls_vit_mae" / "protocol_config.json") as f:
+    assert json.load(f)["model"]["arch"] == "vit"
+  assert any(n.startswith("random") for n in os.listdir(scratch / "busi_cls_vit_mae" / "runs"))
 
 
 @pytest.mark.slow
