@@ -59,7 +59,8 @@ def main(argv):
   shards = os.path.join(args.scratch, "volume_shards")
   pretrain = os.path.join(args.scratch, "pretrain")
   # One protocol workdir per recipe: the pretraining is shared, the runs of a recipe resumed.
-  recipe = "_".join([args.variant, *args.overrides]).replace("=", "-").replace("/", "-")
+  steps = [f"steps{args.finetune_steps}"] if args.finetune_steps else []
+  recipe = "_".join([args.variant, *steps, *args.overrides]).replace("=", "-").replace("/", "-")
   finetune = os.path.join(args.scratch, f"unetr3d_{recipe}")
   main_py = [sys.executable, "-m", "vismae_jax.main"]
   seconds = {"ingest": run([sys.executable, "-m", "data_pipelines.volume_ingest",

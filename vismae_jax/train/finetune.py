@@ -51,7 +51,9 @@ def model_inputs(config, batch, rng, train: bool):
   if config_lib.volumetric(config):
     x = batch["image"].astype(jnp.float32)[..., None]
     if train:
-      x, masks = augment.volume_augment(rng, x, masks, scale=config.input.intensity,
+      x, masks = augment.volume_augment(rng, x, masks, flip=config.input.flip,
+                                        rotate90=config.input.rotate90,
+                                        scale=config.input.intensity,
                                         shift=config.input.intensity)
     return x, masks
   x = preprocess.to_model_input(batch["image"], image_size=config.input.image_size,
