@@ -151,5 +151,6 @@ def test_volumes_ingest_pretrain_and_fine_tune_unetr3d(tmp_path):
     maps = [saved[k] for k in saved.files]
   assert len(maps) == 4 and all(m.ndim == 3 and m.max() <= 2 for m in maps)
   with open(os.path.join(workdir, "report.md")) as f:
-    assert "| hd95 (mm) |" in f.read()
+    text = f.read()
+  assert "| hd95 (mm) |" in text and "| labels | init | class 1 | class 2 |" in text
   assert os.path.getsize(os.path.join(workdir, "overlays.png")) > 0

@@ -190,6 +190,24 @@ def write_feature_reuse(reuse: dict, workdir: str) -> dict:
   return paths
 
 
+def class_dice_table(config, summary: dict) -> list[str]:
+  """Markdown lines: Dice per foreground class (mean over folds and its 95% CI), where the runs
+  scored it; several structures (the two hippocampus parts) can hide behind one mean."""
+  rows = [(key, value, init, entry[init]["class_dice"])
+          for key, listed, entries in SUBSETS for value in summary[listed]
+          for entry in [summary[entries][str(value)]] for init in INITS
+          if "class_dice" in entry.get(init, {})]
+  if not rows or config.finetune.num_classes < 3:
+    return []
+  classes = range(1, config.finetune.num_classes)
+  return ["", "Dice per class (mean over folds, 95% CI):", "",
+          "| labels | init | " + " | ".join(f"class {c}" for c in classes) + " |",
+          "| --- | --- |" + " --- |" * len(classes),
+          *(f"| {_subset_label(config, key, value)} | {init} | " + " | ".join(
+              f"{d['mean']:.4f} ({d['low']:.4f}-{d['high']:.4f})" for d in dice) + " |"
+            for key, value, init, dice in rows)]
+
+
 def _subset_label(config, key: str, value) -> str:
   """A table row's training subset: "25%" of the labels, "10 per class" or "10 shots"."""
   if key == "fraction":
@@ -242,6 +260,7 @@ def write_report(config, workdir: str, summary: dict) -> dict:
                        f"{e['ci95'][0]:.4f}-{e['ci95'][1]:.4f} | "
                        f"{e['pooled_bootstrap_ci95'][0]:.4f}-{e['pooled_bootstrap_ci95'][1]:.4f}"
                        f" | {p_text} | {e[second]:.4f} |")
+  lines += class_dice_table(config, summary)
   if summary["shots"]:
     lines.append(f"\n{_shots_note(config, summary)}")
   if summary["skipped_rows"]:
