@@ -75,7 +75,8 @@ def main(argv):
       *main_py, f"--config=configs/unetr3d.py:{args.variant}", f"--workdir={finetune}",
       f"--config.data.csv={args.datasets}", f"--config.finetune.pretrained={pretrain}",
       f"--config.finetune.num_classes={args.num_classes}", f"--config.protocol.folds={args.folds}",
-      f"--config.protocol.max_folds={args.max_folds}", f"--config.protocol.fractions=({fractions},)",
+      f"--config.protocol.max_folds={args.max_folds}",
+      f"--config.protocol.fractions=({fractions},)",
       "--config.protocol.compare_random=True", *steps,
       *(f"--config.{o}" for o in args.overrides)])
   with open(os.path.join(finetune, "report.json")) as f:

@@ -539,6 +539,11 @@ def spatial_shape(config) -> tuple[int, ...]:
   return tuple(config.input.roi) if volumetric(config) else (config.input.image_size,) * 2
 
 
+def input_shape(config) -> tuple[int, ...]:
+  """One model input's shape: (*spatial, channels)."""
+  return (*spatial_shape(config), config.model.in_chans)
+
+
 def _check_swin(config, check):
   """The Swin geometry: stages, heads, windows and the image size."""
   m, size = config.model, config.input.image_size

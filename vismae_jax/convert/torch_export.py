@@ -7,8 +7,9 @@ release's checkpoint format) from the run's best parameters if it kept any, else
 checkpoint. Names, shapes and dtypes are the published ones (tests/reference/keys_*.txt), buffers
 included, so the release's loading code (and vismae_jax.convert.torch_models) accepts them with
 strict=True. A SimMIM, SimCLR or DINO run (configs/simmim.py, simclr.py, dino.py) has no
-published layout: its export holds the encoder alone (DINO's: its teacher's) (`patch_embed`, `layers.*` and the final `norm`; model
-"swin_encoder" in the safetensors metadata), what the Swin-UNet and the classifier take from it.
+published layout: its export holds the encoder alone (DINO's: its teacher's) (`patch_embed`,
+`layers.*` and the final `norm`; model "swin_encoder" in the safetensors metadata), what the
+Swin-UNet and the classifier take from it.
 Only the parameters are read (not the optimizer state), into host memory, from checkpoints of any
 topology (FSDP over many hosts included: see checkpoint.restore_on_host).
 """

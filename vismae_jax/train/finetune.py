@@ -41,7 +41,7 @@ def build_model(config):
 
 
 def init_params(model, config, rng):
-  return model.init(rng, jnp.zeros((1, *vit_masked.input_shape(config))))["params"]
+  return model.init(rng, jnp.zeros((1, *config_lib.input_shape(config))))["params"]
 
 
 def model_inputs(config, batch, rng, train: bool):

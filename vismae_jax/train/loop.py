@@ -2,8 +2,8 @@
 
 A task (pretrain.make_task, finetune.make_task) supplies its initial parameters, the loss and
 this host's batches; everything else is shared. A self-distillation task (DINO) also keeps
-state beside the parameters, outside the gradient: its EMA teacher and centres (`Task.extra`). The step is a pure function
-`step(state, batch, schedule) -> (state, metrics)` whose randomness is
+state beside the parameters, outside the gradient: its EMA teacher and centres (`Task.extra`).
+The step is a pure function `step(state, batch, schedule) -> (state, metrics)` whose randomness is
 `fold_in(state.rng, state.step)`, so a resumed run replays an uninterrupted one exactly. The
 learning-rate schedule is an argument (optim.schedule), not a constant of the compiled step, and
 the step functions are cached per (loss, optimizer): the runs of a fine-tuning protocol, which

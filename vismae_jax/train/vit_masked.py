@@ -32,11 +32,6 @@ def build_model(config):
                     mask_ratio=mae.mask_ratio)
 
 
-def input_shape(config) -> tuple[int, ...]:
-  """One model input's shape: (*spatial, channels)."""
-  return (*config_lib.spatial_shape(config), config.model.in_chans)
-
-
 def model_inputs(config, batch, rng, train: bool):
   """A batch as the shards give it -> model inputs (B, *spatial, C): 2-D uint8 images
   normalised (and flipped when training), or 3-D float crops with a channel axis (augmented
@@ -54,7 +49,8 @@ def model_inputs(config, batch, rng, train: bool):
 
 
 def init_params(model, config, rng):
-  return model.init(rng, jnp.zeros((1, *input_shape(config))), jax.random.PRNGKey(0))["params"]
+  images = jnp.zeros((1, *config_lib.input_shape(config)))
+  return model.init(rng, images, jax.random.PRNGKey(0))["params"]
 
 
 def make_loss_fn(model, config):
