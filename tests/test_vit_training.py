@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import jax
-import nibabel
 import numpy as np
 import pytest
 from helpers import ROOT, load_config, main_env, read_metrics, run_main
@@ -90,6 +89,7 @@ def test_vit_mae2d_pretrains_and_unetr2d_fine_tunes_from_it(tmp_path, sample_seg
 def synthetic_decathlon(folder, cases: int = 8) -> str:
   """A Decathlon folder of small MR volumes in odd orientations and spacings: two labelled
   ellipsoids (classes 1 and 2) brighter than a noisy background."""
+  nibabel = pytest.importorskip("nibabel")  # the [ingest] extra
   rng = np.random.default_rng(0)
   os.makedirs(os.path.join(folder, "imagesTr"))
   os.makedirs(os.path.join(folder, "labelsTr"))
