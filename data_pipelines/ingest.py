@@ -40,6 +40,7 @@ attribute is read into a record; no output, plan or log names a file (errors.csv
 have the file's name cut out). `--error_paths=FILE`, outside --output, is the one opt-in place
 where the names of the files in errors.csv are written, for the user to keep private.
 """
+import abc
 import base64
 import csv
 import dataclasses
@@ -67,7 +68,7 @@ MAX_FILES_PER_SHARD = 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardedIngest:
+class ShardedIngest(abc.ABC):
   """What every ingest into shards shares: the plan, the shards with their completion marks,
   the finish, the report and the privacy guarantees. A subclass says what one planned item is
   (`items`), which records it makes (`convert`) and what the outputs depend on (`recorded`):
@@ -78,9 +79,9 @@ class ShardedIngest:
   files_per_shard: int = 0  # planned items per shard; 0: auto_files_per_shard
   error_paths: str = ""  # where to write errors.csv's rows with the file names (private)
 
+  @abc.abstractmethod
   def recorded(self) -> dict:
     """What the outputs depend on, minus the salt: stored with the plan and the manifest."""
-    raise NotImplementedError
 
   def items(self, rel_paths):
     """The planned items, each a list of relative paths converted together: here every file
@@ -88,10 +89,10 @@ class ShardedIngest:
     for rel in rel_paths:
       yield [rel]
 
+  @abc.abstractmethod
   def convert(self, position: int, item: list[str], errors: list):
     """Yields the records (with .encode(), .values(), .modality and the hashes) of the item
     planned at `position`; appends an error_row to `errors` per file that fails."""
-    raise NotImplementedError
 
   def describe(self) -> dict:
     """Fields of dataset.json that only this kind of ingest has."""

@@ -258,9 +258,8 @@ def make_task(config, examples: dict, train, val, init: str, mesh) -> loop.Task:
   def validate(params, step):
     if seg:
       predicted = segment(fns.predict, params, val_examples["image"], config, mesh)
-      dice = [metrics.segmentation_scores(p[None], m[None], config.finetune.num_classes,
-                                          hd95=False)["dice"][0]
-              for p, m in zip(predicted, val_examples["mask"])]
+      dice = metrics.segmentation_scores(list(predicted), list(val_examples["mask"]),
+                                         config.finetune.num_classes, hd95=False)["dice"]
       return {metric: float(np.nanmean(dice))}
     predictions = predict_all(fns.predict, params, val_examples["image"],
                               config.eval_batch_size, mesh)
