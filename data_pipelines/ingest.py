@@ -62,6 +62,9 @@ from vismae_jax import console
 PLAN_DIR = "_plan"
 ERRORS = "errors.csv"
 ERROR_FIELDS = ("file", "source_hash", "reason")
+# What a shard's completion mark (shard-NNNNN.json) holds; finish() sums them.
+SUMMARY_FIELDS = {"shard", "records", "files", "counts", "shapes", "pixel_sum", "pixel_sq_sum",
+                  "pixels", "errors"}
 SKIPPED_SUFFIXES = (".md", ".txt", ".csv", ".json", ".xml", ".html", ".pdf")
 SHARDS_PER_WORKER = 4
 MAX_FILES_PER_SHARD = 1024
@@ -250,11 +253,14 @@ def _planned_items(config: ShardedIngest, shard: int) -> list[list[str]]:
 
 
 def write_shard(shard: int, config: ShardedIngest) -> dict:
-  """Converts one planned shard; returns its summary. Skips shards finished earlier."""
+  """Converts one planned shard; returns its summary. Skips shards finished earlier, unless an
+  older version wrote them (their summary lacks a field this one keeps): those are written anew."""
   out = lambda suffix: os.path.join(config.output, shard_name(shard, suffix))
   if os.path.exists(out(".json")):
     with open(out(".json")) as f:
-      return json.load(f)
+      summary = json.load(f)
+    if SUMMARY_FIELDS <= summary.keys():
+      return summary
   items = _planned_items(config, shard)
   first = shard * _planned(config)["files_per_shard"] + 1  # this shard's first item, 1-based
   # One record per chunk for cheap random access; snappy reads twice as fast as the default

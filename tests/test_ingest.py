@@ -1,6 +1,7 @@
 """The ingest pipeline: every good frame a record, bad files reported, no PHI in any output,
 reruns that resume, and its command line."""
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -99,20 +100,26 @@ def test_no_phi_value_reaches_any_output_byte(ingested, raw_dir):
   assert not leaked, leaked
 
 
-def test_rerun_skips_finished_shards_and_rebuilds_missing_ones_identically(ingested):
+def test_rerun_skips_finished_shards_and_rebuilds_missing_or_outdated_ones_identically(
+    ingested):
   config, manifest = ingested
   names = manifest["shards"]
   before = {n: open(os.path.join(config.output, n), "rb").read() for n in names}
   mtimes = {n: os.stat(os.path.join(config.output, n)).st_mtime_ns for n in names}
-  victim = names[1].replace(".array_record", "")
+  missing, outdated = (n.replace(".array_record", "") for n in names[1:3])
   for suffix in (".array_record", ".index.csv", ".json"):
-    os.remove(os.path.join(config.output, victim + suffix))
+    os.remove(os.path.join(config.output, missing + suffix))
+  mark = os.path.join(config.output, outdated + ".json")  # as an older version wrote it
+  with open(mark) as f:
+    summary = json.load(f)
+  with open(mark, "w") as f:
+    json.dump({k: v for k, v in summary.items() if k != "shapes"}, f)
   again = ingest.ingest(config)  # in-process this time: the same records either way
   assert again == manifest
   for n in names:
     assert open(os.path.join(config.output, n), "rb").read() == before[n]
-    if not n.startswith(victim):
-      assert os.stat(os.path.join(config.output, n)).st_mtime_ns == mtimes[n]  # skipped
+    rewritten = os.stat(os.path.join(config.output, n)).st_mtime_ns != mtimes[n]
+    assert rewritten == n.startswith((missing, outdated))
 
 
 def test_rerun_with_other_options_refuses(ingested):
