@@ -107,6 +107,8 @@ flags.DEFINE_enum("masking", "random", ["random", "uniform"], "pretraining maski
                   "fine-tunes in <task>_uniform")
 flags.DEFINE_float("secondary_ratio", 0.25, "uniform masking: config.mae.secondary_ratio (other "
                    "values add _secondary<ratio> to those folder names)")
+flags.DEFINE_integer("mask_unit", 0, "SwinMAE's mask unit in px (config.mae.mask_unit; 0: the "
+                     "variant's; others add _unit<N> to those folder names)")
 flags.DEFINE_bool("compare_random", True, "also fine-tune from random initialisation")
 flags.DEFINE_string("versus", "", "a JSON this script wrote on the same folds: paired t-tests "
                     "of this run's pretrained fold values against that run's, and its random "
@@ -168,6 +170,7 @@ def pretrain_config(args, shards: str, method: str):
     config.model.in_chans, config.dtype, config.batch_size = 1, "bfloat16", 256
   if method == "mae":
     config.mae.masking, config.mae.secondary_ratio = args.masking, args.secondary_ratio
+    config.mae.mask_unit = args.mask_unit or config.mae.mask_unit
   if args.pretrain_epochs:
     config.num_epochs, config.total_steps = args.pretrain_epochs, 0
   config.total_steps = args.pretrain_steps or config.total_steps
@@ -236,13 +239,12 @@ def timed(seconds: dict, stage: str):
 
 def method_suffix(args, method: str) -> str:
   """What tells a method's folders (pretrain<suffix>, <task><suffix>) apart from the release's
-  SwinMAE's: the method's name, or for SwinMAE its sparse masking."""
+  SwinMAE's: the method's name, or for SwinMAE its sparse masking and mask unit."""
   if method != "mae":
     return f"_{method}"
-  if args.masking == "random":
-    return ""
-  return "_uniform" + (f"_secondary{args.secondary_ratio:g}" if args.secondary_ratio != 0.25
-                       else "")
+  masking = "" if args.masking == "random" else "_uniform" + (
+      f"_secondary{args.secondary_ratio:g}" if args.secondary_ratio != 0.25 else "")
+  return masking + (f"_unit{args.mask_unit}" if args.mask_unit else "")
 
 
 def finetune_config(args, name: str, kind: str, csv_path: str, pretrained: str,
@@ -369,6 +371,7 @@ def main(argv):
             "freeze_encoder": args.freeze_encoder, "probe_first": args.probe_first,
             "encoder_only": args.encoder_only,
             "masking": args.masking, "secondary_ratio": args.secondary_ratio,
+            "mask_unit": first.mae.get("mask_unit"),
             "pretraining": {k: first[k] for k in ("batch_size", "num_epochs", "total_steps")},
             "methods": {m: cost for m, (_, cost) in pretraining.items()},
             "pretrain_seconds": args.pretrain_seconds}
