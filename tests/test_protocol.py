@@ -77,6 +77,14 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
   assert again["by_fraction"] == summary["by_fraction"]
   assert again["by_shots"] == summary["by_shots"]
   assert again["feature_reuse"]["cka"]["random"] == pytest.approx(cka)  # the same start
+  # A run without its predictions (an older version's) is run again, not reused.
+  os.remove(os.path.join(runs, names[1], protocol.PREDICTIONS))
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    protocol.run(config, str(tmp_path), mesh)
+  assert "reusing 5 finished runs of 6" in caplog.text and f"run 1/1 done, {names[1]}" in (
+      caplog.text)
+  assert os.path.exists(os.path.join(runs, names[1], protocol.PREDICTIONS))
 
 
 def frames_of_subjects(folder, with_folds: bool) -> str:

@@ -5,10 +5,10 @@ validation hold-out, nested label fractions and, with `protocol.shots`, nested f
 (`protocol.shot_draws` of them); for every (fold, fraction or shots and draw, initialisation)
 one fine-tuning run, or `protocol.repeats` runs with different seeds. Each run trains in
 `runs/<name>/` with the same loop as pretraining, keeps its best checkpoint by validation Dice
-or AUC, and is scored on the fold's test cases. A finished run leaves `result.json` and is
-skipped when the protocol is started again, so an interrupted protocol resumes where it
-stopped; the workdir keeps the config (`protocol_config.json`) and refuses to resume under a
-different recipe. What the runs mean (statistics, tables, figures) is report.py's.
+or AUC, and is scored on the fold's test cases. A finished run leaves `result.json` (and, for
+segmentation, its test predictions) and is skipped when the protocol is started again, so an
+interrupted protocol resumes where it stopped; the workdir keeps the config
+(`protocol_config.json`) and refuses to resume under a different recipe. What the runs mean (statistics, tables, figures) is report.py's.
 """
 import json
 import os
@@ -192,6 +192,13 @@ def run_one(config, run: dict, workdir: str, mesh, examples: dict, distance_scal
 PREDICTIONS = "test_predictions.npz"  # a run's label maps of its test cases, in order
 
 
+def run_outputs(config) -> tuple[str, ...]:
+  """The files of a finished run. A run missing one (an older version's, which kept no
+  predictions) is run again rather than breaking the report."""
+  return ("result.json",) + ((PREDICTIONS,) if config.finetune.kind == config_lib.SEGMENTATION
+                             else ())
+
+
 def saved_predictions(workdir: str, name: str) -> list[np.ndarray]:
   with np.load(_run_path(workdir, name, PREDICTIONS)) as saved:
     return [saved[f"arr_{i}"] for i in range(len(saved.files))]
@@ -360,7 +367,7 @@ def run(config, workdir: str, mesh) -> dict:
   results, todo = [], []
   for r in runs:
     path = _run_path(workdir, r["name"], "result.json")
-    if os.path.exists(path):
+    if all(os.path.exists(_run_path(workdir, r["name"], f)) for f in run_outputs(config)):
       with open(path) as f:
         results.append(_labelled(json.load(f), r))
     else:
