@@ -40,6 +40,8 @@ flags.DEFINE_integer("finetune_steps", 0, "Steps of every fine-tuning run (0: th
 flags.DEFINE_list("fractions", ["0.1", "1.0"], "Label fractions.")
 flags.DEFINE_integer("folds", 5, "Cross-validation folds.")
 flags.DEFINE_integer("max_folds", 0, "Run only the first N folds (0: all).")
+flags.DEFINE_bool("compare_random", True, "Also fine-tune from random initialisation (the "
+                  "paired test); --nocompare_random runs the pretrained start only.")
 flags.DEFINE_integer("num_classes", 3, "Classes, background included.")
 flags.DEFINE_list("overrides", [], "More --config.KEY=VALUE settings of the fine-tuning runs, "
                   "without the --config. prefix (e.g. input.roi=(32,48,32)).")
@@ -47,9 +49,11 @@ flags.DEFINE_string("json", "", "Write the result here.")
 
 
 def run(command: list[str]) -> float:
-  """Runs one stage's command from the checkout; its seconds. Its output streams through."""
+  """Runs one stage's command from the checkout; its seconds. Its output streams through, on
+  stderr: stdout is the summary line's."""
   start = time.perf_counter()
-  subprocess.run(command, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=ROOT))
+  subprocess.run(command, cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                 stdout=sys.stderr)
   return time.perf_counter() - start
 
 
@@ -77,7 +81,7 @@ def main(argv):
       f"--config.finetune.num_classes={args.num_classes}", f"--config.protocol.folds={args.folds}",
       f"--config.protocol.max_folds={args.max_folds}",
       f"--config.protocol.fractions=({fractions},)",
-      "--config.protocol.compare_random=True", *steps,
+      f"--config.protocol.compare_random={args.compare_random}", *steps,
       *(f"--config.{o}" for o in args.overrides)])
   with open(os.path.join(finetune, "report.json")) as f:
     report = json.load(f)
@@ -95,8 +99,9 @@ def main(argv):
            for init, e in entry.items() if isinstance(e, dict) and "mean" in e},
         "p_value": entry.get("p_value")}
     r = result["by_fraction"][fraction]
-    parts.append(f"{float(fraction):.0%}: pretrained {r['pretrained']['mean']:.3f} vs random "
-                 f"{r['random']['mean']:.3f} (p={r['p_value']})")
+    versus = (f" vs random {r['random']['mean']:.3f} (p={r['p_value']})" if "random" in r
+              else "")
+    parts.append(f"{float(fraction):.0%}: pretrained {r['pretrained']['mean']:.3f}{versus}")
   output.write(f"hippocampus UNETR-3D Dice, {args.folds} folds: " + "; ".join(parts)
                + f"; stages {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}",
                result, args.json)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, main_env, shared_dataset
+from helpers import ROOT, main_env, shared_dataset, synthetic_decathlon
 
 TORCH_BASELINE = ["--baseline=torch"] if importlib.util.find_spec("torch") else []
 
@@ -216,3 +216,25 @@ def test_label_efficiency_plan(tmp_path):
     assert len(t["folds"]) == 2 and t["train_gflop_per_image"] > t["eval_gflop_per_image"] > 0
     assert t["folds"][0]["train_images"] == 2 * 2 * 40 * 8  # fractions x initialisations
   assert plan["seconds"] > plan["pretraining"]["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_volume_protocol_runs_every_stage_and_the_pretrained_start_alone(tmp_path):
+  """Ingest, ViT-MAE-3D pretraining and UNETR-3D's protocol on a Decathlon folder; with
+  --nocompare_random no random runs, no paired test. (The settings of test_vit_training's
+  volume test: one of the two compiles, the other reads the compilation cache.)"""
+  msd = synthetic_decathlon(tmp_path / "msd")
+  line, result = run_benchmark(tmp_path, "volume_protocol.py", "--variant=tiny",
+                               f"--datasets={msd}", f"--scratch={tmp_path / 'scratch'}",
+                               "--pretrain_steps=40", "--finetune_steps=40", "--folds=2",
+                               "--max_folds=1", "--fractions=1.0",
+                               "--nocompare_random", "--overrides=protocol.val_fraction=0.25",
+                               timeout=900)
+  assert line.startswith("hippocampus UNETR-3D Dice, 2 folds: 100%: pretrained ")
+  assert "random" not in line
+  assert set(result["stage_seconds"]) == {"ingest", "pretrain", "finetune"}
+  assert result["structures"] == ["first", "second"] and result["hd95_unit"] == "mm"
+  entry = result["by_fraction"]["1.0"]
+  assert set(entry) == {"pretrained", "p_value"} and entry["p_value"] is None
+  assert len(entry["pretrained"]["per_fold"]) == 1
+  assert set(entry["pretrained"]["structures"]) == {"first", "second"}

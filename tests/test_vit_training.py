@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, load_config, main_env, read_metrics, run_main
+from helpers import ROOT, load_config, main_env, read_metrics, run_main, synthetic_decathlon
 
 from vismae_jax import config_lib
 from vismae_jax.train import finetune, optim
@@ -84,35 +84,6 @@ def test_vit_mae2d_pretrains_and_unetr2d_fine_tunes_from_it(tmp_path, sample_seg
     entry = json.load(f)["by_fraction"]["1.0"]
   assert set(entry) >= {"pretrained", "random"}
   assert all(0 <= entry[i]["mean"] <= 1 for i in ("pretrained", "random"))
-
-
-def synthetic_decathlon(folder, cases: int = 8) -> str:
-  """A Decathlon folder of small MR volumes in odd orientations and spacings: two labelled
-  ellipsoids (classes 1 and 2) brighter than a noisy background."""
-  nibabel = pytest.importorskip("nibabel")  # the [ingest] extra
-  rng = np.random.default_rng(0)
-  os.makedirs(os.path.join(folder, "imagesTr"))
-  os.makedirs(os.path.join(folder, "labelsTr"))
-  training = []
-  for i in range(cases):
-    shape = (28 + i % 3 * 4, 40 + i % 2 * 8, 26 + i % 4 * 3)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    label = np.zeros(shape, np.uint8)
-    for c, centre in ((1, (0.35, 0.4, 0.5)), (2, (0.65, 0.6, 0.5))):
-      radius = np.array([5.0, 7.0, 5.0]) * rng.uniform(0.8, 1.2)
-      inside = ((grid - np.array(centre) * shape) / radius) ** 2
-      label[inside.sum(-1) <= 1] = c
-    image = (100 + 60 * label + rng.normal(0, 15, shape)).astype(np.float32)
-    affine = np.diag([-1.0, -1.0, 1.2 if i % 2 else 1.0, 1.0])  # LPS-stored, some anisotropic
-    name = f"case_{i:03d}.nii.gz"
-    for sub, array in (("imagesTr", image), ("labelsTr", label)):
-      nibabel.save(nibabel.Nifti1Image(array, affine), os.path.join(folder, sub, name))
-    training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-  with open(os.path.join(folder, "dataset.json"), "w") as f:
-    json.dump({"name": "synthetic", "modality": {"0": "MRI"},
-               "labels": {"0": "background", "1": "first", "2": "second"},
-               "training": training}, f)
-  return str(folder)
 
 
 @pytest.mark.slow
