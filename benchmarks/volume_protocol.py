@@ -12,7 +12,8 @@ The commands a user runs, timed, on the Decathlon hippocampus of `--datasets` (b
    cross-validation at each label fraction, from the pretrained encoder and from random
    initialisation, whole volumes predicted by sliding windows.
 One summary line; `--json` writes per fraction each initialisation's mean Dice with its CI, Dice
-per structure with CIs, HD95 in mm and the paired t-test's p-value, and each stage's seconds.
+per structure with CIs, HD95 in mm, the paired t-test's p-value across folds (`p_value`) and
+Wilcoxon's case by case (`case_test`), and each stage's seconds.
 Every stage resumes: rerun with the same `--scratch`.
 
 Variants: `cpu` (the configs' cpu variants: crops of 32x48x32, a 0.5M-parameter ViT, UNETR
@@ -97,10 +98,10 @@ def main(argv):
                   "hd95": e["hd95"],
                   "structures": dict(zip(structures, e["class_dice"]))}
            for init, e in entry.items() if isinstance(e, dict) and "mean" in e},
-        "p_value": entry.get("p_value")}
+        "p_value": entry.get("p_value"), "case_test": entry.get("wilcoxon")}
     r = result["by_fraction"][fraction]
-    versus = (f" vs random {r['random']['mean']:.3f} (p={r['p_value']})" if "random" in r
-              else "")
+    versus = (f" vs random {r['random']['mean']:.3f} (p={r['p_value']:.3g} across folds, "
+              f"{r['case_test']['p_value']:.3g} case by case)" if "random" in r else "")
     parts.append(f"{float(fraction):.0%}: pretrained {r['pretrained']['mean']:.3f}{versus}")
   output.write(f"hippocampus UNETR-3D Dice, {args.folds} folds: " + "; ".join(parts)
                + f"; stages {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}",

@@ -235,6 +235,7 @@ def test_volume_protocol_runs_every_stage_and_the_pretrained_start_alone(tmp_pat
   assert set(result["stage_seconds"]) == {"ingest", "pretrain", "finetune"}
   assert result["structures"] == ["first", "second"] and result["hd95_unit"] == "mm"
   entry = result["by_fraction"]["1.0"]
-  assert set(entry) == {"pretrained", "p_value"} and entry["p_value"] is None
+  assert set(entry) == {"pretrained", "p_value", "case_test"}
+  assert entry["p_value"] is None and entry["case_test"] is None
   assert len(entry["pretrained"]["per_fold"]) == 1
   assert set(entry["pretrained"]["structures"]) == {"first", "second"}

@@ -137,3 +137,14 @@ def test_bootstrap_ci_and_paired_test():
                                                             [0.7, 0.75, 0.72, 0.74, 0.73]).pvalue)
   mean, lo, hi = metrics.mean_ci([1.0, 2.0, 3.0])
   assert mean == 2.0 and lo == pytest.approx(2 - stats.t.ppf(0.975, 2) * stats.sem([1, 2, 3]))
+
+
+def test_case_test_pairs_cases_and_leaves_out_those_without_a_score():
+  a = [0.9, 0.8, np.nan, 0.7, 0.85, 0.6, 0.75]
+  b = [0.8, 0.7, 0.5, 0.72, 0.7, 0.5, 0.7]
+  result = metrics.case_test(a, b)
+  kept = [(x, y) for x, y in zip(a, b) if np.isfinite(x)]
+  assert result["cases"] == 6 and (result["better"], result["worse"]) == (5, 1)
+  assert result["p_value"] == pytest.approx(stats.wilcoxon(*zip(*kept)).pvalue)
+  assert result["median_difference"] == pytest.approx(np.median([x - y for x, y in kept]))
+  assert metrics.case_test(b, b)["p_value"] == 1.0

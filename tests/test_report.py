@@ -96,9 +96,17 @@ def test_shot_draws_are_summarized_and_reported_as_fractions_are(tmp_path):
   np.testing.assert_allclose(pretrained, [np.mean([r["metric"] for r in results if r.get(
       "shots") and r["init"] == "pretrained" and r["fold"] == k]) for k in range(4)])
   assert entry["p_value"] == pytest.approx(stats.ttest_rel(pretrained, random).pvalue)
+  cases = {i: np.concatenate([np.mean([r["per_case"] for r in results if r.get("shots") and
+                                       r["init"] == i and r["fold"] == k], axis=0)
+                              for k in range(4)]) for i in report.INITS}
+  assert entry["wilcoxon"]["cases"] == 40
+  assert entry["wilcoxon"]["p_value"] == pytest.approx(
+      stats.wilcoxon(cases["pretrained"], cases["random"]).pvalue)
   paths = report.write_report(config, str(tmp_path), {**summary, "skipped_rows": []})
   markdown = open(paths["markdown"]).read()
   assert f"| 2 shots | pretrained | {entry['pretrained']['mean']:.4f} |" in markdown
+  assert (f"| 2 shots | 40 | {entry['wilcoxon']['better']} / {entry['wilcoxon']['worse']} | "
+          in markdown)
   assert "N shots: N training images" in markdown and "the mean of 2 draws" in markdown
   with open(paths["csv"], newline="") as f:
     rows = [(r["fraction"], r["shots"], r["init"]) for r in csv.DictReader(f)]

@@ -5,8 +5,8 @@ need. Repeats (and few-shot draws) are averaged within their fold (the metrics, 
 per-case Dice or probabilities), so that training noise does not hide a difference between
 initialisations. Per label fraction (or number of shots) and initialisation: the mean over
 folds with a t-interval and the pooled per-case bootstrap CI; pretrained against random by a
-paired t-test across folds and, for binary classification, DeLong's test on the pooled test
-predictions.
+paired t-test across folds and on the pooled test cases: for segmentation Wilcoxon's
+signed-rank test on per-case Dice, for binary classification DeLong's test on the predictions.
 
 Segmentation Dice is the mean over test images that contain the foreground (MONAI's
 ignore_empty: a normal image has nothing to find); HD95, precision and recall (segmentation)
@@ -19,7 +19,6 @@ import json
 import os
 
 import numpy as np
-from scipy import stats
 
 from vismae_jax import config_lib, figures, metrics
 
@@ -130,6 +129,9 @@ def _compare(seg: bool, results: list[dict]) -> dict:
     a, b = ([r["metric"] for r in rows[i]] for i in INITS)
     entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
     entry["p_value"] = entry["paired_t_test"]["p_value"] if len(a) > 1 else None
+    if seg:  # the same test cases in each fold, in the same order
+      entry["wilcoxon"] = metrics.case_test(
+          *(np.concatenate([r["per_case"] for r in rows[i]]) for i in INITS))
     if not seg and np.asarray(rows["pretrained"][0]["labels"]).ndim == 1 and \
         np.asarray(rows["pretrained"][0]["probs"]).shape[1] == 2:
       labels = np.concatenate([r["labels"] for r in rows["pretrained"]])
@@ -188,6 +190,21 @@ def write_feature_reuse(reuse: dict, workdir: str) -> dict:
                   stages, paths["feature_reuse_heatmap"], label="linear CKA",
                   title=f"feature reuse, fold {reuse['fold']}, {reuse['fraction']:.0%} labels")
   return paths
+
+
+def case_test_lines(config, summary: dict) -> list[str]:
+  """Pretrained against random case by case, where segmentation runs of both were made."""
+  tests = [(_subset_label(config, key, value), summary[entries][str(value)]["wilcoxon"])
+           for key, listed, entries in SUBSETS for value in summary[listed]
+           if "wilcoxon" in summary[entries][str(value)]]
+  if not tests:
+    return []
+  return ["", "Pretrained against random case by case (Wilcoxon signed-rank on per-case Dice "
+          "over the test cases of all folds):", "",
+          "| labels | cases | better / worse | median difference | p |",
+          "| --- | --- | --- | --- | --- |",
+          *(f"| {label} | {t['cases']} | {t['better']} / {t['worse']} | "
+            f"{t['median_difference']:+.4f} | {t['p_value']:.3g} |" for label, t in tests)]
 
 
 def class_dice_table(config, summary: dict) -> list[str]:
@@ -260,6 +277,7 @@ def write_report(config, workdir: str, summary: dict) -> dict:
                        f"{e['ci95'][0]:.4f}-{e['ci95'][1]:.4f} | "
                        f"{e['pooled_bootstrap_ci95'][0]:.4f}-{e['pooled_bootstrap_ci95'][1]:.4f}"
                        f" | {p_text} | {e[second]:.4f} |")
+  lines += case_test_lines(config, summary)
   lines += class_dice_table(config, summary)
   if summary["shots"]:
     lines.append(f"\n{_shots_note(config, summary)}")
@@ -298,8 +316,8 @@ def summarize_evaluation(config, results: list[dict]) -> dict:
     test = {"pretrained": a["name"], "random": b["name"],
             "difference": a["metric"] - b["metric"]}
     if seg:
-      test.update(test="wilcoxon", p_value=float(stats.wilcoxon(a["per_case"],
-                                                                b["per_case"]).pvalue))
+      test.update(test="wilcoxon", p_value=metrics.case_test(a["per_case"],
+                                                             b["per_case"])["p_value"])
     elif np.asarray(a["labels"]).ndim == 1 and np.asarray(a["probs"]).shape[1] == 2:
       delong = metrics.delong_test(a["labels"], np.asarray(a["probs"])[:, 1],
                                    np.asarray(b["probs"])[:, 1])
