@@ -60,7 +60,7 @@ DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
 PRETRAIN_VARIANT = {"cpu": "sample", "full": "", "tiny": "tiny"}
 FINETUNE_VARIANT = {"cpu": "cpu", "full": "", "tiny": "tiny"}
 TASKS = ("busi_seg", "busi_cls")
-# config_lib.METHODS' config files, for the export.
+# methods.REGISTRY' config files, for the export.
 CONFIG_FILES = {"mae": "generic.py", "simmim": "simmim.py", "simclr": "simclr.py",
                 "dino": "dino.py", "vit_mae": "vit_mae2d.py"}
 # Steps of the short run that times a method's step for --pretrain_seconds; the log's rate of
@@ -158,10 +158,9 @@ def malignancy_csv(busi: str, path: str) -> str:
 
 
 def pretrain_config(args, shards: str, method: str):
-  from vismae_jax import config_lib
-  variant = PRETRAIN_VARIANT[args.variant]
-  config = (config_lib.vit_pretrain(2, variant) if method == "vit_mae" else
-            config_lib.pretrain(variant=variant, method=method))
+  from vismae_jax.train import methods
+  options = {"ndim": 2} if method == "vit_mae" else {}
+  config = methods.pretrain_config(method, variant=PRETRAIN_VARIANT[args.variant], **options)
   config.data.source, config.data.path = "shards", shards
   config.data.mixture.update(US=1.0, XR=1.0)
   if args.variant == "cpu":
@@ -330,7 +329,8 @@ def main(argv):
   datasets, scratch = os.path.abspath(args.datasets), os.path.abspath(args.scratch)
   import jax
   from data_pipelines import ingest
-  from vismae_jax import checkpoint, config_lib, parallel, protocol
+  from vismae_jax import checkpoint, parallel, protocol
+  from vismae_jax.train import methods
 
   busi = os.path.join(datasets, "busi")
   if not os.path.exists(os.path.join(busi, "labels.csv")):
@@ -341,7 +341,7 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "compile_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   log = open(os.path.join(scratch, "runs.log"), "a")  # the runs' own closing lines
-  mesh = parallel.make_mesh(config_lib.pretrain().mesh)  # the configs' default: every device
+  mesh = parallel.make_mesh(methods.pretrain_config().mesh)  # the configs' default: every device
   t0 = time.perf_counter()
   seconds = {}  # per stage
   size = 224 if args.variant == "full" else 64

@@ -96,7 +96,7 @@ def main(argv):
   args = flags.FLAGS
   import jax
 
-  from vismae_jax import config_lib, parallel, predict
+  from vismae_jax import config_lib, inference, parallel, predict
   from vismae_jax.train import finetune
   config = config_lib.finetune(args.model)
   config.task, config.eval_batch_size, config.input.image_size = ("predict", args.batch,
@@ -115,7 +115,7 @@ def main(argv):
                                  .resize((args.image_size, args.image_size)))
                       for f in sorted(os.listdir(config.predict.input))[:args.batch]])
     device_params = jax.device_put(params, parallel.replicated(mesh))
-    run_batch = lambda: finetune.predict_all(finetune.functions(config).predict,
+    run_batch = lambda: inference.predict_all(finetune.functions(config).predict,
                                              device_params, batch, args.batch, mesh)
     run_batch()
     times = []

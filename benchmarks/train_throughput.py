@@ -108,10 +108,10 @@ def time_torch_step(config, batch: int, steps: int, warmup: int) -> list[float]:
 def mode_config(args, mode: str):
   """The preset's config for one `--compare` entry: a masking, optionally '+' decoder depths,
   then any '@key=value' config overrides."""
-  from vismae_jax import config_lib
+  from vismae_jax.train import methods
   mode, *overrides = mode.split("@")
   masking, _, decoder = mode.partition("+")
-  config = config_lib.pretrain(variant="" if args.preset == "release" else args.preset)
+  config = methods.pretrain_config("mae", variant="" if args.preset == "release" else args.preset)
   config.batch_size, config.input.image_size, config.dtype = args.batch, args.image_size, args.dtype
   config.model.remat = args.remat
   config.mesh.data, config.mesh.fsdp = -1, args.fsdp
@@ -147,7 +147,7 @@ def model_flops(config, tx, schedule, state, batch) -> dict:
 
   def encoder(params, images_u8):
     x, token_mask, kept = masked_image.model_inputs(config, images_u8, jax.random.PRNGKey(0), False)
-    return pretrain.build_model(config, mae.SwinMAEEncoder).apply(
+    return masked_image.build_model(config, mae.SwinMAEEncoder).apply(
         {"params": params}, x, token_mask, True, kept)
 
   step = loop.make_train_step(masked_image.make_loss_fn(model, config), tx)
@@ -173,13 +173,13 @@ def main(argv):
   import jax
   import numpy as np
 
-  from vismae_jax import config_lib, parallel
+  from vismae_jax import config_checks, config_lib, parallel
   from vismae_jax.train import loop, masked_image, optim, pretrain
 
   modes = {}
   for mode in args.compare:
     config = mode_config(args, mode)
-    config_lib.validate(config, jax.device_count(), jax.process_count())
+    config_checks.validate(config, jax.device_count(), jax.process_count())
     modes[mode] = {"config": config}
   first_config = modes[args.compare[0]]["config"]  # mesh and schedule: the same for every mode
   mesh = parallel.make_mesh(first_config.mesh)

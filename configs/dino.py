@@ -11,8 +11,8 @@ optimiser, data and schedule are generic.py's.
 
 Variants as in generic.py (`:sample` trains on the bundled real images, `:tiny` is for tests).
 """
-from vismae_jax import config_lib
+from vismae_jax.train import methods
 
 
 def get_config(arg=None):
-  return config_lib.pretrain(modalities=(), variant=arg, method="dino")
+  return methods.pretrain_config("dino", variant=arg)

@@ -3,8 +3,8 @@ r"""python -m vismae_jax.main --config=configs/mr.py --workdir=DIR --config.data
 VIS-MAE-Modality (MR): SwinMAE pretraining on MR images only, selected by the modality
 stored with each record at ingest. Variants as in generic.py.
 """
-from vismae_jax import config_lib
+from vismae_jax.train import methods
 
 
 def get_config(arg=None):
-  return config_lib.pretrain(modalities=("MR",), variant=arg)
+  return methods.pretrain_config("mae", modalities=("MR",), variant=arg)

@@ -6,8 +6,8 @@ masked in 32 px units, one linear layer predicting the pixels, L1 loss on the ma
 
 Variants as in generic.py (`:sample` trains on the bundled real images, `:tiny` is for tests).
 """
-from vismae_jax import config_lib
+from vismae_jax.train import methods
 
 
 def get_config(arg=None):
-  return config_lib.pretrain(modalities=(), variant=arg, method="simmim")
+  return methods.pretrain_config("simmim", variant=arg)

@@ -8,8 +8,8 @@ with configs/unetr2d.py (segmentation) or configs/vit_cls.py (classification).
 Variants (`configs/vit_mae2d.py:VARIANT`): `sample` (the bundled real images at 64 px, a
 0.5M-parameter ViT, minutes on 2 cores), `tiny` (tests).
 """
-from vismae_jax import config_lib
+from vismae_jax.train import methods
 
 
 def get_config(arg=None):
-  return config_lib.vit_pretrain(ndim=2, variant=arg)
+  return methods.pretrain_config("vit_mae", variant=arg, ndim=2)

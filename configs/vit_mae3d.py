@@ -10,8 +10,8 @@ configs/unetr3d.py.
 Variants (`configs/vit_mae3d.py:VARIANT`): `cpu` (crops of 32x48x32 voxels, a 0.5M-parameter
 ViT: the Decathlon hippocampus on 2 cores), `tiny` (tests).
 """
-from vismae_jax import config_lib
+from vismae_jax.train import methods
 
 
 def get_config(arg=None):
-  return config_lib.vit_pretrain(ndim=3, variant=arg)
+  return methods.pretrain_config("vit_mae", variant=arg, ndim=3)

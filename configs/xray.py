@@ -3,8 +3,8 @@ r"""python -m vismae_jax.main --config=configs/xray.py --workdir=DIR --config.da
 VIS-MAE-Modality (X-ray): SwinMAE pretraining on XR images only, selected by the modality
 stored with each record at ingest. Variants as in generic.py.
 """
-from vismae_jax import config_lib
+from vismae_jax.train import methods
 
 
 def get_config(arg=None):
-  return config_lib.pretrain(modalities=("XR",), variant=arg)
+  return methods.pretrain_config("mae", modalities=("XR",), variant=arg)

@@ -16,7 +16,24 @@ resumed run sees the same crops in the same order:
 """
 import numpy as np
 
-from vismae_jax.sliding_window import pad_to_roi
+
+
+def pad_to_roi(volume: np.ndarray, roi, value=None) -> tuple[np.ndarray, tuple]:
+  """`volume` padded on both sides (as MONAI's SpatialPad, "symmetric") wherever its leading
+  len(roi) axes are smaller than the ROI, and the slices that cut the padded array back.
+
+  The pad value defaults to the volume's minimum: after normalisation that is the background
+  (air in CT), where a constant 0 would be mid-grey for z-scored MR. Masks pass value=0.
+  """
+  n = len(roi)
+  before = [max(r - s, 0) // 2 for s, r in zip(volume.shape[:n], roi)]
+  widths = [(b, max(r - s, 0) - b) for b, s, r in zip(before, volume.shape[:n], roi)]
+  back = tuple(slice(b, b + s) for b, s in zip(before, volume.shape[:n]))
+  if not any(after for _, after in widths):
+    return volume, back
+  value = volume.min() if value is None else value
+  widths += [(0, 0)] * (volume.ndim - n)
+  return np.pad(volume, widths, constant_values=value), back
 
 
 class CropSource:

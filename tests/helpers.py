@@ -192,9 +192,9 @@ def assert_export_loads_and_fills_the_unet(export_dir):
 
 def pretraining_param_shapes(config):
   """The parameter shapes of a pretraining config's model (its method's init, traced only)."""
-  from vismae_jax.train import pretrain
+  from vismae_jax.train import methods, pretrain
   model = pretrain.build_model(config)
-  return jax.eval_shape(lambda: pretrain.method(config).task_fields(model, config)[
+  return jax.eval_shape(lambda: methods.get(config.method).task_fields(model, config)[
       "init_params"](jax.random.PRNGKey(0)))
 
 

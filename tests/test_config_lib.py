@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from helpers import ROOT, load_config, run_main
-from vismae_jax import config_lib, main
+from vismae_jax import config_checks, config_lib, main, resume_guard
 
 
 @pytest.mark.parametrize("path,modalities", [
@@ -15,8 +15,8 @@ def test_shipped_configs_select_their_modalities_and_validate(path, modalities):
   config = load_config(path)
   assert tuple(config.data.modalities) == modalities
   config.data.path = "/data/shards"
-  config_lib.validate(config, device_count=8, process_count=2)
-  config_lib.validate(load_config(path, "sample"), device_count=1, process_count=1)
+  config_checks.validate(config, device_count=8, process_count=2)
+  config_checks.validate(load_config(path, "sample"), device_count=1, process_count=1)
 
 
 def test_release_recipe_defaults():
@@ -37,11 +37,11 @@ def test_finetune_configs_follow_the_release_recipes(path, kind, depths, epochs,
   csv_path = tmp_path / "labels.csv"
   csv_path.write_text("image,label\na.png,0\n")
   config.data.csv = str(csv_path)
-  config_lib.validate(config, device_count=8, process_count=1)
+  config_checks.validate(config, device_count=8, process_count=1)
   for variant in ("cpu", "tiny"):
     small = load_config(path, variant)
     small.data.csv = str(csv_path)
-    config_lib.validate(small, device_count=1, process_count=1)
+    config_checks.validate(small, device_count=1, process_count=1)
 
 
 def errors_for(device_count=8, process_count=1, **changes):
@@ -51,7 +51,7 @@ def errors_for(device_count=8, process_count=1, **changes):
     target = config[section] if section else config
     target[key] = value
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate(config, device_count, process_count)
+    config_checks.validate(config, device_count, process_count)
   return str(info.value)
 
 
@@ -104,35 +104,35 @@ def test_a_changed_setting_is_named_and_a_setting_added_since_counts_as_its_defa
   config = config_lib.finetune("classification", "cpu")
   saved = config.to_dict()
   del saved["finetune"]["probe_first"]  # a workdir from before the setting existed
-  config_lib.check_unchanged(config, saved, ("mesh",), "old")
+  resume_guard.check_unchanged(config, saved, ("mesh",), "old")
   config.mesh.data = 2  # may change
-  config_lib.check_unchanged(config, saved, ("mesh",), "old")
+  resume_guard.check_unchanged(config, saved, ("mesh",), "old")
   config.finetune.probe_first, config.num_epochs = 0.25, 7.0
   with pytest.raises(config_lib.ConfigError, match=r"old was made with another config: "
                      r"finetune.probe_first=0.25 here, 0.0 there; num_epochs=7.0 here, 40.0 "
                      r"there\. Use a new workdir"):
-    config_lib.check_unchanged(config, saved, ("mesh",), "old")
+    resume_guard.check_unchanged(config, saved, ("mesh",), "old")
 
 
 def test_what_may_change_on_resume_is_one_list_with_two_scopes():
-  assert set(config_lib.EXECUTION) < set(config_lib.RUN_RESUMABLE)
-  assert set(config_lib.EXECUTION) < set(config_lib.PROTOCOL_RESUMABLE)
+  assert set(resume_guard.EXECUTION) < set(resume_guard.RUN_RESUMABLE)
+  assert set(resume_guard.EXECUTION) < set(resume_guard.PROTOCOL_RESUMABLE)
   # A run may continue with a longer schedule; a protocol's finished runs would not match it.
-  assert "total_steps" in config_lib.RUN_RESUMABLE
-  assert "total_steps" not in config_lib.PROTOCOL_RESUMABLE
+  assert "total_steps" in resume_guard.RUN_RESUMABLE
+  assert "total_steps" not in resume_guard.PROTOCOL_RESUMABLE
 
 
 def test_few_shot_settings_are_checked_and_may_be_added_to_a_protocol():
   config = config_lib.finetune("classification", "tiny")
   config.protocol.update(shots=(5, 0, 5), shot_draws=0)
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate(config, device_count=1, process_count=1)
+    config_checks.validate(config, device_count=1, process_count=1)
   assert ("config.protocol.shots=(5, 0, 5): numbers of labelled training cases must be positive "
           "integers, each once") in str(info.value)
   assert "config.protocol.shot_draws=0: need at least 1 draw" in str(info.value)
   saved = config_lib.finetune("classification", "tiny").to_dict()
   del saved["protocol"]["shots"], saved["protocol"]["shot_draws"]  # a protocol from before them
-  config_lib.check_unchanged(config, saved, config_lib.PROTOCOL_RESUMABLE, "old")
+  resume_guard.check_unchanged(config, saved, resume_guard.PROTOCOL_RESUMABLE, "old")
 
 
 @pytest.mark.slow

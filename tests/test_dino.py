@@ -8,7 +8,7 @@ import pytest
 
 from helpers import (assert_encoder_export_transfers, assert_encoder_is_swinmaes, load_config,
                      pretraining_param_shapes, read_metrics, run_main)
-from vismae_jax import checkpoint, config_lib
+from vismae_jax import checkpoint, config_checks, config_lib
 from vismae_jax.models import dino
 from vismae_jax.train import distillation, pretrain
 
@@ -135,7 +135,7 @@ def test_the_config_rejects_impossible_dino_settings():
   config = load_config("dino.py", "tiny")
   config.dino.update(head_dims=(128, 32), teacher_temp=0.0, momentum=1.5, local_size=20)
   with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.validate(config, 1, 1)
+    config_checks.validate(config, 1, 1)
   for field in ("head_dims=(128, 32)", "teacher_temp=0.0", "momentum=1.5", "local_size=20"):
     assert f"config.dino.{field}" in str(error.value)
 

@@ -6,7 +6,7 @@ import optax
 from helpers import load_config, random_params
 from vismae_jax import config_lib
 from vismae_jax.models import unet
-from vismae_jax.train import finetune, optim
+from vismae_jax.train import finetune, methods, optim
 
 
 def test_schedule_as_data_matches_optax_adamw_with_its_schedule():
@@ -62,7 +62,7 @@ def test_a_frozen_encoder_is_held_all_run_and_lp_ft_for_its_share():
   assert optim.schedule(config, steps_per_epoch=3.0, total_steps=40)["probe_steps"] == 40
   config.finetune.freeze_encoder, config.finetune.probe_first = False, 0.25
   assert optim.schedule(config, steps_per_epoch=3.0, total_steps=40)["probe_steps"] == 10
-  assert optim.schedule(config_lib.pretrain(variant="tiny"), 3.0, 40)["probe_steps"] == 0
+  assert optim.schedule(methods.pretrain_config("mae", variant="tiny"), 3.0, 40)["probe_steps"] == 0
   updates = {"encoder": {"w": np.ones(3)}, "patch_embed": {"w": np.ones(2)}, "head": np.ones(2)}
   held = optim.hold_encoder(updates, True)
   assert not np.any(held["encoder"]["w"]) and not np.any(held["patch_embed"]["w"])

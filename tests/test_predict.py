@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers import plausible_params, run_main
-from vismae_jax import config_lib, parallel, predict
+from vismae_jax import config_lib, inference, parallel, predict
 from vismae_jax.convert import torch_import, torch_names
 from vismae_jax.train import finetune
 
@@ -57,7 +57,7 @@ def test_masks_come_back_at_each_inputs_size_where_the_object_is(tmp_path):
   truth = boxes(tmp_path / "inputs", shapes)
   config = config_lib.finetune("segmentation", "tiny")
   config.predict.output = str(tmp_path / "out")
-  writer = predict.Writer(config, config.predict.output)
+  writer = predict.MaskWriter(config, config.predict.output)
   for name, mask in truth.items():
     frames = predict.read_input(name, str(tmp_path / "inputs" / name))
     boxed = predict.readers.letterbox(frames[0], config.input.image_size)
@@ -112,7 +112,7 @@ def test_tta_changes_nothing_for_a_flip_invariant_model_and_something_for_others
     params = plausible_params(finetune.build_model(config), 64)
     if zero:  # every kernel and bias zero: the same output wherever the input is flipped
       params = jax.tree.map(np.zeros_like, params)
-    return finetune.predict_all(finetune.functions(config).predict, params, images, 2, mesh)
+    return inference.predict_all(finetune.functions(config).predict, params, images, 2, mesh)
   np.testing.assert_allclose(probabilities(True, True), probabilities(False, True), atol=1e-6)
   assert np.abs(probabilities(True, False) - probabilities(False, False)).max() > 1e-4
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from data_pipelines import downstream
-from vismae_jax import config_lib, metrics, report
+from vismae_jax import config_lib, metrics, report, tasks
 
 
 def classification_results(rng, folds=4):
@@ -23,7 +23,7 @@ def classification_results(rng, folds=4):
         score = labels * signal + rng.normal(0, 1, 40)
         probs = np.stack([1 - stats.norm.cdf(score), stats.norm.cdf(score)], 1)
         results.append({"name": f"{init}_{fold}_{repeat}", "fold": fold, "fraction": 1.0,
-                        "init": init, **report.score(config, probs, {"label": labels},
+                        "init": init, **tasks.of(config).score(config, probs, {"label": labels},
                                                      np.arange(40), None)})
   return results
 
@@ -131,7 +131,7 @@ def test_segmentation_scores_pool_images_with_something_to_find():
   masks[1, 4:, 4:] = 1  # image 2 has nothing to find
   predictions = masks.copy()
   predictions[1] = 0
-  scored = report.score(config, predictions, {"mask": masks}, np.arange(3), np.ones(3))
+  scored = tasks.of(config).score(config, predictions, {"mask": masks}, np.arange(3), np.ones(3))
   assert scored["per_case"] == [1.0, 0.0] and scored["metric"] == 0.5
 
 
@@ -145,12 +145,13 @@ def test_hd95_is_in_millimetres_where_the_csv_gives_pixel_sizes(tmp_path):
                            splits=None, pixel_sizes=np.array([0.5]), sizes=np.array([[100, 200]]))
   config = config_lib.finetune("segmentation", "tiny")
   config.data.pixel_size_column = "pixel_size_mm"
-  scored = report.score(config, prediction, {"mask": target}, [0], table.distance_scale(64))
+  kind = tasks.of(config)
+  scored = kind.score(config, prediction, {"mask": target}, [0], table.distance_scale(64))
   assert scored["hd95"] == pytest.approx(5 * 200 / 64 * 0.5)
   assert report.distance_unit(config) == "mm"
   in_pixels = dataclasses.replace(table, pixel_sizes=None).distance_scale(64)
   config.data.pixel_size_column = ""
-  assert report.score(config, prediction, {"mask": target}, [0], in_pixels)["hd95"] == (
+  assert tasks.of(config).score(config, prediction, {"mask": target}, [0], in_pixels)["hd95"] == (
       pytest.approx(5 * 200 / 64))
   summary = {**report.summarize(config, [{**scored, "name": "random_labels100_fold0", "fold": 0,
                                           "fraction": 1.0, "init": "random"}]),

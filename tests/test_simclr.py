@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from helpers import (assert_encoder_export_transfers, assert_encoder_is_swinmaes, load_config,
                      pretraining_param_shapes, read_metrics, run_main)
-from vismae_jax import augment, config_lib, parallel
+from vismae_jax import augment, config_checks, config_lib, parallel
 from vismae_jax.models import simclr
 from vismae_jax.train import contrastive, pretrain
 
@@ -123,7 +123,7 @@ def test_the_config_rejects_impossible_simclr_settings():
   config.simclr.update(temperature=0.0, projection_dims=(128,))
   config.views.blur_sigma = (2.0, 1.0)
   with pytest.raises(config_lib.ConfigError) as error:
-    config_lib.validate(config, 1, 1)
+    config_checks.validate(config, 1, 1)
   for field in ("simclr.temperature=0.0", "simclr.projection_dims=(128,)",
                 "views.blur_sigma=(2.0, 1.0)"):
     assert f"config.{field}" in str(error.value)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_encoder_export_transfers, load_config, read_metrics, run_main
-from vismae_jax import config_lib
+from vismae_jax import config_checks, config_lib
 from vismae_jax.models import mae
 from vismae_jax.train import masked_image, pretrain
 
@@ -62,7 +62,7 @@ def test_the_sparse_masking_is_swinmaes_alone():
   config = load_config("simmim.py", "tiny")
   config.mae.masking = "uniform"
   with pytest.raises(config_lib.ConfigError, match="'uniform' is SwinMAE's sparse mode"):
-    config_lib.validate(config, 1, 1)
+    config_checks.validate(config, 1, 1)
 
 
 def test_a_short_run_on_real_images_learns_and_exports_an_encoder_that_transfers(tmp_path):

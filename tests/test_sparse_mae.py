@@ -108,7 +108,7 @@ def test_same_parameters_and_a_full_grid_of_predictions():
 
 
 def forward_flops(model_class, config, kept: bool) -> float:
-  model = pretrain.build_model(config, model_class)
+  model = masked_image.build_model(config, model_class)
   size = config.input.image_size
   images, token_mask, kept_units = masked_image.model_inputs(
       config, jnp.zeros((1, size, size), jnp.uint8), jax.random.PRNGKey(0), train=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config, main_env, read_metrics, run_main, synthetic_decathlon
 
-from vismae_jax import config_lib
+from vismae_jax import config_checks, config_lib
 from vismae_jax.train import finetune, optim
 
 
@@ -48,7 +48,7 @@ def test_vit_configs_fail_naming_the_setting(tmp_path, config_file, overrides, m
       target = target[section]
     target[name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
-    config_lib.validate(config, 1, 1)
+    config_checks.validate(config, 1, 1)
 
 
 # The tiny ViT encoder's tensors: the patch embedding's 2, 12 in each of 4 blocks, the norm's 2.

@@ -18,15 +18,15 @@ import jax
 import numpy as np
 from absl import logging
 
-from vismae_jax import config_lib, parallel, predict, protocol, report
-from vismae_jax.convert import torch_import
+from vismae_jax import inference, parallel, predict, protocol, report, tasks
+from vismae_jax.convert import weights
 from vismae_jax.train import finetune
 
 
 def models(config, workdir: str) -> list[dict]:
   """[{name, workdir[, init, fraction or shots and draw, fold, repeat]}] of the models to
   score."""
-  if config.finetune.pretrained.endswith(torch_import.SUFFIXES):
+  if weights.is_file(config.finetune.pretrained):
     return [{"name": os.path.basename(config.finetune.pretrained), "workdir": workdir}]
   runs = os.path.join(workdir, "runs")
   if not os.path.isdir(runs):
@@ -41,9 +41,8 @@ def models(config, workdir: str) -> list[dict]:
 def run(config, workdir: str, mesh) -> dict:
   """task=evaluate: every model scored on config.predict.input; returns the summary (also
   written as the report in config.predict.output)."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
   examples, table, skipped = protocol.read_labelled(config, config.predict.input)
-  seg = config.finetune.kind == config_lib.SEGMENTATION
+  kind = tasks.of(config)
   cases = np.arange(len(table))
   scale = table.distance_scale(config.input.image_size)
   fns = finetune.functions(config)
@@ -51,11 +50,9 @@ def run(config, workdir: str, mesh) -> dict:
   for model in models(config, workdir):
     params = jax.device_put(predict.fine_tuned_params(config, model["workdir"]),
                             parallel.replicated(mesh))
-    predictions = finetune.predict_all(fns.predict, params, examples["image"],
-                                       config.eval_batch_size, mesh)
-    scored = report.score(config, finetune.label_maps(predictions) if seg else predictions,
-                          examples, cases, scale)
-    logging.info("%s: %s %.4f on %d cases", model["name"], report.metric_name(config),
+    predictions = inference.predict_cases(fns.predict, params, examples["image"], config, mesh)
+    scored = kind.score(config, predictions, examples, cases, scale)
+    logging.info("%s: %s %.4f on %d cases", model["name"], kind.metric,
                  scored["metric"], len(cases))
     results.append({**model, **scored})
   summary = {**report.summarize_evaluation(config, results), "input": config.predict.input,

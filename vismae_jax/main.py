@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import DatasetError
-from vismae_jax import config_lib, console, evaluate, parallel, predict, protocol
+from vismae_jax import config_checks, config_lib, console, evaluate, parallel, predict, protocol
 from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
 
@@ -36,17 +36,35 @@ USER_ERRORS = (config_lib.ConfigError, transfer.TransferError, FloatingPointErro
 
 
 def _fail(message: str):
-  logging.error("%s", message)
+  if flags.FLAGS.is_parsed():  # before that, absl's logging would add two lines of its own
+    logging.error("%s", message)
   print(f"error: {message}", file=sys.stderr)
   sys.exit(1)
 
 
+def _config_file_error(error: Exception | None):
+  """The ConfigError a config file raised while loading (an unknown variant), which absl would
+  print inside a traceback; None for other flag errors."""
+  found = None
+  while error is not None:
+    if isinstance(error, config_lib.ConfigError):
+      found = error  # ml_collections wraps it in another of the same type: keep the innermost
+    error = error.__context__
+  return found
+
+
 def parse_flags(argv):
-  """absl's parser; a --config override that the config cannot take (a key it does not have,
-  a value of another type) is reported with ml_collections' own message and its "Did you
-  mean" hint, not as a traceback."""
+  """absl's parser; a config file that refuses its argument (`configs/generic.py:bogus`) and a
+  --config override that the config cannot take (a key it does not have, a value of another
+  type) are reported in one line, with ml_collections' own "Did you mean" hint, not as a
+  traceback."""
   try:
-    return app.parse_flags_with_usage(argv)
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      if (config_error := _config_file_error(e)) is not None:
+        _fail(f"{_CONFIG.name}: {config_error}")
+      return app.parse_flags_with_usage(argv)  # absl's own report of any other flag error
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     while e.args and isinstance(e.args[0], Exception):  # ml_collections nests its KeyError
       e = e.args[0]
@@ -63,7 +81,7 @@ def main(argv):
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    config_lib.validate(config, jax.device_count(), jax.process_count())
+    config_checks.validate(config, jax.device_count(), jax.process_count())
     if config.task == "export":
       from vismae_jax.convert import torch_export  # torch is an optional extra
       torch_export.main(config, workdir)

@@ -36,8 +36,8 @@ import tqdm
 from absl import logging
 
 from data_pipelines import ingest, readers
-from vismae_jax import checkpoint, config_lib, figures, parallel
-from vismae_jax.convert import torch_import, torch_names
+from vismae_jax import config_lib, figures, inference, parallel, tasks
+from vismae_jax.convert import weights
 from vismae_jax.train import finetune
 
 OVERLAY_INPUTS = 8
@@ -50,18 +50,14 @@ def fine_tuned_params(config, workdir: str):
   best checkpoint of the run in `workdir`; checked tensor by tensor against the config's model
   (a checkpoint of another model fails, listing what differs)."""
   like = jax.eval_shape(finetune.functions(config).init_params, jax.random.PRNGKey(0))
-  source = config.finetune.pretrained
-  if source.endswith(torch_import.SUFFIXES):
-    state = torch_import.load_state(source)
-  else:
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-      raise FileNotFoundError(
-          f"{workdir}: not a fine-tuning run (no checkpoints/): name one run of a protocol, "
-          f"e.g. {os.path.join(workdir, 'runs', '<run>')}, or a PyTorch file with "
-          "--config.finetune.pretrained")
-    state = torch_names.to_torch(checkpoint.load_params(workdir, finetune.best_metric(config)))
-  params, _ = torch_import.to_flax(state, like, strict=True)
-  return params
+  if weights.is_file(config.finetune.pretrained):
+    return weights.load_exact(config.finetune.pretrained, like)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(
+        f"{workdir}: not a fine-tuning run (no checkpoints/): name one run of a protocol, "
+        f"e.g. {os.path.join(workdir, 'runs', '<run>')}, or a PyTorch file with "
+        "--config.finetune.pretrained")
+  return weights.load_exact(workdir, like, tasks.of(config).best_metric)
 
 
 def list_inputs(path: str) -> list[tuple[str, str]]:
@@ -94,20 +90,32 @@ def output_path(output: str, rel: str, suffix: str) -> str:
 
 
 class Writer:
-  """Writes each input's outputs as its frames' predictions arrive (process 0 only)."""
+  """Writes each input's outputs as its frames' predictions arrive (process 0 only); the kind's
+  writer (WRITERS) decides what."""
 
   def __init__(self, config, output: str):
     self.config, self.output = config, output
-    self.seg = config.finetune.kind == config_lib.SEGMENTATION
-    self.overlays, self.rows = [], []
+
+  def close(self, errors: list[dict]) -> dict:
+    """Writes errors.csv and what the kind writes at the end; returns {what: path}."""
+    paths = {"outputs": self.output, "errors": os.path.join(self.output, "errors.csv")}
+    with open(paths["errors"], "w", newline="") as f:
+      w = csv.DictWriter(f, ("input", "reason"))
+      w.writeheader()
+      w.writerows(errors)
+    return {**paths, **self.finish()}
+
+
+class MaskWriter(Writer):
+  """Segmentation: a label map per input at its own size, and overlays of the first inputs."""
+
+  def __init__(self, config, output: str):
+    super().__init__(config, output)
+    self.overlays = []
 
   def add(self, rel: str, path: str, frames: list[np.ndarray], probabilities: np.ndarray):
-    """probabilities: the frames' model outputs, (F, size, size, C) or (F, C)."""
-    if not self.seg:
-      for k, p in enumerate(probabilities):
-        self.rows.append([rel, k, *(f"{v:.6f}" for v in p), self._prediction(p)])
-      return
-    maps = finetune.label_maps(probabilities)
+    """probabilities: the frames' model outputs, (F, size, size, C)."""
+    maps = tasks.label_maps(probabilities)
     masks = [readers.unletterbox(m, f.shape) for m, f in zip(maps, frames)]
     if readers.is_dicom(path):
       import nibabel  # the [ingest] extra, as for reading DICOM
@@ -126,37 +134,50 @@ class Writer:
     if len(self.overlays) < OVERLAY_INPUTS:
       self.overlays.append((rel, frames[0], masks[0]))
 
+  def finish(self) -> dict:
+    if not self.overlays:
+      return {}
+    rels, images, masks = zip(*self.overlays)
+    return {"overlays": figures.segmentation_overlays(
+        images, None, {"prediction": [(m, None) for m in masks]}, list(rels),
+        os.path.join(self.output, "overlays.png"), title="predictions (red)")}
+
+
+class TableWriter(Writer):
+  """Classification: predictions.csv, a row per input and frame."""
+
+  def __init__(self, config, output: str):
+    super().__init__(config, output)
+    self.rows = []
+
+  def add(self, rel: str, path: str, frames: list[np.ndarray], probabilities: np.ndarray):
+    """probabilities: the frames' model outputs, (F, C)."""
+    del path, frames
+    for k, p in enumerate(probabilities):
+      self.rows.append([rel, k, *(f"{v:.6f}" for v in p), self._prediction(p)])
+
   def _prediction(self, probabilities: np.ndarray) -> str:
     if self.config.finetune.multilabel:
       return "|".join(str(int(v >= 0.5)) for v in probabilities)
     return str(int(np.argmax(probabilities)))
 
-  def close(self, errors: list[dict]) -> dict:
-    """Writes what is written at the end; returns {what: path}."""
-    paths = {"outputs": self.output, "errors": os.path.join(self.output, "errors.csv")}
-    with open(paths["errors"], "w", newline="") as f:
-      w = csv.DictWriter(f, ("input", "reason"))
-      w.writeheader()
-      w.writerows(errors)
-    if not self.seg:
-      paths["predictions"] = os.path.join(self.output, "predictions.csv")
-      names = range(self.config.finetune.num_classes)
-      with open(paths["predictions"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["input", "frame", *(f"probability_{c}" for c in names), "prediction"])
-        w.writerows(self.rows)
-    elif self.overlays:
-      rels, images, masks = zip(*self.overlays)
-      paths["overlays"] = figures.segmentation_overlays(
-          images, None, {"prediction": [(m, None) for m in masks]}, list(rels),
-          os.path.join(self.output, "overlays.png"), title="predictions (red)")
-    return paths
+  def finish(self) -> dict:
+    path = os.path.join(self.output, "predictions.csv")
+    with open(path, "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["input", "frame",
+                  *(f"probability_{c}" for c in range(self.config.finetune.num_classes)),
+                  "prediction"])
+      w.writerows(self.rows)
+    return {"predictions": path}
+
+
+WRITERS = {tasks.Segmentation.name: MaskWriter, tasks.Classification.name: TableWriter}
 
 
 def run(config, workdir: str, mesh) -> dict:
   """task=predict: every input of config.predict.input through the model into
   config.predict.output; returns {what: path}."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
   params = jax.device_put(fine_tuned_params(config, workdir), parallel.replicated(mesh))
   inputs = list_inputs(config.predict.input)
   if not inputs:
@@ -164,7 +185,7 @@ def run(config, workdir: str, mesh) -> dict:
   primary = jax.process_index() == 0
   output = config.predict.output
   os.makedirs(output, exist_ok=True)
-  writer, errors = Writer(config, output), []
+  writer, errors = WRITERS[config.finetune.kind](config, output), []
   predict = finetune.functions(config).predict
   batch, size = config.eval_batch_size, config.input.image_size
   bar = tqdm.tqdm(total=len(inputs), unit="image", desc="predict",
@@ -177,7 +198,7 @@ def run(config, workdir: str, mesh) -> dict:
     frames = [f for _, _, fs in pending for f in fs]
     if frames:
       boxed = np.stack([readers.letterbox(f, size) for f in frames])
-      probabilities = finetune.predict_all(predict, params, boxed, batch, mesh)
+      probabilities = inference.predict_all(predict, params, boxed, batch, mesh)
       offset = 0
       for rel, path, fs in pending:
         if primary:

@@ -8,7 +8,8 @@ one fine-tuning run, or `protocol.repeats` runs with different seeds. Each run t
 or AUC, and is scored on the fold's test cases. A finished run leaves `result.json` (and, for
 segmentation, its test predictions) and is skipped when the protocol is started again, so an
 interrupted protocol resumes where it stopped; the workdir keeps the config
-(`protocol_config.json`) and refuses to resume under a different recipe. What the runs mean (statistics, tables, figures) is report.py's.
+(`protocol_config.json`) and refuses to resume under a different recipe. What the runs mean
+(statistics, tables, figures) is report.py's; what a kind of task scores, tasks.py's.
 """
 import json
 import os
@@ -21,7 +22,8 @@ import tqdm
 from absl import logging
 
 from data_pipelines import DatasetError, downstream, splits, volumes
-from vismae_jax import analysis, checkpoint, config_lib, parallel, report
+from vismae_jax import analysis, checkpoint, config_lib, inference, parallel, report
+from vismae_jax import resume_guard, tasks
 from vismae_jax.train import finetune, loop
 
 
@@ -98,17 +100,7 @@ def read_labelled(config, csv_path: str):
     raise config_lib.ConfigError(
         f"{csv_path}: the labels are {'0|1 flags per label' if multilabel else 'class indices'}"
         f"; set --config.finetune.multilabel={multilabel}")
-  classifying = config.finetune.kind != config_lib.SEGMENTATION  # else labels only stratify
-  if classifying and table.labels is not None and not multilabel:
-    found = np.unique(table.labels)
-    if len(found) < 2 and config.task == "finetune":
-      raise config_lib.ConfigError(f"{csv_path}: every row has label {found[0]}: a classifier "
-                                   "needs at least two classes to learn and to be scored")
-    if found.min() < 0 or found.max() >= config.finetune.num_classes:
-      raise config_lib.ConfigError(
-          f"{csv_path}: labels run from {found.min()} to {found.max()}, but "
-          f"config.finetune.num_classes={config.finetune.num_classes}: set it to "
-          f"{found.max() + 1}")
+  tasks.of(config).check_labels(config, table, csv_path)
   return downstream.load_readable(table, config.input.image_size)
 
 
@@ -171,17 +163,14 @@ def run_one(config, run: dict, workdir: str, mesh, examples: dict, distance_scal
   # On the mesh, as validation saw the parameters: predict keeps its one trace.
   params = jax.device_put(checkpoint.load_params(out_dir, task.best_metric),
                           parallel.replicated(mesh))
-  test, predict = run["test"], finetune.functions(config).predict
-  if config.finetune.kind == config_lib.SEGMENTATION:
-    predictions = finetune.segment(predict, params, examples["image"][test], config, mesh)
-  else:
-    predictions = finetune.predict_all(predict, params, examples["image"][test],
-                                       config.eval_batch_size, mesh)
+  test, kind = run["test"], tasks.of(config)
+  predictions = inference.predict_cases(finetune.functions(config).predict, params,
+                                        examples["image"][test], config, mesh)
   result = {"name": run["name"], "init": run["init"], "test": np.asarray(test).tolist(),
             "train_size": len(run["train"]),
-            **report.score(config, predictions, examples, test, distance_scale[test])}
+            **kind.score(config, predictions, examples, test, distance_scale[test])}
   if jax.process_index() == 0:
-    if config.finetune.kind == config_lib.SEGMENTATION:  # volumes: one array per case
+    if kind.saves_predictions:  # volumes: one array per case
       np.savez_compressed(_run_path(workdir, run["name"], PREDICTIONS), *predictions)
     with open(_run_path(workdir, run["name"], "result.json"), "w") as f:
       json.dump(result, f)
@@ -195,8 +184,7 @@ PREDICTIONS = "test_predictions.npz"  # a run's label maps of its test cases, in
 def run_outputs(config) -> tuple[str, ...]:
   """The files of a finished run. A run missing one (an older version's, which kept no
   predictions) is run again rather than breaking the report."""
-  return ("result.json",) + ((PREDICTIONS,) if config.finetune.kind == config_lib.SEGMENTATION
-                             else ())
+  return ("result.json",) + ((PREDICTIONS,) if tasks.of(config).saves_predictions else ())
 
 
 def saved_predictions(workdir: str, name: str) -> list[np.ndarray]:
@@ -230,7 +218,7 @@ def feature_reuse(config, runs: list[dict], workdir: str, mesh, examples: dict) 
   cka = {}
   for r in chosen:  # repeat 0: trained under config.seed
     finetuned = checkpoint.load_params(os.path.dirname(_run_path(workdir, r["name"], "")),
-                                       finetune.best_metric(config))
+                                       tasks.of(config).best_metric)
     cka[r["init"]] = analysis.feature_reuse(config, starting_params(config, r["init"], mesh),
                                             finetuned, images)
   return {"fold": fold, "fraction": top, "images": len(images),
@@ -247,7 +235,7 @@ def check_same_config(config, workdir: str):
   path = os.path.join(workdir, "protocol_config.json")
   if os.path.exists(path):
     with open(path) as f:
-      config_lib.check_unchanged(config, json.load(f), config_lib.PROTOCOL_RESUMABLE,
+      resume_guard.check_unchanged(config, json.load(f), resume_guard.PROTOCOL_RESUMABLE,
                                  f"the protocol in {workdir} ({path})")
   elif jax.process_index() == 0:
     with open(path, "w") as f:
@@ -302,8 +290,7 @@ def shot_subsets(config, table: downstream.Table, fold: int,
   class (stratification_labels) or, for segmentation, N images; a ConfigError naming the
   classes and counts where the fold's training cases are too few."""
   p = config.protocol
-  per_class = config.finetune.kind != config_lib.SEGMENTATION
-  labels = stratification_labels(table) if per_class else None
+  labels = stratification_labels(table) if tasks.of(config).per_class_shots else None
   try:
     draws = [splits.shots(train, labels, tuple(p.shots), seed=(config.seed, fold, draw))
              for draw in range(p.shot_draws)]
@@ -342,9 +329,8 @@ def plan(config, table: downstream.Table) -> list[dict]:
 def run(config, workdir: str, mesh) -> dict:
   """The whole protocol of `config` on `mesh`; returns the summary (also written as the
   report)."""
-  # Everything that can be wrong with the config, the weights and the data fails here, before
-  # the workdir is touched.
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  # The config was validated at the entry point; what can be wrong with the weights and the
+  # data fails here, before the workdir is touched.
   finetune.check_pretrained(config)
   examples, table, skipped = read_labelled(config, config.data.csv)
   for row in skipped[:5]:
@@ -387,7 +373,7 @@ def run(config, workdir: str, mesh) -> dict:
     results.append(_labelled(result, r))
     per_run = (time.perf_counter() - start) / done
     logging.info("run %d/%d done, %s: %s %.4f; %.0f s per run, %.0f s to go", done, len(todo),
-                 r["name"], report.metric_name(config), result["metric"], per_run,
+                 r["name"], tasks.of(config).metric, result["metric"], per_run,
                  per_run * (len(todo) - done))
     bar.set_postfix_str(f"{r['name']}: {result['metric']:.3f}")
     bar.update()
@@ -397,7 +383,7 @@ def run(config, workdir: str, mesh) -> dict:
              "feature_reuse": feature_reuse(config, runs, workdir, mesh, examples)}
   if jax.process_index() == 0:
     paths = report.write_report(config, workdir, summary)
-    if config.finetune.kind == config_lib.SEGMENTATION:
+    if tasks.of(config).saves_predictions:
       paths["overlays"] = report.write_overlays(
           config, workdir, results, examples, lambda name: saved_predictions(workdir, name))
     print("Report: " + " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)

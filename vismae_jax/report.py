@@ -8,10 +8,7 @@ folds with a t-interval and the pooled per-case bootstrap CI; pretrained against
 paired t-test across folds and on the pooled test cases: for segmentation Wilcoxon's
 signed-rank test on per-case Dice, for binary classification DeLong's test on the predictions.
 
-Segmentation Dice is the mean over test images that contain the foreground (MONAI's
-ignore_empty: a normal image has nothing to find); HD95, precision and recall (segmentation)
-and PR AUC (classification) are reported beside the main metric.
-
+How a run is scored and what the case-by-case tests are is each task kind's (tasks.py).
 This module knows nothing of how runs are made (protocol.py); the names both need live here.
 """
 import csv
@@ -20,7 +17,7 @@ import os
 
 import numpy as np
 
-from vismae_jax import config_lib, figures, metrics
+from vismae_jax import config_lib, figures, metrics, tasks
 
 INITS = ("pretrained", "random")
 # Where a run stands in a protocol: its label fraction, or its shots and their draw; its fold
@@ -28,50 +25,16 @@ INITS = ("pretrained", "random")
 PLACEMENT = ("fraction", "shots", "draw", "fold", "repeat")
 # The training subsets a protocol reports: (run key, summary's list, summary's entries).
 SUBSETS = (("fraction", "fractions", "by_fraction"), ("shots", "shots", "by_shots"))
-# Reported beside the main metric (means over folds); the first also in the CSV / Markdown.
-SECONDARY = {True: ("hd95", "precision", "recall"), False: ("pr_auc",)}
 OVERLAY_EACH = 2  # cases shown at the best, the median and the worst Dice
 
 
-def _nanmean(values) -> float:
-  values = np.asarray(values, float)
-  return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-
-
-def metric_name(config) -> str:
-  return "dice" if config.finetune.kind == config_lib.SEGMENTATION else "roc_auc"
+_nanmean = tasks.nanmean
 
 
 def distance_unit(config) -> str:
   """HD95's unit: mm for volumes (their voxel spacing) and where the CSV gives pixel sizes,
   else pixels of the original images."""
   return "mm" if config.data.pixel_size_column or config_lib.volumetric(config) else "px"
-
-
-def score(config, predictions: np.ndarray, examples: dict, indices, distance_scale) -> dict:
-  """Metrics of one run on its test cases, and the per-case values the statistics pool.
-
-  predictions are at the model's input size; `distance_scale` (per test case) turns one of its
-  pixels into the distance unit (downstream.Table.distance_scale).
-  """
-  if config.finetune.kind == config_lib.SEGMENTATION:
-    if config_lib.volumetric(config):  # volumes of their own shapes, distances in mm
-      s = metrics.segmentation_scores(list(predictions), list(examples["mask"][indices]),
-                                      config.finetune.num_classes,
-                                      spacing=[tuple(d) for d in distance_scale])
-    else:
-      s = metrics.segmentation_scores(predictions, examples["mask"][indices],
-                                      config.finetune.num_classes)
-      s["hd95"] = s["hd95"] * np.asarray(distance_scale)[:, None]
-    dice = s["dice"][~np.all(np.isnan(s["dice"]), axis=1)]  # images with something to find
-    per_case = np.nanmean(dice, axis=1)
-    return {"metric": float(per_case.mean()), "per_case": per_case.tolist(),
-            "class_dice": np.nanmean(s["dice"], axis=0).tolist(),
-            **{k: _nanmean(s[k]) for k in SECONDARY[True]}}
-  labels = examples["label"][indices]
-  s = metrics.classification_scores(labels, predictions)
-  return {"metric": float(s["roc_auc"]), "pr_auc": float(s["pr_auc"]),
-          "probs": predictions.tolist(), "labels": labels.tolist()}
 
 
 def average_repeats(results: list[dict]) -> list[dict]:
@@ -85,7 +48,7 @@ def average_repeats(results: list[dict]) -> list[dict]:
   for runs in groups.values():
     runs = sorted(runs, key=lambda r: (r.get("draw", 0), r.get("repeat", 0)))
     merged = {**runs[0], "repeat_metrics": [r["metric"] for r in runs]}
-    for key in ("metric", *SECONDARY[True], *SECONDARY[False]):
+    for key in ("metric", *(k for kind in tasks.KINDS.values() for k in kind.secondary)):
       if key in runs[0]:
         merged[key] = _nanmean([r[key] for r in runs])
     for key in ("per_case", "probs", "class_dice"):
@@ -95,18 +58,7 @@ def average_repeats(results: list[dict]) -> list[dict]:
   return averaged
 
 
-def _pooled_ci(seg: bool, runs: list[dict]):
-  """The pooled per-case bootstrap CI: Dice over images, or the AUC over all test predictions
-  (stratified by class where labels are single classes)."""
-  if seg:
-    return metrics.bootstrap_ci(np.mean, np.concatenate([r["per_case"] for r in runs]))
-  labels = np.concatenate([r["labels"] for r in runs])
-  probs = np.concatenate([r["probs"] for r in runs])
-  return metrics.bootstrap_ci(lambda l, p: metrics.classification_scores(l, p)["roc_auc"],
-                              labels, probs, strata=labels if labels.ndim == 1 else None)
-
-
-def _compare(seg: bool, results: list[dict]) -> dict:
+def _compare(kind, results: list[dict]) -> dict:
   """One training subset's entry: per initialisation its fold values, mean with CI and pooled
   bootstrap CI; pretrained against random where both ran in every fold."""
   rows = {init: sorted((r for r in results if r["init"] == init), key=lambda r: r["fold"])
@@ -117,42 +69,34 @@ def _compare(seg: bool, results: list[dict]) -> dict:
       continue
     values = [r["metric"] for r in runs]
     mean, low, high = metrics.mean_ci(values)
-    pooled = _pooled_ci(seg, runs)
+    pooled = kind.pooled_ci(runs)
     entry[init] = {"mean": mean, "ci95": [low, high], "per_fold": values,
                    "per_fold_repeats": [r["repeat_metrics"] for r in runs],
                    "pooled": pooled[0], "pooled_bootstrap_ci95": [pooled[1], pooled[2]],
-                   **{k: _nanmean([r[k] for r in runs]) for k in SECONDARY[seg]}}
-    if seg and all("class_dice" in r for r in runs):  # per structure: mean and CI over folds
+                   **{k: _nanmean([r[k] for r in runs]) for k in kind.secondary}}
+    if all("class_dice" in r for r in runs):  # per structure: mean and CI over folds
       entry[init]["class_dice"] = [dict(zip(("mean", "low", "high"), metrics.mean_ci(v)))
                                    for v in np.array([r["class_dice"] for r in runs]).T]
   if all(rows[i] for i in INITS) and len(rows["pretrained"]) == len(rows["random"]):
     a, b = ([r["metric"] for r in rows[i]] for i in INITS)
     entry["paired_t_test"] = metrics.paired_test(a, b) if len(a) > 1 else None
     entry["p_value"] = entry["paired_t_test"]["p_value"] if len(a) > 1 else None
-    if seg:  # the same test cases in each fold, in the same order
-      entry["wilcoxon"] = metrics.case_test(
-          *(np.concatenate([r["per_case"] for r in rows[i]]) for i in INITS))
-    if not seg and np.asarray(rows["pretrained"][0]["labels"]).ndim == 1 and \
-        np.asarray(rows["pretrained"][0]["probs"]).shape[1] == 2:
-      labels = np.concatenate([r["labels"] for r in rows["pretrained"]])
-      entry["delong"] = metrics.delong_test(
-          labels, *(np.concatenate([np.asarray(r["probs"])[:, 1] for r in rows[i]])
-                    for i in INITS))
+    # the same test cases in each fold, in the same order
+    entry.update(kind.case_test(rows["pretrained"], rows["random"]))
   return entry
 
 
 def summarize(config, results: list[dict]) -> dict:
   """Per label fraction (`by_fraction`) and number of shots (`by_shots`): each
   initialisation's fold values, mean with CI, pooled bootstrap CI, tests."""
-  seg = config.finetune.kind == config_lib.SEGMENTATION
+  kind = tasks.of(config)
   results = average_repeats(results)
-  summary = {"metric": metric_name(config), "repeats": config.protocol.repeats,
-             "shot_draws": config.protocol.shot_draws,
-             "units": {"hd95": distance_unit(config)} if seg else {}}
+  summary = {"metric": kind.metric, "repeats": config.protocol.repeats,
+             "shot_draws": config.protocol.shot_draws, "units": kind.units(distance_unit(config))}
   for key, listed, entries in SUBSETS:
     values = sorted({r[key] for r in results if key in r})
     summary[listed] = values
-    summary[entries] = {str(v): _compare(seg, [r for r in results if r.get(key) == v])
+    summary[entries] = {str(v): _compare(kind, [r for r in results if r.get(key) == v])
                         for v in values}
   return summary
 
@@ -229,14 +173,12 @@ def _subset_label(config, key: str, value) -> str:
   """A table row's training subset: "25%" of the labels, "10 per class" or "10 shots"."""
   if key == "fraction":
     return f"{value:.0%}"
-  return f"{value} shots" if config.finetune.kind == config_lib.SEGMENTATION else (
-      f"{value} per class")
+  return tasks.of(config).subset_label(value)
 
 
 def _shots_note(config, summary: dict) -> str:
   """What the few-shot rows trained on, under the table."""
-  what = ("N shots: N training images" if config.finetune.kind == config_lib.SEGMENTATION else
-          "N per class: N training cases of every class")
+  what = tasks.of(config).shots_note
   draws = summary["shot_draws"]
   return (f"{what}, drawn from each fold's training cases"
           + (f"; each fold the mean of {draws} draws." if draws > 1 else "."))
@@ -251,7 +193,7 @@ def write_report(config, workdir: str, summary: dict) -> dict:
   with open(paths["json"], "w") as f:
     json.dump(summary, f, indent=1)
   name = summary["metric"]
-  second = SECONDARY[config.finetune.kind == config_lib.SEGMENTATION][0]
+  second = tasks.of(config).secondary[0]
   unit = summary["units"].get(second)
   lines = [f"| labels | init | {name} (mean over folds) | 95% CI | pooled 95% CI (bootstrap) | "
            f"p (paired t) | {second}{f' ({unit})' if unit else ''} |",
@@ -300,13 +242,13 @@ def summarize_evaluation(config, results: list[dict]) -> dict:
   cases, and every pretrained run against the random run of the same fold, fraction (or shots
   and draw) and seed, tested on the same cases (paired: DeLong for a binary AUC, Wilcoxon on
   per-image Dice)."""
-  seg = config.finetune.kind == config_lib.SEGMENTATION
+  kind = tasks.of(config)
   models = []
   for r in results:
-    estimate, low, high = _pooled_ci(seg, [r])
+    estimate, low, high = kind.pooled_ci([r])
     models.append({**{k: r[k] for k in ("name", "init", *PLACEMENT) if k in r},
                    "metric": estimate, "ci95": [low, high],
-                   **{k: r[k] for k in SECONDARY[seg]}})
+                   **{k: r[k] for k in kind.secondary}})
   comparisons = []
   for a in results:
     b = next((r for r in results if r.get("init") == "random" and a.get("init") == "pretrained"
@@ -315,15 +257,10 @@ def summarize_evaluation(config, results: list[dict]) -> dict:
       continue
     test = {"pretrained": a["name"], "random": b["name"],
             "difference": a["metric"] - b["metric"]}
-    if seg:
-      test.update(test="wilcoxon", p_value=metrics.case_test(a["per_case"],
-                                                             b["per_case"])["p_value"])
-    elif np.asarray(a["labels"]).ndim == 1 and np.asarray(a["probs"]).shape[1] == 2:
-      delong = metrics.delong_test(a["labels"], np.asarray(a["probs"])[:, 1],
-                                   np.asarray(b["probs"])[:, 1])
-      test.update(test="delong", p_value=delong["p_value"])
+    for name, result in kind.case_test([a], [b]).items():
+      test.update(test=name, p_value=result["p_value"])
     comparisons.append(test)
-  return {"metric": metric_name(config), "units": {"hd95": distance_unit(config)} if seg else {},
+  return {"metric": kind.metric, "units": kind.units(distance_unit(config)),
           "models": models, "comparisons": comparisons}
 
 
@@ -333,7 +270,7 @@ def write_evaluation(config, output: str, summary: dict) -> dict:
       ("json", "report.json"), ("csv", "report.csv"), ("markdown", "report.md"))}
   with open(paths["json"], "w") as f:
     json.dump(summary, f, indent=1)
-  name, secondary = summary["metric"], SECONDARY[config.finetune.kind == config_lib.SEGMENTATION]
+  name, secondary = summary["metric"], tasks.of(config).secondary
   unit = summary["units"].get(secondary[0])
   header = [f"{k}_{unit}" if k == secondary[0] and unit else k for k in secondary]
   with open(paths["csv"], "w", newline="") as f:

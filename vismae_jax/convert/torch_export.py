@@ -18,10 +18,9 @@ import os
 import jax
 import numpy as np
 
-from vismae_jax import checkpoint
+from vismae_jax import checkpoint, tasks
 from vismae_jax.convert import torch_names
 from vismae_jax.models import dino, simclr, simmim, swin
-from vismae_jax.train import finetune
 
 # The heads of the pretraining methods without a published layout.
 ENCODER_ONLY_HEADS = (simmim.HEAD, simclr.HEAD, dino.HEAD)
@@ -63,7 +62,7 @@ def export(params, out_dir: str, image_size: int = 224) -> dict:
 def main(config, workdir: str) -> dict:
   """Exports the run in `workdir`: a fine-tuning run's best checkpoint, else the newest."""
   params = exported_params(checkpoint.load_params(
-      workdir, finetune.best_metric(config) if "finetune" in config else ""))
+      workdir, tasks.of(config).best_metric if "finetune" in config else ""))
   paths = export(params, os.path.join(workdir, "export"), config.input.image_size)
   n = sum(np.size(x) for x in jax.tree.leaves(params))
   kind = model_kind(params)

@@ -1,21 +1,78 @@
 """Contrastive pretraining: SimCLR's NT-Xent on two augmented views of each image.
 
-One of pretrain.py's methods: `MODELS`, `head_kwargs`, `task_fields`, `figure_rows`.
+One of train/methods.py's methods: its settings (`defaults`, `variant`, `check`), model, loss
+and checkpoint figure. Its augmented views serve DINO too (distillation.py).
 """
 import jax
 import jax.numpy as jnp
 
-from vismae_jax import augment, preprocess
+from vismae_jax import augment, config_lib, preprocess
 from vismae_jax.models import simclr
+from vismae_jax.train import masked_image
 
-MODELS = {"simclr": simclr.SwinSimCLR}
+NAMES = {"simclr": "SimCLR"}
 FIGURE = "views"
 # It reconstructs nothing, so its figure shows what its loss compares.
 ROWS = ("view 1", "view 2")
 
 
-def head_kwargs(config) -> dict:
-  return {"projection_dims": tuple(config.simclr.projection_dims)}
+def view_defaults() -> dict:
+  """The augmented views of SimCLR and DINO, besides input.crop_scale's crop and input.hflip:
+  brightness and contrast jitter (SimCLR's colour strength 0.5: grey images have no saturation
+  or hue), and with probability blur_prob a Gaussian blur of sigma in blur_sigma px."""
+  return dict(brightness=0.4, contrast=0.4, blur_prob=0.5, blur_sigma=(0.1, 2.0))
+
+
+def defaults(c, method: str):
+  """SimCLR's crops (0.08 to 1 of the area), views and head: temperature 0.1, the paper's best
+  at its 4096 batch (ours: 5120); projection_dims, the projection head's (hidden, output)
+  widths (the paper's 2048 -> 128). The optimiser stays AdamW (configs/simclr.py says why)."""
+  del method
+  c.input.crop_scale = (0.08, 1.0)
+  c.views = view_defaults()
+  c.simclr = dict(temperature=0.1, projection_dims=(2048, 128))
+
+
+def variant(c, name: str):
+  """sample / tiny at 64 px and batch 16: crops of at least 20% of the area (8% is 18 px), blur
+  scaled from 224 px, a head as wide as the last stage, temperature 0.2 and lr 5e-4 (on the
+  sample, 0.5 learned more slowly in 40 steps and lr 2e-3 collapsed the embeddings to one
+  point: the loss went to log(2N - 1))."""
+  config_lib.swin_cpu_variant(c, name)
+  c.views.blur_sigma = (0.1, 0.6)
+  c.input.crop_scale = (0.2, 1.0)
+  c.simclr.update(temperature=0.2, projection_dims=(128, 32))
+  c.optim.lr = 5e-4
+
+
+def widths(dims, count: int, name: str, what: str, check):
+  dims = tuple(dims)
+  check(len(dims) == count and all(isinstance(d, int) and d > 0 for d in dims),
+        f"{name}={dims}: {count} positive widths, {what}")
+
+
+def check_views(config, check):
+  views = config.views
+  for name in ("brightness", "contrast"):
+    check(0 <= views[name] < 1, f"config.views.{name}={views[name]}: must be in [0, 1)")
+  check(0 <= views.blur_prob <= 1, f"config.views.blur_prob={views.blur_prob}: must be in "
+        "[0, 1]")
+  low, high = views.blur_sigma
+  check(0 < low <= high, f"config.views.blur_sigma={tuple(views.blur_sigma)}: need "
+        "0 < min <= max (px)")
+  masked_image.check_crop_scale(config, check)
+
+
+def check(config, check):
+  check_views(config, check)
+  s = config.simclr
+  check(s.temperature > 0, f"config.simclr.temperature={s.temperature}: must be > 0")
+  widths(s.projection_dims, 2, "config.simclr.projection_dims", "(hidden, output)", check)
+
+
+def build_model(config):
+  return simclr.SwinSimCLR(**config_lib.swin_kwargs(config),
+                           projection_dims=tuple(config.simclr.projection_dims))
 
 
 def init_params(model, config, rng):

@@ -2,23 +2,25 @@
 
 Each step makes two global views of every image (config.views, crops from
 config.input.crop_scale) and config.dino.local_crops small local ones. The teacher, the
-student's moving average kept in the train state (loop.ExtraState), embeds the global views;
+student's moving average kept in the train state (extra_state.ExtraState), embeds the global views;
 the student embeds all of them, its global views with some mask units hidden behind the mask
 token on config.dino.mask_prob of the images (iBOT). The loss is DINO's on the pooled outputs
 plus iBOT's on the masked tokens; after the update the teacher and the two centres move
 towards the student and the teacher's batch means. The collapse check warns when the teacher
 gives every image the same output.
 
-One of pretrain.py's methods: `MODELS`, `head_kwargs`, `task_fields`, `figure_rows`.
+One of train/methods.py's methods: its settings (`defaults`, `variant`, `check`), model, loss
+with the EMA teacher's state, collapse check and checkpoint figure.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vismae_jax import config_lib
 from vismae_jax.models import dino
-from vismae_jax.train import contrastive, loop, masked_image
+from vismae_jax.train import contrastive, extra_state, masked_image
 
-MODELS = {"dino": dino.SwinDINO}
+NAMES = {"dino": "DINO + iBOT"}
 FIGURE = "views"
 ROWS = ("view 1", "student's view 1", "view 2", "local view 1")
 # The teacher's outputs vary less from image to image than this (mean KL from their mean):
@@ -26,8 +28,58 @@ ROWS = ("view 1", "student's view 1", "view 2", "local view 1")
 COLLAPSED_KL = 1e-3
 
 
-def head_kwargs(config) -> dict:
-  return {"head_dims": tuple(config.dino.head_dims)}
+def defaults(c, method: str):
+  """DINO's global crops (0.32 to 1 of the area) and views, iBOT's masking (32 px units, 30%).
+
+  dino: a head (hidden, bottleneck, prototypes) shared by the pooled and the patch tokens,
+  iBOT's 8192 prototypes; student and teacher temperatures; the teacher's EMA momentum, from
+  `momentum` to 1 on a cosine over the run; the centres' momentum; local_crops extra views of
+  local_size px from local_scale of the area (multi-crop: the student alone sees them);
+  mask_prob of the student's global views masked (iBOT); the weight of the masked-token loss
+  against the pooled one.
+  """
+  del method
+  c.input.crop_scale = (0.32, 1.0)
+  c.mae = dict(mask_ratio=0.3, mask_unit=32)
+  c.views = contrastive.view_defaults()
+  c.dino = dict(head_dims=(2048, 256, 8192), student_temp=0.1, teacher_temp=0.04,
+                momentum=0.996, center_momentum=0.9, local_crops=6, local_size=96,
+                local_scale=(0.05, 0.32), mask_prob=0.5, patch_weight=1.0)
+
+
+def variant(c, name: str):
+  """sample / tiny at 64 px: units of the last stage's 32 px would be 4 per image, so 16 px;
+  two local crops of 32 px; a head as wide as the last stage; blur scaled from 224 px."""
+  config_lib.swin_cpu_variant(c, name)
+  c.views.blur_sigma = (0.1, 0.6)
+  c.mae.mask_unit = 16
+  c.dino.update(head_dims=(128, 32, 256), local_crops=2, local_size=32)
+  c.optim.lr = 5e-4
+
+
+def check(config, check):
+  masked_image.check_mask(config, check)
+  contrastive.check_views(config, check)
+  d = config.dino
+  reduction = config.model.patch_size * 2 ** (len(config.model.depths) - 1)
+  contrastive.widths(d.head_dims, 3, "config.dino.head_dims", "(hidden, bottleneck, prototypes)",
+                     check)
+  for name in ("student_temp", "teacher_temp"):
+    check(d[name] > 0, f"config.dino.{name}={d[name]}: must be > 0")
+  for name in ("momentum", "center_momentum", "mask_prob"):
+    check(0 <= d[name] <= 1, f"config.dino.{name}={d[name]}: must be in [0, 1]")
+  check(d.local_crops >= 0, f"config.dino.local_crops={d.local_crops}: must be >= 0")
+  check(d.local_size > 0 and d.local_size % reduction == 0,
+        f"config.dino.local_size={d.local_size}: must be a positive multiple of patch_size * "
+        f"2^(stages-1) = {reduction} px")
+  low, high = d.local_scale
+  check(0 < low <= high <= 1, f"config.dino.local_scale={tuple(d.local_scale)}: need "
+        "0 < min <= max <= 1 (area fractions)")
+  check(d.patch_weight >= 0, f"config.dino.patch_weight={d.patch_weight}: must be >= 0")
+
+
+def build_model(config):
+  return dino.SwinDINO(**config_lib.swin_kwargs(config), head_dims=tuple(config.dino.head_dims))
 
 
 def inputs(config, images_u8, rng):
@@ -130,7 +182,7 @@ def collapse_check(config):
 def task_fields(model, config) -> dict:
   return {"init_params": lambda rng: masked_image.init_params(model, config, rng),
           "loss_fn": make_loss_fn(model, config),
-          "extra": loop.ExtraState(init_extra(config), update_extra(config),
+          "extra": extra_state.ExtraState(init_extra(config), update_extra(config),
                                    collapse_check(config))}
 
 

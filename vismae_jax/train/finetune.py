@@ -1,10 +1,10 @@
-"""The fine-tuning tasks: Swin-UNet or UNETR segmentation, Swin or ViT classification; UNETR on
-volumes too (config.input.roi: trained on crops, validated on whole volumes by sliding windows).
+"""The fine-tuning task: the config's kind (tasks.py: segmentation or classification) on the
+config's encoder family (Swin-UNet or UNETR, Swin or ViT classifier); on volumes too
+(config.input.roi: trained on crops, validated on whole volumes by sliding windows).
 
 Like pretraining, everything per-pixel runs in the jitted step: uint8 -> float, per-image
 min-max to [0, 1] (the release's fine-tuning input), channel replication, augmentation from the
-step's key. Losses: 0.4 cross-entropy + 0.6 soft Dice over the foreground classes for
-segmentation; cross-entropy (softmax) or binary cross-entropy (multi-label) for classification.
+step's key; the loss is the kind's.
 """
 import dataclasses
 import functools
@@ -14,30 +14,27 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from data_pipelines import pretrain_input, volume_crops
-from vismae_jax import augment, checkpoint, config_lib, metrics, parallel, preprocess
-from vismae_jax import sliding_window
-from vismae_jax.convert import torch_import, transfer
-from vismae_jax.models import unet, unetr, vit
+from vismae_jax import augment, config_lib, inference, preprocess, tasks
+from vismae_jax.convert import weights
 from vismae_jax.train import loop, optim, vit_masked
 
 
 def build_model(config):
+  """The kind's model on the config's encoder family."""
   m, f = config.model, config.finetune
-  seg = f.kind == config_lib.SEGMENTATION
+  kind = tasks.of(config)
   if m.arch == "vit":
-    head = dict(feature_size=m.feature_size) if seg else {}
-    return (unetr.UNETR if seg else vit.ViTClassifier)(
-        **vit_masked.encoder_kwargs(config), num_classes=f.num_classes, **head)
-  cls = unet.SwinUNet if f.kind == config_lib.SEGMENTATION else unet.SwinClassifier
-  return cls(num_classes=f.num_classes, in_chans=m.in_chans, patch_size=m.patch_size,
-             embed_dim=m.embed_dim, depths=tuple(m.depths), num_heads=tuple(m.num_heads),
-             window=m.window, drop_path=m.drop_path, remat=config_lib.remat_policy(m),
-             attention=m.attention, dtype=jnp.dtype(config.dtype))
+    encoder = vit_masked.encoder_kwargs(config)
+  else:
+    encoder = dict(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
+                   depths=tuple(m.depths), num_heads=tuple(m.num_heads), window=m.window,
+                   drop_path=m.drop_path, remat=config_lib.remat_policy(m),
+                   attention=m.attention, dtype=jnp.dtype(config.dtype))
+  return kind.model_class(m.arch)(**encoder, num_classes=f.num_classes,
+                                  **kind.head_kwargs(config))
 
 
 def init_params(model, config, rng):
@@ -58,32 +55,9 @@ def model_inputs(config, batch, rng, train: bool):
     return x, masks
   x = preprocess.to_model_input(batch["image"], image_size=config.input.image_size,
                                 channels=config.model.in_chans, normalization="minmax")
-  if train and config.finetune.kind == config_lib.SEGMENTATION:
-    x, masks = augment.segmentation_augment(rng, x, masks)
-  elif train and config.input.hflip:
-    x = augment.random_hflip(rng, x)
+  if train:
+    x, masks = tasks.of(config).augment(config, rng, x, masks)
   return x, masks
-
-
-def soft_dice_loss(logits, masks, num_classes: int, eps: float = 1e-5):
-  """1 - mean soft Dice over foreground classes, pooled over the batch's pixels or voxels."""
-  probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
-  onehot = jax.nn.one_hot(masks, num_classes)[..., 1:]
-  axes = tuple(range(logits.ndim - 1))
-  inter = jnp.sum(probs * onehot, axis=axes)
-  total = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
-  return 1.0 - jnp.mean((2 * inter + eps) / (total + eps))
-
-
-def segmentation_loss(logits, masks, num_classes: int):
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, masks).mean()
-  return 0.4 * ce + 0.6 * soft_dice_loss(logits, masks, num_classes)
-
-
-def classification_loss(logits, labels):
-  if labels.ndim == 2:  # multi-label flags
-    return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)).mean()
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def make_loss_fn(model, config):
@@ -94,78 +68,8 @@ def make_loss_fn(model, config):
     x, masks = model_inputs(config, batch, input_rng, train=True)
     logits = model.apply({"params": params}, x, deterministic=False,
                          rngs={"dropout": drop_rng})
-    if config.finetune.kind == config_lib.SEGMENTATION:
-      return segmentation_loss(logits, masks, config.finetune.num_classes)
-    return classification_loss(logits, batch["label"])
+    return tasks.of(config).loss(config, logits, batch, masks)
   return loss_fn
-
-
-# Test-time augmentation: every image also seen flipped along these axes of (B, H, W, C).
-TTA_FLIPS = ((), (2,), (1,), (1, 2))
-
-
-def make_predict_fn(model, config):
-  """params, images (B, H, W) uint8 -> probabilities: per pixel (B, H, W, classes) for
-  segmentation, per image (B, classes) for classification (a sigmoid per label with
-  finetune.multilabel). With predict.tta, the mean over the image and its flips (a
-  segmentation flipped back), as nnU-Net's mirroring does."""
-  seg = config.finetune.kind == config_lib.SEGMENTATION
-
-  def probabilities(params, x):
-    logits = model.apply({"params": params}, x, deterministic=True)
-    if not seg and config.finetune.multilabel:
-      return jax.nn.sigmoid(logits)
-    return jax.nn.softmax(logits, axis=-1)
-
-  def predict(params, images):
-    x, _ = model_inputs(config, {"image": images}, None, train=False)
-    if not config.predict.tta:
-      return probabilities(params, x)
-    views = []
-    for axes in TTA_FLIPS:
-      p = probabilities(params, jnp.flip(x, axes))
-      views.append(jnp.flip(p, axes) if seg else p)
-    return jnp.mean(jnp.stack(views), axis=0)
-  return predict
-
-
-def predict_all(predict, params, images: np.ndarray, batch: int, mesh) -> np.ndarray:
-  """`predict` over a whole in-memory set, in order: each batch split over the mesh's devices
-  (the last one padded, then cut) and gathered back, on every process."""
-  sharding = parallel.batch_sharding(mesh)
-  outputs = []
-  for start in range(0, len(images), batch):
-    rows = images[start:start + batch]
-    n = len(rows)
-    rows = np.concatenate([rows, np.repeat(rows[-1:], batch - n, axis=0)])
-    x = jax.make_array_from_callback(rows.shape, sharding, lambda index, rows=rows: rows[index])
-    outputs.append(np.asarray(multihost_utils.process_allgather(predict(params, x),
-                                                                tiled=True))[:n])
-  return np.concatenate(outputs)
-
-
-def predict_volumes(predict, params, volumes, config, mesh) -> list[np.ndarray]:
-  """Class probabilities (X, Y, Z, classes) of each whole volume: Gaussian-weighted sliding
-  windows of config.input.roi overlapping by input.overlap, eval_batch_size windows at a time
-  split over the mesh as `predict_all` splits images."""
-  def windows(batch):  # (B, *roi, 1) -> (B, *roi, classes)
-    return predict_all(predict, params, np.asarray(batch)[..., 0], config.eval_batch_size, mesh)
-  return [sliding_window.sliding_window_inference(
-              windows, np.asarray(v)[..., None], tuple(config.input.roi),
-              overlap=config.input.overlap, batch=config.eval_batch_size)
-          for v in volumes]
-
-
-def segment(predict, params, images, config, mesh):
-  """Label maps of `images`: an (N, H, W) array of 2-D images, a list of whole volumes."""
-  if config_lib.volumetric(config):
-    return [label_maps(p) for p in predict_volumes(predict, params, images, config, mesh)]
-  return label_maps(predict_all(predict, params, images, config.eval_batch_size, mesh))
-
-
-def label_maps(probabilities: np.ndarray) -> np.ndarray:
-  """Per-pixel classes (B, H, W) of segmentation probabilities (B, H, W, classes)."""
-  return probabilities.argmax(axis=-1).astype(np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +77,7 @@ class Functions:
   """The functions of a fine-tuning config's model that the loop and the evaluation jit."""
   init_params: Callable  # rng -> random parameters
   loss_fn: Callable      # (params, batch, rng) -> loss
-  predict: Callable      # jitted (params, images) -> probabilities (make_predict_fn)
+  predict: Callable      # jitted (params, images) -> probabilities (inference.py)
 
 
 def functions(config) -> Functions:
@@ -193,7 +97,7 @@ def _functions(config: ml_collections.FrozenConfigDict) -> Functions:
   model = build_model(config)
   return Functions(init_params=lambda rng: init_params(model, config, rng),
                    loss_fn=make_loss_fn(model, config),
-                   predict=jax.jit(make_predict_fn(model, config)))
+                   predict=jax.jit(inference.make_predict_fn(model, config, model_inputs)))
 
 
 class ArraySource:
@@ -210,24 +114,13 @@ class ArraySource:
 
 
 def pretrained_params(config, target_params):
-  """The configured pretraining checkpoint transferred into `target_params` (host arrays)."""
+  """The configured pretrained weights transferred into `target_params` (host arrays)."""
   f = config.finetune
-  if f.pretrained.endswith(torch_import.SUFFIXES):  # published PyTorch weights
-    source = torch_import.load_state(f.pretrained)
-  else:
-    source = checkpoint.load_params(f.pretrained)
-  if config.model.arch == "vit":  # one `encoder` subtree in every ViT model
-    params, report = transfer.transfer_by_name(source, target_params)
-  else:
-    params, report = transfer.transfer(source, target_params, encoder_only=f.encoder_only,
-                                       fill_deeper=f.fill_deeper)
+  params, report = weights.load_into(
+      f.pretrained, target_params, by_name=config.model.arch == "vit",  # no published layout
+      encoder_only=f.encoder_only, fill_deeper=f.fill_deeper)
   logging.info("weights from %s:\n%s", f.pretrained, report.table())
   return params
-
-
-def best_metric(config) -> str:
-  """The validation metric that chooses a fine-tuning run's best checkpoint."""
-  return "val_dice" if config.finetune.kind == config_lib.SEGMENTATION else "val_auc"
 
 
 def check_pretrained(config):
@@ -240,9 +133,8 @@ def check_pretrained(config):
 
 def make_task(config, examples: dict, train, val, init: str, mesh) -> loop.Task:
   """Fine-tuning on examples[train], validated on examples[val] at every checkpoint."""
-  fns = functions(config)
-  seg = config.finetune.kind == config_lib.SEGMENTATION
-  keep = {k: v for k, v in examples.items() if seg or k != "mask"}
+  fns, kind = functions(config), tasks.of(config)
+  keep = {k: examples[k] for k in kind.example_keys}
   arrays = {k: v[np.asarray(train)] for k, v in keep.items()}
   if config_lib.volumetric(config):
     source = volume_crops.CropSource(list(arrays["image"]), list(arrays["mask"]),
@@ -252,24 +144,13 @@ def make_task(config, examples: dict, train, val, init: str, mesh) -> loop.Task:
   else:
     source = ArraySource(arrays)
   dataset = pretrain_input.host_batches(source, seed=config.seed, batch_size=config.batch_size)
-  val_examples = {k: v[np.asarray(val)] for k, v in keep.items()}
-  metric = best_metric(config)
+  val_examples = {k: v[np.asarray(val)] for k, v in examples.items()}
 
   def validate(params, step):
-    if seg:
-      predicted = segment(fns.predict, params, val_examples["image"], config, mesh)
-      dice = metrics.segmentation_scores(list(predicted), list(val_examples["mask"]),
-                                         config.finetune.num_classes, hd95=False)["dice"]
-      return {metric: float(np.nanmean(dice))}
-    predictions = predict_all(fns.predict, params, val_examples["image"],
-                              config.eval_batch_size, mesh)
-    try:
-      return {metric: float(metrics.classification_scores(val_examples["label"],
-                                                          predictions)["roc_auc"])}
-    except ValueError:  # a validation split with one class only
-      return {metric: float("nan")}
+    decided = inference.predict_cases(fns.predict, params, val_examples["image"], config, mesh)
+    return {kind.best_metric: kind.validation_score(config, decided, val_examples)}
 
   initial = functools.partial(pretrained_params, config) if init == "pretrained" else None
   return loop.Task(init_params=fns.init_params, loss_fn=fns.loss_fn, dataset=dataset,
                    num_examples=len(train), initial_params=initial, on_checkpoint=validate,
-                   best_metric=metric)
+                   best_metric=kind.best_metric)

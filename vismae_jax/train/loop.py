@@ -26,8 +26,8 @@ from absl import logging
 from tensorboardX import SummaryWriter
 
 from data_pipelines import pretrain_input
-from vismae_jax import checkpoint, config_lib, parallel
-from vismae_jax.train import optim
+from vismae_jax import checkpoint, parallel, resume_guard
+from vismae_jax.train import extra_state, optim
 
 
 @dataclasses.dataclass
@@ -43,20 +43,7 @@ class Task:
   on_checkpoint: Optional[Callable] = None   # (params, step) -> {name: value}: figures, validation
   best_metric: str = ""        # also keep the step with the highest on_checkpoint[best_metric]
   outputs: dict = dataclasses.field(default_factory=dict)  # {what: path} for the closing line
-  extra: Optional["ExtraState"] = None  # state outside the gradient (self-distillation)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExtraState:
-  """State a task keeps beside its parameters, advanced after every update: DINO's teacher.
-
-  With it the task's loss is `(params, batch, rng, extra) -> (loss, aux)`, and aux["metrics"]
-  joins the step's metrics. The state is checkpointed with the rest (state["extra"]); a
-  state with a `teacher` hands the teacher on (checkpoint.load_params).
-  """
-  init: Callable    # params -> extra, at step 0
-  update: Callable  # (extra, new params, aux, step, schedule) -> extra
-  check: Optional[Callable] = None  # logged metrics -> a warning, or "" (a collapse check)
+  extra: Optional[extra_state.ExtraState] = None  # outside the gradient (self-distillation)
 
 
 @functools.lru_cache(maxsize=8)
@@ -235,8 +222,9 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
   if latest is None:
     state = initial_state(task, init_state, shardings, config.seed)
   else:
-    config_lib.check_unchanged(config, checkpoint.saved_config(mngr, latest),
-                               config_lib.RUN_RESUMABLE, f"checkpoint {latest} in {mngr.directory}")
+    resume_guard.check_unchanged(config, checkpoint.saved_config(mngr, latest),
+                                 resume_guard.RUN_RESUMABLE,
+                                 f"checkpoint {latest} in {mngr.directory}")
     state = checkpoint.restore(mngr, latest, checkpoint.abstract_like(abstract_state, shardings),
                                data_iterator)
     logging.info("resumed from step %d in %s", latest, mngr.directory)

@@ -2,14 +2,16 @@
 the masked pixels. Both models return pixel patches of the same layout, so their masking, loss
 and reconstruction figure are shared; `config.method` chooses the model and the loss.
 
-One of pretrain.py's methods: `MODELS`, `head_kwargs`, `task_fields`, `figure_rows`.
+One of train/methods.py's methods: its settings (`defaults`, `variant`, `check`), model, loss
+and checkpoint figure.
 """
 import jax
 import jax.numpy as jnp
 
-from vismae_jax import augment, preprocess
+from vismae_jax import augment, config_lib, preprocess
 from vismae_jax.models import mae, simmim
 
+NAMES = {"mae": "SwinMAE", "simmim": "SimMIM"}
 MODELS = {"mae": mae.SwinMAE, "simmim": simmim.SwinSimMIM}
 LOSSES = {"mae": mae.masked_mse, "simmim": mae.masked_l1}
 FIGURE = "reconstructions"
@@ -17,8 +19,81 @@ FIGURE = "reconstructions"
 ROWS = ("original", "masked", "encoder input", "reconstruction")
 
 
-def head_kwargs(config) -> dict:
-  return {"decoder_depths": tuple(config.model.decoder_depths)} if config.method == "mae" else {}
+MASKINGS = ("random", "uniform")
+
+
+def defaults(c, method: str):
+  """The masking: the release's (16 px units, 75% masked) or SimMIM's (32 px units, 60%).
+
+  masking: "random", the release's (the encoder computes every token, masked ones too);
+  "uniform", sparse, SwinMAE only: one unit of every 2x2 block kept, the encoder runs on those
+  alone (a quarter of the tokens), secondary_ratio of them hidden behind the mask token again
+  (models/mae.py; benchmarks/results/README.md measures both).
+  """
+  c.mae = dict(mask_ratio=0.75, mask_unit=16, norm_pix_loss=False, masking="random",
+               secondary_ratio=0.25)
+  if method == "simmim":
+    c.mae.update(mask_unit=32, mask_ratio=0.6)
+
+
+def variant(c, name: str):
+  """sample / tiny (config_lib.swin_cpu_variant) at 64 px: SwinMAE's mask units of 8 px (16 px
+  would leave 4 visible squares of a 64 px image where the paper's 224 px leave 49, and
+  pretrained so the label-efficiency protocol fine-tuned worse: benchmarks/results/README.md);
+  SimMIM's of 16 px, 6 of 16 visible, near the share of SimMIM's 224 px (19 of 49)."""
+  config_lib.swin_cpu_variant(c, name)
+  c.mae.mask_unit = 8 if c.method == "mae" else 16
+  c.optim.lr = 2e-3
+
+
+def check_mask(config, check):
+  """Mask units of whole tokens that tile the image, and a ratio that hides some of them."""
+  m, mae_c, size = config.model, config.mae, config.input.image_size
+  check(mae_c.mask_unit % m.patch_size == 0,
+        f"config.mae.mask_unit={mae_c.mask_unit} px must be a multiple of config.model."
+        f"patch_size={m.patch_size} (a mask unit covers whole tokens)")
+  check(size % mae_c.mask_unit == 0,
+        f"config.input.image_size={size} must be a multiple of config.mae.mask_unit="
+        f"{mae_c.mask_unit}")
+  check(0.0 < mae_c.mask_ratio < 1.0,
+        f"config.mae.mask_ratio={mae_c.mask_ratio}: must be in (0, 1)")
+
+
+def check_crop_scale(config, check):
+  low, high = config.input.crop_scale
+  check(0 < low <= high <= 1, f"config.input.crop_scale={tuple(config.input.crop_scale)}: "
+        "need 0 < min <= max <= 1 (area fractions)")
+
+
+def check(config, check):
+  m, mae_c, size = config.model, config.mae, config.input.image_size
+  n_stages = len(m.depths)
+  check(config.method != "mae" or len(m.decoder_depths) == n_stages - 1,
+        f"config.model.decoder_depths needs {n_stages - 1} entries (one per encoder stage but "
+        f"the last), got {len(m.decoder_depths)}")
+  check_mask(config, check)
+  check(mae_c.masking in MASKINGS,
+        f"config.mae.masking={mae_c.masking!r}: expected one of {MASKINGS}")
+  check(mae_c.masking != "uniform" or config.method == "mae",
+        f"config.mae.masking='uniform' is SwinMAE's sparse mode; config.method="
+        f"{config.method!r} needs masking='random'")
+  if mae_c.masking == "uniform":
+    check(mae_c.mask_ratio == 0.75,
+          f"config.mae.mask_ratio={mae_c.mask_ratio}: uniform masking keeps one unit in four, "
+          "so 0.75; hide more with config.mae.secondary_ratio")
+    check(size % (2 * mae_c.mask_unit) == 0,
+          f"config.input.image_size={size}: uniform masking needs an even number of mask units "
+          f"per side (a multiple of 2 * config.mae.mask_unit = {2 * mae_c.mask_unit})")
+    check(0.0 <= mae_c.secondary_ratio < 1.0,
+          f"config.mae.secondary_ratio={mae_c.secondary_ratio}: must be in [0, 1)")
+  check_crop_scale(config, check)
+
+
+def build_model(config, model_class=None):
+  """config.method's model, or model_class (a SwinMAE variant) on the same settings."""
+  head = ({"decoder_depths": tuple(config.model.decoder_depths)} if config.method == "mae"
+          else {})
+  return (model_class or MODELS[config.method])(**config_lib.swin_kwargs(config), **head)
 
 
 def grid(config):

@@ -1,14 +1,5 @@
-"""The pretraining task: `config.method`'s model and loss on the configured shards.
-
-Each method is a module with the same four names: `MODELS` (method -> model class),
-`head_kwargs(config)` (its head's settings), `task_fields(model, config)` (the loop.Task's
-init_params, loss_fn and, for self-distillation, extra state) and `figure_rows` (the pictures
-of its checkpoint figure, `FIGURE`, in the order `ROWS`):
-- masked_image.py: SwinMAE (MSE) and SimMIM (L1) on window-masked images;
-- contrastive.py: SimCLR's NT-Xent on two views;
-- distillation.py: DINO with iBOT's masked tokens, an EMA teacher in the train state;
-- vit_masked.py: SelfMedMAE's ViT-MAE (the ViT encoder, config.model.arch="vit") on 2-D images
-  or on 3-D crops of volume shards (config.input.roi).
+"""The pretraining task: `config.method`'s model and loss (train/methods.py) on the configured
+shards, its figure at every checkpoint.
 
 Everything per-pixel happens inside the jitted step: uint8 -> float, resize, augmentation,
 masks or views, and the loss. Randomness comes from the step's key only, so a resumed run
@@ -17,36 +8,17 @@ repeats exactly what an uninterrupted one does.
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from data_pipelines import pretrain_input, records, sample, volume_crops
 from vismae_jax import config_lib, figures, parallel
-from vismae_jax.train import contrastive, distillation, loop, masked_image, vit_masked
-
-METHODS = {"mae": masked_image, "simmim": masked_image, "simclr": contrastive,
-           "dino": distillation, "vit_mae": vit_masked}
-NAMES = {"mae": "SwinMAE", "simmim": "SimMIM", "simclr": "SimCLR", "dino": "DINO + iBOT",
-         "vit_mae": "ViT-MAE"}
+from vismae_jax.train import loop, masked_image, methods
 
 
-def method(config):
-  """The module of config.method."""
-  return METHODS[config.method]
-
-
-def build_model(config, model_class=None):
-  """config.method's model, or model_class (a SwinMAE variant) on the same settings."""
-  m = config.model
-  module = method(config)
-  if m.arch == "vit":
-    return vit_masked.build_model(config)
-  return (model_class or module.MODELS[config.method])(
-      in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
-      depths=tuple(m.depths), num_heads=tuple(m.num_heads), window=m.window,
-      drop_path=m.drop_path, remat=config_lib.remat_policy(m), attention=m.attention,
-      dtype=jnp.dtype(config.dtype), **module.head_kwargs(config))
+def build_model(config):
+  """config.method's model."""
+  return methods.get(config.method).build_model(config)
 
 
 def resolve_data_dir(config, workdir: str) -> str:
@@ -107,10 +79,9 @@ def data(config, workdir: str):
 
 def make_task(config, workdir: str, mesh) -> loop.Task:
   """config.method's pretraining on the configured shards; its figure at every checkpoint."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
   dataset, num_examples, pictures = data(config, workdir)
   model = build_model(config)
-  module = method(config)
+  module = methods.get(config.method)
   figure_path = os.path.join(workdir, f"{module.FIGURE}.png")
   replicated = parallel.replicated(mesh)
   draw = jax.jit(lambda params, images: module.figure_rows(
@@ -124,7 +95,8 @@ def make_task(config, workdir: str, mesh) -> loop.Task:
       figures.image_grid({name: figures.to_display(rows[name], norm)
                           for name in module.ROWS if name in rows},
                          figure_path,
-                         title=f"{NAMES[config.method]} {module.FIGURE}{what}, step {step}")
+                         title=f"{methods.display_name(config.method)} {module.FIGURE}{what}, "
+                               f"step {step}")
     return {}
 
   return loop.Task(

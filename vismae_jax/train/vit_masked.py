@@ -1,8 +1,8 @@
 """ViT-MAE pretraining (SelfMedMAE's): the plain ViT masked autoencoder of models/vit.py on 2-D
 images or 3-D crops, the masked tokens dropped before the encoder, MSE on the masked patches.
 
-One of pretrain.py's methods (`MODELS`, `head_kwargs`, `task_fields`, `figure_rows`), for
-`config.model.arch == "vit"`. 2-D batches are the shards' uint8 images, made model inputs as
+One of train/methods.py's methods (its settings, model, loss and checkpoint figure), the one
+with `config.model.arch == "vit"`. 2-D batches are the shards' uint8 images, made model inputs as
 the Swin methods make them; 3-D batches are float crops of normalised volumes
 (data_pipelines/volume_crops.py), flipped, turned and intensity-jittered on device.
 """
@@ -12,9 +12,60 @@ import jax.numpy as jnp
 from vismae_jax import augment, config_lib, preprocess
 from vismae_jax.models import vit
 
-MODELS = {"vit_mae": vit.ViTMAE}
+NAMES = {"vit_mae": "ViT-MAE"}
 FIGURE = "reconstructions"
 ROWS = ("original", "masked", "reconstruction")
+
+
+def defaults(c, method: str, ndim: int = 2):
+  """MAE's recipe on the ViT, for images (ndim 2: 2-D shards, as the Swin methods) or volumes
+  (ndim 3: volume shards, data_pipelines.volume_ingest): the encoder sees the visible 25% of
+  the tokens (3-D: 87.5%, the ratio SelfMedMAE found best on volumes), a 512-wide 8-block
+  decoder, MSE on each masked patch normalised by its own mean and variance; AdamW lr 1.5e-4
+  per 256 images."""
+  del method
+  c.model = config_lib.vit_model()
+  c.mae = dict(mask_ratio=0.75 if ndim == 2 else 0.125, norm_pix_loss=True, decoder_dim=512,
+               decoder_depth=8, decoder_heads=16)
+  c.optim.update(lr=1.5e-4, lr_batch_base=256)
+  c.batch_size = 1024 if ndim == 2 else 64
+  if ndim == 3:
+    c.input = dict(roi=(96, 96, 96), intensity=0.1)
+    c.data = dict(source="volumes", path="", workers=0)
+    c.figure_images = 4
+
+
+def variant(c, name: str):
+  """sample / cpu: config_lib.vit_cpu_model's ViT with a 2-block decoder of 64; 2-D at 64 px on
+  the bundled sample, 3-D on crops of 32 x 48 x 32 voxels (the Decathlon hippocampus); tiny: a
+  20-step schedule, 3-D on crops of 32^3, for tests."""
+  config_lib.vit_cpu_model(c)
+  c.mae.update(decoder_dim=64, decoder_depth=2, decoder_heads=4)
+  c.optim.update(lr=1.5e-3, lr_batch_base=0, warmup_epochs=5.0)
+  c.batch_size, c.num_epochs, c.log_every, c.checkpoint_every = 16, 125.0, 100, 500
+  if config_lib.volumetric(c):
+    c.input.roi = (32, 48, 32)
+    c.batch_size = 8
+  else:
+    c.data.source = "sample"
+    c.input.image_size = 64
+  if name == "tiny":
+    c.total_steps, c.checkpoint_every, c.log_every = 20, 10, 5
+    c.optim.warmup_epochs = 0.2
+    if config_lib.volumetric(c):
+      c.input.roi = (32, 32, 32)
+
+
+def check(config, check):
+  mae, dims = config.mae, config_lib.spatial_shape(config)
+  if not config_lib.positive(config, ("mae.decoder_dim", "mae.decoder_depth",
+                                      "mae.decoder_heads"), check):
+    return
+  check(mae.decoder_dim % mae.decoder_heads == 0 and mae.decoder_dim % 2 == 0
+        and mae.decoder_dim >= 2 * len(dims),
+        f"config.mae.decoder_dim={mae.decoder_dim}: must be even, at least {2 * len(dims)} (its "
+        f"sine-cosine table) and a multiple of config.mae.decoder_heads={mae.decoder_heads}")
+  check(0.0 < mae.mask_ratio < 1.0, f"config.mae.mask_ratio={mae.mask_ratio}: must be in (0, 1)")
 
 
 def encoder_kwargs(config) -> dict:
@@ -62,11 +113,6 @@ def make_loss_fn(model, config):
     return vit.masked_patch_loss(pred, x, mask, config.model.patch_size,
                                  config.mae.norm_pix_loss)
   return loss_fn
-
-
-def head_kwargs(config) -> dict:
-  del config
-  return {}
 
 
 def task_fields(model, config) -> dict:

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from vismae_jax import sliding_window
+from data_pipelines.volume_crops import pad_to_roi
+from vismae_jax import inference
 
 
 def pointwise_predict(channels=2, classes=3):
@@ -34,7 +35,7 @@ def test_one_window_reproduces_the_whole_volume_forward_of_a_conv_net():
   x = volume((8, 8, 6))
   params = net.init(jax.random.PRNGKey(0), x[None])
   predict = jax.jit(lambda batch: net.apply(params, batch))
-  out = sliding_window.sliding_window_inference(predict, x, (8, 8, 6), batch=2)
+  out = inference.sliding_window_inference(predict, x, (8, 8, 6), batch=2)
   assert out.shape == (8, 8, 6, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, predict(x[None])[0], atol=1e-6)
 
@@ -43,8 +44,8 @@ def test_overlapping_windows_equal_a_pointwise_map_and_compile_once():
   predict, reference, traces = pointwise_predict()
   x = volume((21, 17, 9))
   roi = (8, 8, 8)
-  assert len(sliding_window.window_starts(x.shape[:3], roi, 0.5)) % 3  # a padded last batch
-  out = sliding_window.sliding_window_inference(predict, x, roi, overlap=0.5, batch=3)
+  assert len(inference.window_starts(x.shape[:3], roi, 0.5)) % 3  # a padded last batch
+  out = inference.sliding_window_inference(predict, x, roi, overlap=0.5, batch=3)
   assert out.shape == (21, 17, 9, 3)
   np.testing.assert_allclose(out, reference(x), atol=1e-5)
   assert traces == [(3, 8, 8, 8, 2)]
@@ -53,10 +54,10 @@ def test_overlapping_windows_equal_a_pointwise_map_and_compile_once():
 def test_a_volume_smaller_than_the_roi_is_padded_and_cut_back():
   predict, reference, traces = pointwise_predict()
   x = volume((5, 12, 3))
-  out = sliding_window.sliding_window_inference(predict, x, (8, 8, 8), overlap=0.25, batch=2)
+  out = inference.sliding_window_inference(predict, x, (8, 8, 8), overlap=0.25, batch=2)
   assert out.shape == (5, 12, 3, 3)
   np.testing.assert_allclose(out, reference(x), atol=1e-5)
-  padded, back = sliding_window.pad_to_roi(x, (8, 8, 8))
+  padded, back = pad_to_roi(x, (8, 8, 8))
   assert padded.shape == (8, 12, 8, 2) and padded.min() == x.min()
   np.testing.assert_array_equal(padded[back], x)
   assert padded[0].min() == padded[0].max() == x.min()  # 3 voxels before (5 -> 8: 1 + 2)
@@ -65,7 +66,7 @@ def test_a_volume_smaller_than_the_roi_is_padded_and_cut_back():
 def test_two_dimensional_images_work_the_same_way():
   predict, reference, _ = pointwise_predict()
   x = volume((30, 11))
-  out = sliding_window.sliding_window_inference(predict, x, (8, 8), overlap=0.5, batch=3)
+  out = inference.sliding_window_inference(predict, x, (8, 8), overlap=0.5, batch=3)
   np.testing.assert_allclose(out, reference(x), atol=1e-5)
 
 
@@ -73,7 +74,7 @@ def test_two_dimensional_images_work_the_same_way():
                                                ((96, 40), (32, 40), 0.25),
                                                ((10,), (4,), 0.9), ((3,), (8,), 0.5)])
 def test_windows_cover_every_voxel_and_the_last_ends_flush(shape, roi, overlap):
-  starts = sliding_window.window_starts(shape, roi, overlap)
+  starts = inference.window_starts(shape, roi, overlap)
   covered = np.zeros([max(s, r) for s, r in zip(shape, roi)], bool)
   for start in starts:
     covered[tuple(slice(s, s + r) for s, r in zip(start, roi))] = True
@@ -86,19 +87,19 @@ def test_windows_cover_every_voxel_and_the_last_ends_flush(shape, roi, overlap):
 
 
 def test_window_starts_follow_monai_steps():
-  assert sliding_window.window_starts((20,), (8,), 0.5) == [(0,), (4,), (8,), (12,)]
-  assert sliding_window.window_starts((21,), (8,), 0.5) == [(0,), (4,), (8,), (12,), (13,)]
-  assert sliding_window.window_starts((8, 5), (8, 8), 0.5) == [(0, 0)]
+  assert inference.window_starts((20,), (8,), 0.5) == [(0,), (4,), (8,), (12,)]
+  assert inference.window_starts((21,), (8,), 0.5) == [(0,), (4,), (8,), (12,), (13,)]
+  assert inference.window_starts((8, 5), (8, 8), 0.5) == [(0, 0)]
 
 
 def test_gaussian_importance_is_a_symmetric_positive_bump_with_maximum_one():
   for roi in [(9, 8, 6), (16, 16)]:
-    g = sliding_window.gaussian_importance(roi)
+    g = inference.gaussian_importance(roi)
     assert g.shape == roi and g.dtype == np.float32
     assert g.max() == pytest.approx(1.0) and g.min() >= 1e-3
     for axis in range(len(roi)):
       np.testing.assert_allclose(g, np.flip(g, axis), rtol=1e-6)
-  g = sliding_window.gaussian_importance((9, 9, 9), sigma_scale=0.125)
+  g = inference.gaussian_importance((9, 9, 9), sigma_scale=0.125)
   assert g[4, 4, 4] == 1.0
   assert g[4, 4, 5] == pytest.approx(np.exp(-0.5 / 1.125 ** 2), rel=1e-5)  # sigma 9/8
   assert g[0, 0, 0] == pytest.approx(1e-3)  # the floor
