@@ -71,7 +71,7 @@ def finetuning(args, name: str, csv_path: str) -> dict:
   config = le.finetune_config(args, name, KINDS[name], csv_path, pretrained="planned",
                              compare_random=True)
   folds = {}
-  for run in protocol.plan(config, downstream.read_table(csv_path, protocol.columns(config))):
+  for run in protocol.plan(config, downstream.read_table(csv_path, finetune.columns(config))):
     steps = loop.run_steps(config, len(run["train"]))
     checks = math.ceil(steps / config.checkpoint_every)  # validations, the last step's included
     padded = lambda n: math.ceil(n / config.eval_batch_size) * config.eval_batch_size

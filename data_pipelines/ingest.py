@@ -56,8 +56,7 @@ import tqdm
 from absl import app, flags
 from array_record.python import array_record_module
 
-from data_pipelines import DatasetError, readers, records, shards
-from vismae_jax import console
+from data_pipelines import DatasetError, console, readers, records, shards
 
 PLAN_DIR = "_plan"
 ERRORS = "errors.csv"

@@ -23,9 +23,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import DatasetError, ingest, pretrain_input, readers, records, shards
-from data_pipelines import volumes
-from vismae_jax import console
+from data_pipelines import DatasetError, console, ingest, pretrain_input, readers, records
+from data_pipelines import shards, volumes
 
 VOLUME_MODALITIES = ("CT", "MR", "PT")
 

@@ -4,7 +4,7 @@ import logging as std_logging
 import tqdm
 from absl import logging
 
-from vismae_jax import console
+from data_pipelines import console
 
 
 def record(pathname, level):

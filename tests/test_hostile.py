@@ -170,6 +170,7 @@ def test_a_killed_ingest_leaves_no_file_name_behind(tmp_path):
 def test_csv_mistakes_fail_naming_the_line_or_the_fix(tmp_path):
   from data_pipelines import DatasetError, downstream
   from vismae_jax import config_lib, protocol
+  from vismae_jax.train import finetune
 
   def classification(rows: str, **changes):
     (tmp_path / "labels.csv").write_text("image,label\n" + rows)
@@ -180,13 +181,13 @@ def test_csv_mistakes_fail_naming_the_line_or_the_fix(tmp_path):
   config = classification("a.png,0\nb.png,abc\n")
   with pytest.raises(DatasetError, match=r"labels.csv line 3: label='abc' is not a class index "
                      r"or 0\|1 flags"):
-    protocol.read_labelled(config, config.data.csv)
+    finetune.read_labelled(config, config.data.csv)
   config = classification("a.png,0\nb.png,0\n")
   with pytest.raises(config_lib.ConfigError, match="every row has label 0"):
-    protocol.read_labelled(config, config.data.csv)
+    finetune.read_labelled(config, config.data.csv)
   config = classification("a.png,0\nb.png,2\n")
   with pytest.raises(config_lib.ConfigError, match="num_classes=2: set it to 3"):
-    protocol.read_labelled(config, config.data.csv)
+    finetune.read_labelled(config, config.data.csv)
   config = classification("".join(f"{i}.png,{i % 3}\n" for i in range(30)))
   config.finetune.num_classes = 3
   table = downstream.read_table(config.data.csv)

@@ -11,6 +11,7 @@ import pytest
 from helpers import run_main, shared_dataset
 from data_pipelines import downstream
 from vismae_jax import checkpoint, config_lib, parallel, protocol, report
+from vismae_jax.train import finetune
 
 SEG = "configs/finetune_seg.py:tiny"
 
@@ -102,7 +103,7 @@ def frames_of_subjects(folder, with_folds: bool) -> str:
 def splits_of(csv_path, **data):
   config = config_lib.finetune("classification", "tiny")
   config.data.update(csv=csv_path, **data)
-  table = downstream.read_table(csv_path, protocol.columns(config))
+  table = downstream.read_table(csv_path, finetune.columns(config))
   return table, protocol.protocol_splits(config, table), protocol.describe_splits(config, table)
 
 
@@ -139,7 +140,7 @@ def test_shot_runs_draw_n_per_class_from_the_training_cases_whatever_else_runs(t
   config.data.update(csv=csv_path, group_column="subject_id")
   config.protocol.update(max_folds=2, fractions=(0.5, 1.0), shots=(2, 4), shot_draws=2,
                          repeats=2)
-  table = downstream.read_table(csv_path, protocol.columns(config))
+  table = downstream.read_table(csv_path, finetune.columns(config))
   runs = {r["name"]: r for r in protocol.plan(config, table)}
   assert len(runs) == 2 * (2 + 2 * 2) * 2  # folds x (fractions + shots x draws) x repeats
   assert {"random_labels050_fold0", "random_labels100_fold1_seed1", "random_shots002_fold0",
@@ -169,13 +170,13 @@ def test_too_few_training_cases_for_the_shots_fail_naming_the_class(tmp_path,
   config = config_lib.finetune("classification", "tiny")
   config.data.update(csv=frames_of_subjects(tmp_path, False), group_column="subject_id")
   config.protocol.shots = (2, 30)
-  table = downstream.read_table(config.data.csv, protocol.columns(config))
+  table = downstream.read_table(config.data.csv, finetune.columns(config))
   with pytest.raises(config_lib.ConfigError, match=r"^config.protocol.shots=\(2, 30\): fold 0's "
                      r"training cases are too few: 30 cases per class wanted, only \d+ of class 0"):
     protocol.plan(config, table)
   config = config_lib.finetune("segmentation", "tiny")
   config.data.csv, config.protocol.shots = sample_segmentation_csv, (40,)
-  _, table, _ = protocol.read_labelled(config, sample_segmentation_csv)
+  _, table, _ = finetune.read_labelled(config, sample_segmentation_csv)
   with pytest.raises(config_lib.ConfigError, match=r"40 cases in all wanted, only 3\d\. Lower "
                      "config.protocol.shots"):
     protocol.plan(config, table)

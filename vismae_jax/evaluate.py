@@ -41,7 +41,7 @@ def models(config, workdir: str) -> list[dict]:
 def run(config, workdir: str, mesh) -> dict:
   """task=evaluate: every model scored on config.predict.input; returns the summary (also
   written as the report in config.predict.output)."""
-  examples, table, skipped = protocol.read_labelled(config, config.predict.input)
+  examples, table, skipped = finetune.read_labelled(config, config.predict.input)
   kind = tasks.of(config)
   cases = np.arange(len(table))
   scale = table.distance_scale(config.input.image_size)

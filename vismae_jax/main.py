@@ -14,8 +14,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import DatasetError
-from vismae_jax import config_checks, config_lib, console, evaluate, parallel, predict, protocol
+from data_pipelines import DatasetError, console
+from vismae_jax import config_checks, config_lib, evaluate, parallel, predict, protocol
 from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
 

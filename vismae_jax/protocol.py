@@ -21,87 +21,11 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from data_pipelines import DatasetError, downstream, splits, volumes
+from data_pipelines import downstream, splits
+from data_pipelines.labelled import stratification_labels
 from vismae_jax import analysis, checkpoint, config_lib, inference, parallel, report
 from vismae_jax import resume_guard, tasks
 from vismae_jax.train import finetune, loop
-
-
-def stratification_labels(table: downstream.Table) -> np.ndarray:
-  """Class per case for stratified splits (multi-label: the first positive flag, or none)."""
-  labels = table.labels
-  if labels.ndim == 2:
-    return np.where(labels.any(axis=1), labels.argmax(axis=1), -1)
-  return labels
-
-
-def columns(config) -> downstream.Columns:
-  d = config.data
-  return downstream.Columns(group=d.group_column, fold=d.fold_column,
-                            pixel_size=d.pixel_size_column)
-
-
-def volume_rows(path: str) -> tuple[list[dict], downstream.Table | None]:
-  """The labelled volumes of a Decathlon folder (or its dataset.json), or of a CSV whose image
-  and mask columns name them: ([{name, image, label}], the CSV's table for its folds and
-  groups, None for a Decathlon folder)."""
-  if os.path.isdir(path) or os.path.basename(path) == "dataset.json":
-    return volumes.read_msd(path if os.path.isdir(path) else os.path.dirname(path)), None
-  table = downstream.read_table(path, downstream.Columns(group="", fold="fold"))
-  if table.masks is None:
-    raise DatasetError(f"{path}: volumes need image and mask columns (NIfTI paths)")
-  return [{"name": os.path.basename(i), "image": i, "label": m}
-          for i, m in zip(table.images, table.masks)], table
-
-
-def as_objects(arrays: list) -> np.ndarray:
-  """Volumes of different shapes as one array of objects, indexed by case like 2-D examples."""
-  out = np.empty(len(arrays), object)
-  out[:] = arrays
-  return out
-
-
-def read_volumes(config, path: str):
-  """Labelled volumes read as fine-tuning reads them: (examples {image, mask: arrays of
-  volumes, label: has foreground}, table, skipped rows), reoriented to RAS, resampled to
-  input.spacing and normalised per input.modality (data_pipelines/volumes.py). The table's
-  pixel sizes are the voxel spacings, which HD95 in mm needs."""
-  rows, csv_table = volume_rows(path)
-  i = config.input
-  images, masks, spacings, skipped = volumes.load_labelled(
-      rows, target_spacing=tuple(i.spacing) or None, modality=i.modality,
-      ct_window=tuple(i.ct_window))
-  if not images:
-    raise DatasetError(f"{path}: none of the {len(rows)} volumes could be read; the first: "
-                       f"{skipped[0]['problem']}")
-  kept = sorted(set(range(len(rows))) - {s["row"] for s in skipped})
-  examples = {"image": as_objects(images), "mask": as_objects(masks),
-              "label": np.array([int(m.any()) for m in masks])}
-  pick = lambda a: None if a is None else np.asarray(a)[kept]
-  table = downstream.Table(
-      images=[rows[k]["image"] for k in kept], masks=[rows[k]["label"] for k in kept],
-      labels=examples["label"], groups=pick(csv_table and csv_table.groups),
-      folds=pick(csv_table and csv_table.folds), splits=None, pixel_sizes=np.array(spacings),
-      sizes=np.array([m.shape for m in masks]))
-  # As a CSV's lines count them (the header is line 1); in a Decathlon folder, the position in
-  # dataset.json's training list plus 2. The problem names the file either way.
-  return examples, table, [{"line": s["row"] + 2, "problem": s["problem"]} for s in skipped]
-
-
-def read_labelled(config, csv_path: str):
-  """A labelled CSV (volumes: also a Decathlon folder) read as fine-tuning reads it: (examples,
-  table, skipped rows); labels that do not match config.finetune.multilabel fail, naming the
-  setting."""
-  if config_lib.volumetric(config):
-    return read_volumes(config, csv_path)
-  table = downstream.read_table(csv_path, columns(config))
-  multilabel = table.labels is not None and table.labels.ndim == 2
-  if multilabel != bool(config.finetune.multilabel):
-    raise config_lib.ConfigError(
-        f"{csv_path}: the labels are {'0|1 flags per label' if multilabel else 'class indices'}"
-        f"; set --config.finetune.multilabel={multilabel}")
-  tasks.of(config).check_labels(config, table, csv_path)
-  return downstream.load_readable(table, config.input.image_size)
 
 
 def describe_splits(config, table: downstream.Table) -> dict:
@@ -332,7 +256,7 @@ def run(config, workdir: str, mesh) -> dict:
   # The config was validated at the entry point; what can be wrong with the weights and the
   # data fails here, before the workdir is touched.
   finetune.check_pretrained(config)
-  examples, table, skipped = read_labelled(config, config.data.csv)
+  examples, table, skipped = finetune.read_labelled(config, config.data.csv)
   for row in skipped[:5]:
     logging.warning("%s line %d left out: %s", config.data.csv, row["line"], row["problem"])
   if skipped:

@@ -16,10 +16,30 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from data_pipelines import pretrain_input, volume_crops
+from data_pipelines import downstream, labelled, pretrain_input, volume_crops
 from vismae_jax import augment, config_lib, inference, preprocess, tasks
 from vismae_jax.convert import weights
 from vismae_jax.train import loop, optim, vit_masked
+
+
+def read_labelled(config, path: str):
+  """A labelled set as fine-tuning reads it (data_pipelines/labelled.py): (examples, table,
+  skipped rows); the task kind refuses labels it cannot learn from before any image is read."""
+  if config_lib.volumetric(config):
+    i = config.input
+    return labelled.read_volumes(path, labelled.VolumeOptions(
+        spacing=tuple(i.spacing) or None, modality=i.modality, ct_window=tuple(i.ct_window)))
+  return labelled.read_images(path, columns(config), config.input.image_size,
+                              bool(config.finetune.multilabel),
+                              check=lambda table: tasks.of(config).check_labels(config, table,
+                                                                                path))
+
+
+def columns(config) -> downstream.Columns:
+  """The CSV's optional columns as config.data names them."""
+  d = config.data
+  return downstream.Columns(group=d.group_column, fold=d.fold_column,
+                            pixel_size=d.pixel_size_column)
 
 
 def build_model(config):
