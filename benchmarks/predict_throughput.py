@@ -73,8 +73,8 @@ def time_torch(config, params, batch: np.ndarray, steps: int) -> list[float]:
 
   from vismae_jax.convert import torch_models, torch_names
   m = config.model
-  cls = torch_models.SwinUNet if config.finetune.kind == "segmentation" else (
-      torch_models.SwinClassifier)
+  cls = {"segmentation": torch_models.SwinUNet,
+         "classification": torch_models.SwinClassifier}[config.finetune.kind]
   model = cls(num_classes=config.finetune.num_classes, in_chans=m.in_chans,
               patch_size=m.patch_size, embed_dim=m.embed_dim, depths=tuple(m.depths),
               num_heads=tuple(m.num_heads), window=m.window, drop_path=0.0).eval()

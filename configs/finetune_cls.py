@@ -2,9 +2,9 @@ r"""python -m vismae_jax.main --config=configs/finetune_cls.py --workdir=DIR \
     --config.data.csv=LABELS_CSV --config.finetune.pretrained=PRETRAIN_DIR
 
 Swin classification fine-tuning (encoder + LayerNorm + average pool + linear head), run as a
-protocol (5-fold CV by default) with a report. The release's recipe: encoder depths 2,2,2,2,
-AdamW lr 1e-3, 50 epochs with 10 warm-up, cross-entropy, best checkpoint by validation ROC AUC.
-Multi-label CSVs (`label` as `0|1|...`) train with sigmoid + binary cross-entropy:
+protocol (5-fold CV by default) with a report. The release's recipe
+(config_lib.FINETUNE_RECIPES; the loss and the checkpoint-selection metric are
+tasks.Classification's). Multi-label CSVs (`label` as `0|1|...`) train with sigmoid + binary cross-entropy:
 `--config.finetune.num_classes=14` for the NIH chest X-ray findings.
 
 Variants (`configs/finetune_cls.py:VARIANT`): `cpu` (64 px, a 0.31M-parameter classifier

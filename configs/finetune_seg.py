@@ -2,8 +2,8 @@ r"""python -m vismae_jax.main --config=configs/finetune_seg.py --workdir=DIR \
     --config.data.csv=LABELS_CSV --config.finetune.pretrained=PRETRAIN_DIR
 
 Swin-UNet segmentation fine-tuning, run as a protocol (5-fold CV by default) with a report.
-The release's recipe: encoder depths 2,2,6,2, AdamW lr 1e-3, 150 epochs with 40 warm-up,
-0.4 cross-entropy + 0.6 soft Dice, best checkpoint by validation Dice. Label efficiency:
+The release's recipe (config_lib.FINETUNE_RECIPES; the loss and the checkpoint-selection metric
+are tasks.Segmentation's). Label efficiency:
 `--config.protocol.fractions='(0.1,0.25,0.5,1.0)' --config.protocol.compare_random=True`.
 
 Variants (`configs/finetune_seg.py:VARIANT`): `cpu` (64 px, a 0.44M-parameter Swin-UNet that

@@ -12,8 +12,8 @@ HD95 in mm.
 
 Variants (`configs/unetr3d.py:VARIANT`): `cpu` (the hippocampus: crops of 32x48x32, a
 0.5M-parameter ViT on patches of 8, no flips or turns, fits configs/vit_mae3d.py:cpu), `tiny`
-(tests). Set the number of classes
-with --config.finetune.num_classes (background included; the hippocampus: 3).
+(tests). Set the number of classes with --config.finetune.num_classes (background included;
+the hippocampus: 3).
 """
 from vismae_jax import config_lib
 

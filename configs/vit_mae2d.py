@@ -1,8 +1,8 @@
 r"""python -m vismae_jax.main --config=configs/vit_mae2d.py --workdir=DIR --config.data.path=SHARDS
 
 SelfMedMAE's 2-D pretraining: a ViT-B/16 masked autoencoder (models/vit.py) on the 2-D shards
-that the Swin methods read, 75% of the 16 px patches dropped before the encoder, a 512-wide
-8-block decoder, MSE on each masked patch normalised by its own mean and variance. Fine-tune it
+that the Swin methods read, the masked patches dropped before the encoder, MSE on each masked
+patch normalised by its own mean and variance (MAE's recipe: train/vit_masked.py). Fine-tune it
 with configs/unetr2d.py (segmentation) or configs/vit_cls.py (classification).
 
 Variants (`configs/vit_mae2d.py:VARIANT`): `sample` (the bundled real images at 64 px, a

@@ -33,9 +33,11 @@ DATA_SOURCES = ("shards", "sample", "volumes")
 # (benchmarks/results/README.md).
 FINETUNE_RECIPES = {
     "segmentation": dict(depths=(2, 2, 6, 2), batch_size=32, num_epochs=150.0,
-                         warmup_epochs=40.0, cpu_epochs=30.0, cpu_layer_decay=1.0),
+                         warmup_epochs=40.0, cpu_epochs=30.0, cpu_layer_decay=1.0,
+                         vit_head=dict(feature_size=16)),  # UNETR's convolutional decoder
     "classification": dict(depths=(2, 2, 2, 2), batch_size=48, num_epochs=50.0,
-                           warmup_epochs=10.0, cpu_epochs=40.0, cpu_layer_decay=0.65),
+                           warmup_epochs=10.0, cpu_epochs=40.0, cpu_layer_decay=0.65,
+                           vit_head={}),
 }
 
 
@@ -302,9 +304,7 @@ def vit_finetune(kind: str, ndim: int, variant: str = ""):
   images (ndim 2) or volumes (ndim 3: data.csv names NIfTI volumes, image,mask columns, or is
   a Decathlon folder). SelfMedMAE's recipe: layer-wise lr decay 0.75, Dice + cross-entropy."""
   c = finetune_defaults(kind)
-  c.model = vit_model()
-  if kind == "segmentation":  # UNETR's convolutional decoder
-    c.model.feature_size = 16
+  c.model = {**vit_model(), **FINETUNE_RECIPES[kind]["vit_head"]}
   c.optim.layer_decay = 0.75
   if ndim == 3:
     c.input = volume_input((96, 96, 96))

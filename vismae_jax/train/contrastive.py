@@ -35,9 +35,9 @@ def defaults(c, method: str):
 
 def variant(c, name: str):
   """sample / tiny at 64 px and batch 16: crops of at least 20% of the area (8% is 18 px), blur
-  scaled from 224 px, a head as wide as the last stage, temperature 0.2 and lr 5e-4 (on the
-  sample, 0.5 learned more slowly in 40 steps and lr 2e-3 collapsed the embeddings to one
-  point: the loss went to log(2N - 1))."""
+  scaled from 224 px, a head as wide as the last stage, temperature 0.2 and lr 5e-4: at this
+  batch a higher temperature learns slowly and a higher lr collapses the embeddings to one
+  point (the loss goes to log(2N - 1))."""
   config_lib.swin_cpu_variant(c, name)
   c.views.blur_sigma = (0.1, 0.6)
   c.input.crop_scale = (0.2, 1.0)
