@@ -19,6 +19,19 @@ import helpers  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", helpers.CACHE)
 
 
+@pytest.fixture(autouse=True)
+def _data_marker(request):
+  """Tells helpers.shared_dataset whether the running test declared that it reads the real
+  datasets (@pytest.mark.data); such a test skips, saying why, where they are absent."""
+  marked = request.node.get_closest_marker("data") is not None
+  if marked and not os.path.isdir(helpers.SHARED_DATASETS):
+    pytest.skip(f"{helpers.SHARED_DATASETS} is absent: the real datasets live beside the "
+                "project checkout")
+  helpers.RUNNING_DATA_TEST[0] = marked
+  yield
+  helpers.RUNNING_DATA_TEST[0] = False
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory):
   """A tiny SwinMAE pretrained on the bundled sample through the CLI (the tiny fine-tuning

@@ -60,8 +60,30 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+# Whether the running test is marked `data` (conftest.py sets it): shared_dataset refuses
+# unmarked tests, so that `-m "not data"` leaves out every test that needs ../shared.
+RUNNING_DATA_TEST = [False]
+
+
+# The optional extras the tests' modules come from, for the reason of a skip.
+EXTRAS = {"pydicom": "[ingest] and [test]", "pydicom.data": "[ingest] and [test]",
+          "nibabel": "[ingest]", "safetensors.numpy": "[torch]", "torch": "[torch]"}
+
+
+def need(module: str):
+  """An optional extra's module, or a skip of the one test that needs it, naming the extra (a
+  module-level skip would drop the file's other tests with it)."""
+  return pytest.importorskip(module, reason=f"needs the {EXTRAS[module]} extra")
+
+
+def get_testdata_file(name: str) -> str:
+  """A real DICOM file of pydicom-data (the [test] extra), or a skip saying so."""
+  return need("pydicom.data").get_testdata_file(name)
+
+
 def shared_dataset(name: str) -> str:
   """A real dataset from ../shared/datasets, or a skip saying why (a user's clone has none)."""
+  assert RUNNING_DATA_TEST[0], "a test that reads ../shared/datasets is marked @pytest.mark.data"
   path = os.path.join(SHARED_DATASETS, name)
   if not os.path.exists(os.path.join(path, "labels.csv")):
     pytest.skip(f"{path} is absent: the real {name} images live beside the project checkout")

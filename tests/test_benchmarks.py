@@ -122,6 +122,7 @@ def subset_datasets(root, every: dict) -> str:
   return str(root)
 
 
+@pytest.mark.data
 @pytest.mark.slow
 def test_label_efficiency(tmp_path):
   """Every stage (ingest, pretraining, both protocols) on a sixth of BUSI."""
@@ -164,6 +165,7 @@ def test_label_efficiency(tmp_path):
     assert "random masking" in line
 
 
+@pytest.mark.data
 @pytest.mark.slow
 def test_label_efficiency_compares_methods_on_equal_time_and_few_shots(tmp_path):
   """--methods: each method pretrained for the same seconds (its steps from a timed run) and
@@ -202,6 +204,7 @@ def test_label_efficiency_compares_methods_on_equal_time_and_few_shots(tmp_path)
   assert any(n.startswith("random") for n in os.listdir(scratch / "busi_cls_vit_mae" / "runs"))
 
 
+@pytest.mark.data
 @pytest.mark.slow
 def test_label_efficiency_plan(tmp_path):
   """The images each stage would train on, counted as the runs count them, times XLA's FLOPs."""

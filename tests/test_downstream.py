@@ -20,6 +20,7 @@ def write_release_csvs(folder, busi):
         w.writerow([os.path.join(busi, r["image"]), os.path.join(busi, r["mask"])])
 
 
+@pytest.mark.data
 def test_release_csv_convention_gives_aligned_images_and_masks(tmp_path):
   busi = shared_dataset("busi")
   write_release_csvs(tmp_path, busi)

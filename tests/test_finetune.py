@@ -60,6 +60,7 @@ def test_probe_first_holds_the_encoder_while_the_head_trains_then_releases_it():
   assert moved(state, held, "encoder") > 0 and moved(state, held, "patch_embed") > 0
 
 
+@pytest.mark.data
 @pytest.mark.slow
 def test_fine_tuning_improves_validation_dice_over_its_first_evaluation(tmp_path):
   csv_path = os.path.join(shared_dataset("busi"), "labels.csv")
@@ -75,6 +76,7 @@ def test_fine_tuning_improves_validation_dice_over_its_first_evaluation(tmp_path
   assert ocp.CheckpointManager(directory).metrics(best)["val_dice"] == pytest.approx(max(dice))
 
 
+@pytest.mark.data
 @pytest.mark.slow
 def test_freeze_encoder_trains_only_what_follows_the_encoder(tmp_path, tiny_pretrained):
   """Linear probing from the command line: the classifier's encoder ends as it was loaded."""

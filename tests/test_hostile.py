@@ -12,17 +12,14 @@ import subprocess
 import sys
 import time
 
-import nibabel
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ROOT, in_parallel, main_env, run_main
+from helpers import ROOT, get_testdata_file, in_parallel, main_env, need, run_main
 
-pydicom = pytest.importorskip("pydicom")
-from pydicom.data import get_testdata_file  # noqa: E402
 
-from data_pipelines import ingest, shards  # noqa: E402
+from data_pipelines import ingest, shards
 
 # Identifiers planted in folder names, file names and DICOM headers.
 PHI = ("DOE^JOHN", "MRN123456", "Smith_Jane", "MRN987654", "PLANTED^PATIENT", "PLANTEDID777",
@@ -35,6 +32,7 @@ def png(path, array):
 
 
 def dicom(path, source="CT_small.dcm", **tags):
+  pydicom = need("pydicom")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   ds = pydicom.dcmread(get_testdata_file(source))
   ds.PatientName, ds.PatientID, ds.PatientBirthDate = "PLANTED^PATIENT", "PLANTEDID777", "19450101"
@@ -54,6 +52,8 @@ def hostile_corpus(root: str) -> tuple[collections.Counter, collections.Counter,
   """Writes good files under odd names and bad files of many kinds below `root` (bytes paths,
   so that names need not be UTF-8); returns (good files per kind, bad files per kind, frames
   the good ones hold)."""
+  nibabel = need("nibabel")
+  pydicom = need("pydicom")
   good, bad, frames = collections.Counter(), collections.Counter(), 0
   for folder in ("us", "ct", "mr"):
     os.makedirs(os.path.join(root, folder), exist_ok=True)

@@ -10,13 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-pydicom = pytest.importorskip("pydicom")
-nibabel = pytest.importorskip("nibabel")
-from pydicom.data import get_testdata_file  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from data_pipelines import ingest, pretrain_input, records, shards  # noqa: E402
-from helpers import ROOT, main_env  # noqa: E402
+from data_pipelines import ingest, pretrain_input, records, shards
+from helpers import ROOT, get_testdata_file, main_env, need
 
 DICOMS = {"ct/693_UNCR.dcm": "CT", "mr/MR_small.dcm": "MR", "xr/RG3_J2KI.dcm": "XR",
           "us/examples_ybr_color.dcm": "US"}
@@ -28,6 +25,7 @@ PHI_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
 
 @pytest.fixture(scope="module")
 def raw_dir(tmp_path_factory):
+  nibabel = need("nibabel")
   root = tmp_path_factory.mktemp("raw")
   for rel in DICOMS:
     os.makedirs(root / os.path.dirname(rel), exist_ok=True)
@@ -85,6 +83,7 @@ def test_ingest_writes_every_good_frame_and_reports_bad_files(ingested):
 
 
 def test_no_phi_value_reaches_any_output_byte(ingested, raw_dir):
+  pydicom = need("pydicom")
   config, _ = ingested
   values = set()
   for rel in list(DICOMS) + ["ct/no_extension"]:

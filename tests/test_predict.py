@@ -9,19 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import plausible_params, run_main
+from helpers import get_testdata_file, need, plausible_params, run_main
 from vismae_jax import config_lib, inference, parallel, predict
 from vismae_jax.convert import torch_import, torch_names
 from vismae_jax.train import finetune
 
-pydicom = pytest.importorskip("pydicom")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
-from pydicom.data import get_testdata_file  # noqa: E402
 
 
 def weights_file(folder, config, zero=False) -> str:
   """A fine-tuned model of `config` as a PyTorch file (plausible random weights, or all zero:
   a model whose output does not depend on its input)."""
+  safetensors_numpy = need("safetensors.numpy")
   params = plausible_params(finetune.build_model(config), config.input.image_size)
   if zero:
     params = jax.tree.map(np.zeros_like, params)
@@ -122,6 +120,8 @@ PHI_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
 
 
 def test_dicom_in_nifti_out_on_the_dicom_grid_and_no_phi_in_any_output(tmp_path):
+  nibabel = need("nibabel")
+  pydicom = need("pydicom")
   import nibabel
   os.makedirs(tmp_path / "inputs")
   values = set()

@@ -199,6 +199,7 @@ def busi_with_bad_rows(folder) -> str:
   return str(folder / "labels.csv")
 
 
+@pytest.mark.data
 @pytest.mark.slow
 def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, tiny_pretrained):
   csv_path = busi_with_bad_rows(tmp_path)

@@ -2,10 +2,8 @@
 import numpy as np
 import pytest
 
-pydicom = pytest.importorskip("pydicom")
-from pydicom.data import get_testdata_file  # noqa: E402
-
-from data_pipelines import readers  # noqa: E402
+from data_pipelines import readers
+from helpers import get_testdata_file, need
 
 OPTIONS = readers.ReadOptions()
 
@@ -15,6 +13,7 @@ def read(name):
 
 
 def test_ct_pixel_windowed_by_hand_from_hu_slope_intercept_center_width():
+  pydicom = need("pydicom")
   ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
   assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, -1024.0)
   assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (40.0, 100.0)
@@ -30,6 +29,7 @@ def test_ct_pixel_windowed_by_hand_from_hu_slope_intercept_center_width():
 
 
 def test_mr_and_monochrome1_radiograph_and_multiframe_ultrasound():
+  pydicom = need("pydicom")
   mr = read("MR_small.dcm")
   assert [f.modality for f in mr] == ["MR"] and mr[0].image.shape == (64, 64)
 

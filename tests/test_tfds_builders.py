@@ -3,6 +3,7 @@ import csv
 import os
 
 import numpy as np
+import pytest
 
 from data_pipelines import downstream, tfds_builders
 from helpers import shared_dataset, write_csv_with_bad_rows
@@ -19,6 +20,7 @@ def test_a_built_dataset_holds_the_readable_rows_letterboxed(tmp_path):
   assert source[0]["fold"] == -1 and source[0]["patient_key"] != b"good.png"
 
 
+@pytest.mark.data
 def test_tfds_builders_for_busi_and_chest_xray(tmp_path):
   busi = tfds_builders.load_source("busi", os.path.join(shared_dataset("busi"), "labels.csv"),
                                    str(tmp_path), size=32)

@@ -11,13 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-pydicom = pytest.importorskip("pydicom")
-nibabel = pytest.importorskip("nibabel")
-from pydicom.data import get_testdata_file  # noqa: E402
 
-from data_pipelines import DatasetError, ingest, readers, records, shards  # noqa: E402
-from data_pipelines import volume_ingest, volumes  # noqa: E402
-from helpers import ROOT, main_env, shared_dataset  # noqa: E402
+from data_pipelines import DatasetError, ingest, readers, records, shards
+from data_pipelines import volume_ingest, volumes
+from helpers import ROOT, get_testdata_file, main_env, need, shared_dataset
 
 SPACING = (0.8, 1.2, 2.5)
 
@@ -30,6 +27,7 @@ def asymmetric_volume() -> np.ndarray:
 def orient(volume, spacing, codes):
   """(voxels, affine) of the same anatomy stored with axes towards `codes` (e.g. "PIR"): the
   inverse of the reorientation that the reader is expected to do."""
+  nibabel = need("nibabel")
   ras = nibabel.orientations.axcodes2ornt("RAS")
   transform = nibabel.orientations.ornt_transform(ras, nibabel.orientations.axcodes2ornt(codes))
   voxels = nibabel.orientations.apply_orientation(volume, transform)
@@ -41,6 +39,7 @@ def orient(volume, spacing, codes):
 
 @pytest.mark.parametrize("codes", ["RAS", "LPS", "LAS", "PIR", "SLA", "RPI"])
 def test_nifti_in_any_orientation_reads_as_the_same_ras_voxels(tmp_path, codes):
+  nibabel = need("nibabel")
   volume = asymmetric_volume()
   voxels, affine = orient(volume, SPACING, codes)
   assert (codes == "RAS") == np.array_equal(voxels, volume)  # stored differently but RAS
@@ -55,6 +54,7 @@ def test_nifti_in_any_orientation_reads_as_the_same_ras_voxels(tmp_path, codes):
 
 
 def test_nifti_shapes_and_values_that_are_not_a_volume_fail_naming_the_file(tmp_path):
+  nibabel = need("nibabel")
   single = tmp_path / "single.nii"
   nibabel.save(nibabel.Nifti1Image(asymmetric_volume()[..., None], np.eye(4)), str(single))
   assert volumes.read_nifti(str(single)).voxels.shape == (5, 6, 7)
@@ -118,6 +118,7 @@ def write_series(folder, z_positions=SERIES_Z, seed=0) -> list[int]:
   """A CT series from pydicom's single CT slice: one slice per z (along the normal of an
   axial orientation), distinct pixels, Instance Numbers and file names in other orders than
   the positions. Returns the offset added to each slice's pixels, in position order."""
+  pydicom = need("pydicom")
   rng = np.random.default_rng(seed)
   os.makedirs(folder, exist_ok=True)
   instance_numbers = rng.permutation(len(z_positions)) + 1
@@ -137,6 +138,7 @@ def write_series(folder, z_positions=SERIES_Z, seed=0) -> list[int]:
 
 
 def test_a_dicom_series_is_one_volume_ordered_by_position(tmp_path):
+  pydicom = need("pydicom")
   offsets = write_series(tmp_path / "series")
   paths = sorted(str(p) for p in (tmp_path / "series").iterdir())
   groups = volumes.find_dicom_series(paths)
@@ -176,6 +178,7 @@ def test_dicom_files_that_cannot_be_grouped_are_reported_or_raise(tmp_path):
     volumes.find_dicom_series(paths)
 
 
+@pytest.mark.data
 def test_the_real_decathlon_hippocampus_reads_as_labelled_volumes():
   folder = shared_dataset("msd_hippocampus")
   rows = volumes.read_msd(folder)
@@ -199,6 +202,7 @@ def test_the_real_decathlon_hippocampus_reads_as_labelled_volumes():
 def synthetic_msd(folder, cases=3) -> str:
   """A Decathlon folder of `cases` tiny labelled volumes (the last one's label of the wrong
   shape)."""
+  nibabel = need("nibabel")
   for sub in ("imagesTr", "labelsTr"):
     os.makedirs(os.path.join(folder, sub))
   training = []
@@ -238,6 +242,7 @@ def test_a_decathlon_folder_with_problems_fails_naming_the_file(tmp_path):
 def volume_raw(tmp_path_factory):
   """NIfTI volumes (MR, by their folder) in two orientations, a CT series of six DICOM files,
   a corrupt NIfTI file and a note that is not read."""
+  nibabel = need("nibabel")
   root = tmp_path_factory.mktemp("volume_raw")
   os.makedirs(root / "mr")
   for n, codes in enumerate(("RAS", "LPS", "PIR")):
@@ -284,6 +289,7 @@ def test_volume_ingest_writes_one_record_per_volume_and_reports_bad_files(
 
 
 def test_no_identifier_or_file_name_reaches_any_volume_output(volumes_ingested, volume_raw):
+  pydicom = need("pydicom")
   config, _ = volumes_ingested
   ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
   secrets = [str(ds.get(k)) for k in ("PatientID", "PatientName", "StudyInstanceUID",
