@@ -1,11 +1,14 @@
 """Configs are locked schemas that validate themselves before any work and name the fix."""
+import glob
 import os
+import re
 import sys
 
 import pytest
 
 from helpers import ROOT, load_config, run_main
 from vismae_jax import config_checks, config_lib, main, resume_guard
+from vismae_jax.train import methods
 
 
 @pytest.mark.parametrize("path,modalities", [
@@ -114,12 +117,66 @@ def test_a_changed_setting_is_named_and_a_setting_added_since_counts_as_its_defa
     resume_guard.check_unchanged(config, saved, ("mesh",), "old")
 
 
-def test_what_may_change_on_resume_is_one_list_with_two_scopes():
-  assert set(resume_guard.EXECUTION) < set(resume_guard.RUN_RESUMABLE)
-  assert set(resume_guard.EXECUTION) < set(resume_guard.PROTOCOL_RESUMABLE)
-  # A run may continue with a longer schedule; a protocol's finished runs would not match it.
-  assert "total_steps" in resume_guard.RUN_RESUMABLE
-  assert "total_steps" not in resume_guard.PROTOCOL_RESUMABLE
+def test_a_run_resumes_under_a_longer_schedule_and_a_protocol_only_under_more_runs():
+  config = config_lib.finetune("classification", "tiny")
+  saved = config.to_dict()
+  config.total_steps, config.mesh.data, config.log_every = 80, 2, 3  # schedule and execution
+  resume_guard.check_unchanged(config, saved, resume_guard.RUN_RESUMABLE, "run")
+  with pytest.raises(config_lib.ConfigError, match="total_steps=80 here, 40 there"):
+    resume_guard.check_unchanged(config, saved, resume_guard.PROTOCOL_RESUMABLE, "protocol")
+  config.total_steps = 40
+  config.protocol.update(fractions=(0.5, 1.0), compare_random=True, repeats=3)
+  resume_guard.check_unchanged(config, saved, resume_guard.PROTOCOL_RESUMABLE, "protocol")
+  config.optim.lr = 0.5  # the recipe: neither may change it
+  for may_change in (resume_guard.RUN_RESUMABLE, resume_guard.PROTOCOL_RESUMABLE):
+    with pytest.raises(config_lib.ConfigError, match="optim.lr=0.5 here"):
+      resume_guard.check_unchanged(config, saved, may_change, "old")
+
+
+def test_an_older_pretraining_with_every_methods_settings_resumes():
+  """Pretraining configs carried every method's settings until each method held its own: such
+  a workdir resumes, since settings the schema no longer holds decide nothing."""
+  config = methods.pretrain_config("mae", variant="tiny")
+  saved = {**config.to_dict(), "simclr": {"temperature": 0.2}, "views": {"contrast": 0.4}}
+  resume_guard.check_unchanged(config, saved, resume_guard.RUN_RESUMABLE, "old")
+  saved["mae"] = {**saved["mae"], "mask_ratio": 0.5}
+  with pytest.raises(config_lib.ConfigError, match="mae.mask_ratio=0.75 here, 0.5 there"):
+    resume_guard.check_unchanged(config, saved, resume_guard.RUN_RESUMABLE, "old")
+
+
+def config_files() -> list[tuple[str, str]]:
+  """(file, variant) of every config file in configs/ and each variant it documents."""
+  found = []
+  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+    doc = open(path).read()
+    variants = sorted(set(re.findall(r"`(?::)?(sample|cpu|tiny)`", doc)))
+    found += [(os.path.basename(path), v) for v in ["", *variants]]
+  return found
+
+
+@pytest.mark.parametrize("path,variant", config_files())
+def test_every_config_file_starts_with_its_command_and_validates(path, variant, tmp_path):
+  text = open(os.path.join(ROOT, "configs", path)).read()
+  assert text.startswith(f'r"""python -m vismae_jax.main --config=configs/{path} ')
+  config = load_config(path, variant)
+  if "finetune" in config:
+    config.data.csv = str(tmp_path)  # a folder: volumes read a Decathlon folder
+    if not config_lib.volumetric(config):
+      config.data.csv = str(tmp_path / "labels.csv")
+      (tmp_path / "labels.csv").write_text("image,label\na.png,0\n")
+  elif config.data.source != "sample":
+    config.data.path = "/data/shards"
+  config_checks.validate(config, device_count=1, process_count=1)
+
+
+def test_an_unknown_variant_is_one_line_naming_the_known_ones(capsys, monkeypatch):
+  argv = ["main", "--config=configs/generic.py:bogus", "--workdir=/tmp/unused"]
+  monkeypatch.chdir(ROOT)
+  with pytest.raises(SystemExit) as exit_info:
+    main.parse_flags(argv)
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.strip() == (
+      "error: config: unknown config variant 'bogus'; known: sample, tiny")
 
 
 def test_few_shot_settings_are_checked_and_may_be_added_to_a_protocol():

@@ -132,19 +132,27 @@ def test_bootstrap_ci_and_paired_test():
                                      rare, rare + rng.normal(0, 1, 40), strata=rare)
   assert set(seen) == {3} and 0 <= lo <= auc <= hi <= 1
   assert metrics.bootstrap_ci(np.mean, [0.7]) == (0.7, 0.7, 0.7)  # one case: no spread
+  # By hand: differences 0.10, 0.07, 0.07, 0.11, 0.08 have mean 0.086 and squared deviations
+  # summing to 0.00132, so t = 0.086 / sqrt(0.00132 / 4 / 5) on 4 degrees of freedom.
   paired = metrics.paired_test([0.8, 0.82, 0.79, 0.85, 0.81], [0.7, 0.75, 0.72, 0.74, 0.73])
-  assert paired["p_value"] == pytest.approx(stats.ttest_rel([0.8, 0.82, 0.79, 0.85, 0.81],
-                                                            [0.7, 0.75, 0.72, 0.74, 0.73]).pvalue)
+  t = 0.086 / np.sqrt(0.00132 / 4 / 5)
+  assert paired["mean_difference"] == pytest.approx(0.086) and paired["t"] == pytest.approx(t)
+  assert paired["p_value"] == pytest.approx(2 * stats.t.sf(t, 4)) and paired["n"] == 5
+  assert metrics.paired_test([0.7, 0.8], [0.8, 0.9])["t"] < 0  # the sign says which is better
   mean, lo, hi = metrics.mean_ci([1.0, 2.0, 3.0])
   assert mean == 2.0 and lo == pytest.approx(2 - stats.t.ppf(0.975, 2) * stats.sem([1, 2, 3]))
 
 
 def test_case_test_pairs_cases_and_leaves_out_those_without_a_score():
-  a = [0.9, 0.8, np.nan, 0.7, 0.85, 0.6, 0.75]
-  b = [0.8, 0.7, 0.5, 0.72, 0.7, 0.5, 0.7]
+  # Differences 0.1, 0.2, 0.03, 0.15, 0.05, 0.04 (the NaN pair left out): 6 cases, all better,
+  # distinct ranks. Exactly, W- = 0 has probability 1/2^6 under the null: two-sided p = 2/64.
+  a = [0.9, 0.8, np.nan, 0.75, 0.85, 0.55, 0.74]
+  b = [0.8, 0.6, 0.5, 0.72, 0.7, 0.5, 0.7]
   result = metrics.case_test(a, b)
-  kept = [(x, y) for x, y in zip(a, b) if np.isfinite(x)]
-  assert result["cases"] == 6 and (result["better"], result["worse"]) == (5, 1)
-  assert result["p_value"] == pytest.approx(stats.wilcoxon(*zip(*kept)).pvalue)
-  assert result["median_difference"] == pytest.approx(np.median([x - y for x, y in kept]))
+  assert result["cases"] == 6 and (result["better"], result["worse"]) == (6, 0)
+  assert result["p_value"] == pytest.approx(2 / 64)
+  assert result["median_difference"] == pytest.approx((0.05 + 0.1) / 2)
+  # One of them worse, by the smallest difference (rank 1): P(W- <= 1) = 2/64, p = 4/64.
+  worse = metrics.case_test([0.9, 0.8, 0.75, 0.85, 0.55, 0.69], [0.8, 0.6, 0.72, 0.7, 0.5, 0.7])
+  assert (worse["better"], worse["worse"]) == (5, 1) and worse["p_value"] == pytest.approx(4 / 64)
   assert metrics.case_test(b, b)["p_value"] == 1.0
