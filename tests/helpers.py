@@ -81,6 +81,18 @@ def get_testdata_file(name: str) -> str:
   return need("pydicom.data").get_testdata_file(name)
 
 
+def picture(path: str) -> dict:
+  """What a written figure shows, by pixel: its size, the spread of its grey levels (a blank or
+  one-colour image has none), and the share of pixels drawn in the overlays' red (predictions)
+  and lime (ground truth) outlines."""
+  from PIL import Image
+  rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  return {"width": rgb.shape[1], "height": rgb.shape[0], "grey_std": float(rgb.mean(-1).std()),
+          "red": float(np.mean((r > 180) & (g < 80) & (b < 80))),
+          "lime": float(np.mean((g > 180) & (r < 80) & (b < 80)))}
+
+
 def shared_dataset(name: str) -> str:
   """A real dataset from ../shared/datasets, or a skip saying why (a user's clone has none)."""
   assert RUNNING_DATA_TEST[0], "a test that reads ../shared/datasets is marked @pytest.mark.data"

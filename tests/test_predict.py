@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import get_testdata_file, need, plausible_params, run_main
+from helpers import get_testdata_file, need, picture, plausible_params, run_main
 from vismae_jax import config_lib, inference, parallel, predict
 from vismae_jax.convert import torch_import, torch_names
 from vismae_jax.train import finetune
@@ -81,7 +81,8 @@ def test_a_folder_is_predicted_into_masks_and_probabilities_with_unreadable_inpu
   with open(paths["errors"]) as f:
     errors = list(csv.DictReader(f))
   assert [e["input"] for e in errors] == ["broken.png"] and errors[0]["reason"]
-  assert os.path.getsize(paths["overlays"]) > 0
+  drawn = picture(paths["overlays"])  # every input's predicted box outlined in red
+  assert drawn["red"] > 1e-3 and drawn["lime"] == 0 and drawn["grey_std"] > 10
 
 
 def test_classification_writes_one_row_per_input_in_order(tmp_path):

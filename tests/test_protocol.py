@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import run_main, shared_dataset
+from helpers import picture, run_main, shared_dataset
 from data_pipelines import downstream
 from vismae_jax import checkpoint, config_lib, parallel, protocol, report
 from vismae_jax.train import finetune
@@ -58,6 +58,7 @@ def test_the_runs_of_a_protocol_share_one_trace_and_repeats_average_within_folds
   for name in ("report.json", "report.csv", "report.md", "label_efficiency.png", "overlays.png",
                "feature_reuse.md", "feature_reuse.png"):
     assert os.path.getsize(os.path.join(tmp_path, name)) > 0
+  assert picture(os.path.join(tmp_path, "overlays.png"))["lime"] > 1e-4  # the boxes' outlines
   # Feature reuse: the first seed's run with all the labels, a CKA in [0, 1] per encoder stage.
   reuse = summary["feature_reuse"]
   assert reuse["runs"] == {"random": "random_labels100_fold0"} and reuse["fraction"] == 1.0
@@ -222,8 +223,8 @@ def test_protocol_compares_initialisations_and_writes_the_report(tmp_path, tiny_
     assert low <= entry[init]["mean"] <= high and 0 <= entry[init]["mean"] <= 1
     assert {"hd95", "precision", "recall"} <= set(entry[init])
   assert entry["p_value"] is not None and 0 <= entry["p_value"] <= 1
-  for name in ("report.csv", "report.md", "label_efficiency.png", "overlays.png"):
-    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert picture(os.path.join(workdir, "overlays.png"))["lime"] > 1e-4  # the lesions' outlines
+  assert picture(os.path.join(workdir, "label_efficiency.png"))["grey_std"] > 5
   with open(os.path.join(workdir, "report.md")) as f:
     assert "| hd95 (px) |" in f.read()  # pixels of the original images: BUSI has no sizes
   # The two bad rows are left out, named in the log and listed in the report.

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from data_pipelines import downstream
+from helpers import picture
 from vismae_jax import config_lib, metrics, report, tasks
 
 
@@ -187,4 +188,6 @@ def test_overlays_put_every_initialisation_on_the_same_cases(tmp_path):
     return shown[name]
   path = report.write_overlays(config, str(tmp_path), results,
                                {"image": images, "mask": masks}, predictions)
-  assert os.path.getsize(path) > 0 and len(shown) == 4  # both folds of both initialisations
+  assert len(shown) == 4  # both folds of both initialisations
+  drawn = picture(path)  # ground truth in every row, predictions of the pretrained runs
+  assert drawn["lime"] > 1e-3 and drawn["red"] > 1e-3

@@ -9,7 +9,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, load_config, main_env, read_metrics, run_main, synthetic_decathlon
+from helpers import ROOT, load_config, main_env, picture, read_metrics, run_main
+from helpers import synthetic_decathlon
 
 from vismae_jax import config_checks, config_lib
 from vismae_jax.train import finetune, optim
@@ -74,7 +75,7 @@ def test_vit_mae2d_pretrains_and_unetr2d_fine_tunes_from_it(tmp_path, sample_seg
   pretrain = str(tmp_path / "pretrain")
   run_main(pretrain, "--config.total_steps=40", config="configs/vit_mae2d.py:tiny")
   losses_fell(pretrain)
-  assert os.path.getsize(os.path.join(pretrain, "reconstructions.png")) > 0
+  assert picture(os.path.join(pretrain, "reconstructions.png"))["grey_std"] > 10
   workdir = str(tmp_path / "unetr")
   proc = run_main(workdir, f"--config.data.csv={sample_segmentation_csv}",
                   f"--config.finetune.pretrained={pretrain}", "--config.protocol.max_folds=1",
@@ -101,7 +102,7 @@ def test_volumes_ingest_pretrain_and_fine_tune_unetr3d(tmp_path):
   run_main(pretrain, f"--config.data.path={shards}", "--config.total_steps=40",
            config="configs/vit_mae3d.py:tiny")
   losses_fell(pretrain, share=0.92)  # from about 1: the normalised patches' variance
-  assert os.path.getsize(os.path.join(pretrain, "reconstructions.png")) > 0
+  assert picture(os.path.join(pretrain, "reconstructions.png"))["grey_std"] > 10
   workdir = str(tmp_path / "unetr3d")
   proc = run_main(workdir, f"--config.data.csv={msd}", f"--config.finetune.pretrained={pretrain}",
                   "--config.finetune.num_classes=3", "--config.protocol.folds=2",
@@ -124,4 +125,4 @@ def test_volumes_ingest_pretrain_and_fine_tune_unetr3d(tmp_path):
   with open(os.path.join(workdir, "report.md")) as f:
     text = f.read()
   assert "| hd95 (mm) |" in text and "| labels | init | class 1 | class 2 |" in text
-  assert os.path.getsize(os.path.join(workdir, "overlays.png")) > 0
+  assert picture(os.path.join(workdir, "overlays.png"))["lime"] > 1e-4  # the structures' outlines
