@@ -70,7 +70,9 @@ TIMING_STEPS, TIMING_LOG = 60, 20
 
 flags.DEFINE_enum("variant", "cpu", list(PRETRAIN_VARIANT), "cpu, full (a GPU) or tiny (tests)")
 flags.DEFINE_string("datasets", DATASETS, "folder with busi/ and chest_xray_pneumonia/")
-flags.DEFINE_string("scratch", "/tmp/vismae_label_efficiency", "working folder; a rerun resumes")
+flags.DEFINE_string("scratch", "", "working folder; a rerun resumes (default: "
+                    "/tmp/vismae_label_efficiency_<variant>, one per variant, since a workdir "
+                    "resumes only under the config that made it)")
 flags.DEFINE_list("fractions", ["0.1", "0.25", "0.5", "1.0"], "label fractions")
 flags.DEFINE_integer("folds", 5, "cross-validation folds")
 flags.DEFINE_integer("max_folds", 0, "run only the first N folds (0: all)")
@@ -323,10 +325,19 @@ def compare_with(result: dict, other: dict, path: str):
 
 
 def main(argv):
+  """The benchmark; a scratch folder made under other settings is refused in one line."""
   del argv
-  args = flags.FLAGS
+  from vismae_jax import config_lib
+  try:
+    run(flags.FLAGS)
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
+
+
+def run(args):
   names = args.tasks
-  datasets, scratch = os.path.abspath(args.datasets), os.path.abspath(args.scratch)
+  datasets = os.path.abspath(args.datasets)
+  scratch = os.path.abspath(args.scratch or f"/tmp/vismae_label_efficiency_{args.variant}")
   import jax
   from data_pipelines import ingest
   from vismae_jax import checkpoint, parallel, protocol
