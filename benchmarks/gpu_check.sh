@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The GPU step-efficiency check (one H100/H200, about 8 minutes): the release SwinMAE's
-# pretraining step under each lever, side by side, into one JSON and a table.
+# The pretraining step's efficiency on one GPU (about 8 minutes on an H100 or H200): the release
+# SwinMAE's step under each lever, side by side, into one JSON and a table.
 #
-#   bash benchmarks/gpu_check.sh --prepare     # here, once: wheels and the old layout's tree
-#   device run, carry [".whl", ".before"]:  bash benchmarks/gpu_check.sh
-#   TINY=1 bash benchmarks/gpu_check.sh        # the same stages on a CPU, tiny sizes
+# On a GPU machine with this checkout and its dependencies installed (`pip install -e .` and a
+# CUDA build of jax: `pip install "jax[cuda12]"`):
+#   bash benchmarks/gpu_check.sh                  # results in $OUT (default /tmp/gpu_check)
+# On a GPU machine without internet access, first, on a machine with it:
+#   bash benchmarks/gpu_check.sh --prepare        # downloads the wheels into .whl/
+# then copy the checkout, .whl/ included, over and run the first command: it installs them.
+#   TINY=1 bash benchmarks/gpu_check.sh           # every stage at tiny sizes, on a CPU
 #
 # Stages, most important first; each is its own process (a failing lever, such as cuDNN
 # refusing a shape, costs its stage only), and a stage that would start after BUDGET_S seconds
 # is skipped:
-#   before      the window-partition layout (commit 8e732a3, carried in .before/), batch 256
-#   attention   this tree's layout with the einsum and XLA attention, profiled, batch 256
+#   sparse      dense (the release's masking) against sparse (uniform) and sparse with one
+#               decoder block per stage, batch 256
+#   attention   the einsum and XLA window attention, profiled, batch 256
 #   cudnn       the same with cuDNN's fused attention, profiled
 #   batch640    the paper's per-device batch with remat (whole blocks, or keeping the Dense
 #               layers' outputs), einsum and cuDNN attention
@@ -21,19 +26,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BEFORE_COMMIT=8e732a3
 
 if [ "${1:-}" = "--prepare" ]; then
-  rm -rf .before && mkdir .before
-  git archive "$BEFORE_COMMIT" vismae_jax data_pipelines benchmarks/output.py | tar -x -C .before
-  # Today's benchmark (JSON fields, profile categories) on the old model code.
-  cp benchmarks/train_throughput.py benchmarks/trace_categories.py .before/benchmarks/
-  sed -i -e '/config.model.attention = "einsum"/d' -e '/"attention": m\["config"\]/d' \
-    -e '/"remat_policy": config_lib/d' .before/benchmarks/train_throughput.py
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
     -d .whl -r benchmarks/gpu_requirements.txt
-  du -sh .before .whl
+  du -sh .whl
   exit 0
 fi
 
@@ -74,7 +72,7 @@ stage() {  # stage NAME TREE [XLA_FLAGS] -- train_throughput.py arguments
 }
 
 [ -n "${TINY:-}" ] || nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
-stage before "$ROOT/.before" "" -- --batch=$BATCH --compare=random
+stage sparse "$ROOT" "" -- --batch=$BATCH --compare=random,uniform,uniform+1-1-1
 stage attention "$ROOT" "" -- --batch=$BATCH --profile="$STAGES/trace_attention" \
   --compare=random,random@model.attention=xla
 stage cudnn "$ROOT" "" -- --batch=$BATCH --profile="$STAGES/trace_cudnn" \
