@@ -262,8 +262,8 @@ def write_shard(shard: int, config: ShardedIngest) -> dict:
       return summary
   items = _planned_items(config, shard)
   first = shard * _planned(config)["files_per_shard"] + 1  # this shard's first item, 1-based
-  # One record per chunk for cheap random access; snappy reads twice as fast as the default
-  # zstd on uint8 images (measured: 19k against 8.5k records/s) for a similar size.
+  # One record per chunk for cheap random access; snappy reads about twice as fast as the
+  # default zstd on uint8 images for a similar size (benchmarks/data_throughput.py).
   writer = array_record_module.ArrayRecordWriter(out(".array_record.tmp"),
                                                  "group_size:1,snappy")
   rows, errors, counts, shapes = [], [], {}, {}

@@ -29,8 +29,8 @@ REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_
 DATA_SOURCES = ("shards", "sample", "volumes")
 # The release's fine-tuning recipes per task kind (tasks.py), and their `cpu` variants': 64 px
 # models for 2-core machines, schedules short enough that the 80 runs of the label-efficiency
-# protocol fit an hour or so; classification there with layer-wise lr decay 0.65
-# (benchmarks/results/README.md).
+# protocol fit an hour or so; classification there with layer-wise lr decay 0.65, which keeps
+# more of the pretrained encoder (benchmarks/results/README.md, label efficiency).
 FINETUNE_RECIPES = {
     "segmentation": dict(depths=(2, 2, 6, 2), batch_size=32, num_epochs=150.0,
                          warmup_epochs=40.0, cpu_epochs=30.0, cpu_layer_decay=1.0,
@@ -239,12 +239,9 @@ def finetune_defaults(kind: str = "segmentation") -> ml_collections.ConfigDict:
 
 
 def apply_finetune_variant(c: ml_collections.ConfigDict, variant: str):
-  """`cpu`: 64 px models for 2-core machines (Swin-UNet 0.44M, classifier 0.31M parameters).
-
-  cpu shortens the schedules (segmentation 30 epochs, classification 40, at least 400 steps) so
-  that the 80 runs of the label-efficiency protocol fit an hour or so on 2 cores, and
-  classification uses layer-wise lr decay 0.65, which kept more of the pretrained encoder (a
-  higher AUC in a 2-fold check).
+  """`cpu`: 64 px models for 2-core machines (Swin-UNet 0.44M, classifier 0.31M parameters),
+  the widths of the `sample` pretraining, on the kind's short schedule (FINETUNE_RECIPES; at
+  least 400 steps, so that a small label fraction learns something). `tiny`: 40 steps, tests.
   """
   recipe = FINETUNE_RECIPES[c.finetune.kind]
   for name in variant_names(variant, ("cpu", "tiny")):
