@@ -56,7 +56,7 @@ import tqdm
 from absl import app, flags
 from array_record.python import array_record_module
 
-from data_pipelines import DatasetError, console, readers, records, shards
+from data_pipelines import DatasetError, console, locks, readers, records, shards
 
 PLAN_DIR = "_plan"
 ERRORS = "errors.csv"
@@ -397,22 +397,23 @@ def run_beam(config: ShardedIngest, num_shards: int, beam_args: list[str]):
 
 
 def ingest(config: ShardedIngest, beam_args: list[str] | None = None) -> dict:
-  """Plan, shards, finish. beam_args None: shards in this process (small inputs, the sample)."""
-  os.makedirs(config.output, exist_ok=True)
-  num_shards = plan(config)
-  stop = threading.Event()
-  watcher = threading.Thread(target=_watch_progress, args=(config, num_shards, stop))
-  watcher.start()
-  try:
-    if beam_args is None:
-      for k in range(num_shards):
-        write_shard(k, config)
-    else:
-      run_beam(config, num_shards, beam_args)
-  finally:
-    stop.set()
-    watcher.join()
-  return finish(config, num_shards)
+  """Plan, shards, finish, with the output folder held (locks.py: one ingest writes it at a
+  time). beam_args None: shards in this process (small inputs, the sample)."""
+  with locks.hold(config.output, "ingest"):
+    num_shards = plan(config)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_progress, args=(config, num_shards, stop))
+    watcher.start()
+    try:
+      if beam_args is None:
+        for k in range(num_shards):
+          write_shard(k, config)
+      else:
+        run_beam(config, num_shards, beam_args)
+    finally:
+      stop.set()
+      watcher.join()
+    return finish(config, num_shards)
 
 
 def parse_window(text: str) -> tuple:
@@ -485,7 +486,7 @@ def main(argv):
                         files_per_shard=f.files_per_shard, read=read, error_paths=f.error_paths)
   try:
     manifest = ingest(config, argv[1:])
-  except DatasetError as e:
+  except (DatasetError, locks.FolderInUse) as e:
     sys.exit(f"error: {e}")
   print(f"ingest: {manifest['num_records']} records from {manifest['num_files']} files "
         f"{manifest['counts']} in {len(manifest['shards'])} shards at {f.output}; "

@@ -312,3 +312,23 @@ def synthetic_decathlon(folder, cases: int = 8) -> str:
                "labels": {"0": "background", "1": "first", "2": "second"},
                "training": training}, f)
   return str(folder)
+
+
+def losses(workdir):
+  return np.array([m["loss"] for m in read_metrics(workdir)])
+
+
+def final_params(workdir, step):
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def train_in_process(sample_dir, workdir):
+  """The tiny pretraining on the sample's shards in this process, over its devices."""
+  from vismae_jax import parallel
+  from vismae_jax.train import loop, pretrain
+  config = load_config("generic.py", "tiny")
+  config.data.source, config.data.path = "shards", sample_dir
+  mesh = parallel.make_mesh(config.mesh)
+  return loop.train(pretrain.make_task(config, workdir, mesh), config, workdir, mesh)

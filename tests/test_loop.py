@@ -10,25 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import ROOT, load_config, main_command, main_env, read_metrics, run_main
-from vismae_jax import parallel
-from vismae_jax.train import loop, pretrain
-
-
-def losses(workdir):
-  return np.array([m["loss"] for m in read_metrics(workdir)])
-
-
-def final_params(workdir, step):
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  return ocp.StandardCheckpointer().restore(path)["params"]
-
-
-def train_in_process(sample_dir, workdir):
-  config = load_config("generic.py", "tiny")
-  config.data.source, config.data.path = "shards", sample_dir
-  mesh = parallel.make_mesh(config.mesh)  # every device of the test process
-  return loop.train(pretrain.make_task(config, workdir, mesh), config, workdir, mesh)
+from helpers import ROOT, final_params, losses, main_command, main_env, read_metrics
+from helpers import run_main, train_in_process
 
 
 def test_a_resumed_run_replays_an_uninterrupted_one(sample_dir, tmp_path):

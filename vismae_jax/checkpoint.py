@@ -5,14 +5,26 @@ that validates (fine-tuning), also the step that scored best on its validation m
 Orbax's own preservation policies, with the score stored beside each step. A step folder
 appears only once it is complete, so a run killed mid-save resumes from the previous one.
 Restoring places every array directly onto its sharding (no host copy of the full model first).
+
+Orbax checks that a step is complete and readable, not that its bytes are the ones written: a
+flipped block in an uncompressed array file restores as silently wrong values. So once a save
+has finished, `seal` records the SHA-256 of every file of the step (in `checkpoint_checksums/`
+beside `checkpoints/`, process 0, where the workdir is shared), and `damage` compares them
+before a resume: the loop then falls back to the newest step that verifies and restores, and
+sets the damaged ones aside (`damaged_checkpoints/`). A step killed before it was sealed is
+restored on Orbax's checks alone, and the log says so.
 """
+import hashlib
+import json
 import math
 import os
+import shutil
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 
@@ -42,9 +54,87 @@ def manager(workdir: str, keep: int, best_metric: str = "") -> ocp.CheckpointMan
                                                 enable_async_checkpointing=True))
 
 
+class CheckpointDamaged(OSError):
+  """No checkpoint of a run restores; the message names the folder and what was wrong."""
+
+
+def _checksums_dir(mngr: ocp.CheckpointManager) -> str:
+  return os.path.join(os.path.dirname(str(mngr.directory)), "checkpoint_checksums")
+
+
+def _digests(step_dir: str) -> dict:
+  """{path relative to the step folder: SHA-256} of every file of a step."""
+  digests = {}
+  for folder, _, names in os.walk(step_dir):
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+      digests[os.path.relpath(path, step_dir)] = h.hexdigest()
+  return digests
+
+
+def seal(mngr: ocp.CheckpointManager) -> None:
+  """Records the checksums of every finished step not sealed yet, and forgets deleted steps'
+  (process 0; call after the saves have finished)."""
+  if jax.process_index() != 0:
+    return
+  folder = _checksums_dir(mngr)
+  os.makedirs(folder, exist_ok=True)
+  steps = set(mngr.all_steps())
+  for name in os.listdir(folder):
+    if name.endswith(".json") and int(name[:-5]) not in steps:
+      os.remove(os.path.join(folder, name))
+  for step in steps:
+    path = os.path.join(folder, f"{step}.json")
+    if not os.path.exists(path):
+      with open(path + ".tmp", "w") as f:
+        json.dump(_digests(os.path.join(str(mngr.directory), str(step))), f)
+      os.replace(path + ".tmp", path)
+
+
+def damage(mngr: ocp.CheckpointManager, step: int) -> str:
+  """What is wrong with the files of `step` against its seal ("" when they match, and None
+  when it was never sealed: a run killed between the save and the seal)."""
+  path = os.path.join(_checksums_dir(mngr), f"{step}.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    sealed = json.load(f)
+  found = _digests(os.path.join(str(mngr.directory), str(step)))
+  missing = sorted(set(sealed) - set(found))
+  changed = sorted(k for k in sealed if k in found and found[k] != sealed[k])
+  if missing:
+    return f"{len(missing)} files missing ({missing[0]}, ...)"
+  if changed:
+    return f"{len(changed)} files changed since they were written ({changed[0]}, ...)"
+  return ""
+
+
+def set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+  """Moves a damaged step out of the checkpoints (to `damaged_checkpoints/`, kept for a look),
+  so that the run neither retries nor overwrites it; returns where it went."""
+  target = os.path.join(os.path.dirname(str(mngr.directory)), "damaged_checkpoints", str(step))
+  if jax.process_index() == 0:
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(os.path.join(str(mngr.directory), str(step)), target)
+    checksums = os.path.join(_checksums_dir(mngr), f"{step}.json")
+    if os.path.exists(checksums):
+      os.remove(checksums)
+  multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+  mngr.reload()
+  return target
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, config,
          metrics: dict | None = None) -> None:
-  """Saves everything a resume needs; `metrics` ({best_metric: value}) ranks the step."""
+  """Saves everything a resume needs; `metrics` ({best_metric: value}) ranks the step. The
+  previous save is finished and sealed first (Orbax waits for it before a new one anyway)."""
+  mngr.wait_until_finished()
+  seal(mngr)
   mngr.save(step, metrics=metrics, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -142,4 +232,5 @@ def keep_best_only(workdir: str, best_metric: str) -> None:
   for step in mngr.all_steps():
     if step != best:
       mngr.delete(step)
+  seal(mngr)  # forgets the deleted steps' checksums
   mngr.close()

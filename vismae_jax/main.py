@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import DatasetError, console
+from data_pipelines import DatasetError, console, locks
 from vismae_jax import config_checks, config_lib, evaluate, parallel, predict, protocol
 from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
@@ -88,12 +88,17 @@ def main(argv):
       return
     mesh = parallel.make_mesh(config.mesh)  # the run's one mesh
     if config.task == "pretrain":
-      loop.train(pretrain.make_task(config, workdir, mesh), config, workdir, mesh)
+      with locks.hold(workdir, "run", primary=jax.process_index() == 0):  # one writer
+        loop.train(pretrain.make_task(config, workdir, mesh), config, workdir, mesh)
     else:
       {"finetune": protocol.run, "predict": predict.run, "evaluate": evaluate.run}[config.task](
           config, workdir, mesh)
   except USER_ERRORS as e:
     _fail(str(e))
+  except loop.Preempted as e:  # a distinct status that cluster scripts requeue on
+    if jax.process_index() == 0:
+      print(f"preempted: {e}", file=sys.stderr, flush=True)
+    sys.exit(loop.PREEMPTED_EXIT)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from data_pipelines import downstream, splits
+from data_pipelines import downstream, locks, splits
 from data_pipelines.labelled import stratification_labels
 from vismae_jax import analysis, checkpoint, config_lib, inference, parallel, report
 from vismae_jax import resume_guard, tasks
@@ -250,30 +250,10 @@ def plan(config, table: downstream.Table) -> list[dict]:
           for repeat in range(config.protocol.repeats)]
 
 
-def run(config, workdir: str, mesh) -> dict:
-  """The whole protocol of `config` on `mesh`; returns the summary (also written as the
-  report)."""
-  # The config was validated at the entry point; what can be wrong with the weights and the
-  # data fails here, before the workdir is touched.
-  finetune.check_pretrained(config)
-  examples, table, skipped = finetune.read_labelled(config, config.data.csv)
-  for row in skipped[:5]:
-    logging.warning("%s line %d left out: %s", config.data.csv, row["line"], row["problem"])
-  if skipped:
-    logging.warning("%d of %d rows of %s left out (unreadable); the report lists them",
-                    len(skipped), len(skipped) + len(table), config.data.csv)
-  splits_made = describe_splits(config, table)
-  logging.info("splits: %s; %s", splits_made["folds"], splits_made["groups"])
-  if table.groups is None and config.data.group_column:
-    logging.warning("%s is %s", config.data.csv, splits_made["groups"])
-  distance_scale = (table.pixel_sizes if config_lib.volumetric(config) else
-                    table.distance_scale(config.input.image_size))
-  runs = plan(config, table)
-
-  os.makedirs(workdir, exist_ok=True)
-  check_same_config(config, workdir)
-  if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once is enough
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
+def run_all(config, workdir: str, mesh, runs: list[dict], examples: dict,
+            distance_scale) -> list[dict]:
+  """Every planned run's result: the finished ones read back, the others trained and scored
+  in turn, with progress."""
   results, todo = [], []
   for r in runs:
     path = _run_path(workdir, r["name"], "result.json")
@@ -302,6 +282,34 @@ def run(config, workdir: str, mesh) -> dict:
     bar.set_postfix_str(f"{r['name']}: {result['metric']:.3f}")
     bar.update()
   bar.close()
+  return results
+
+
+def run(config, workdir: str, mesh) -> dict:
+  """The whole protocol of `config` on `mesh`; returns the summary (also written as the
+  report)."""
+  # The config was validated at the entry point; what can be wrong with the weights and the
+  # data fails here, before the workdir is touched.
+  finetune.check_pretrained(config)
+  examples, table, skipped = finetune.read_labelled(config, config.data.csv)
+  for row in skipped[:5]:
+    logging.warning("%s line %d left out: %s", config.data.csv, row["line"], row["problem"])
+  if skipped:
+    logging.warning("%d of %d rows of %s left out (unreadable); the report lists them",
+                    len(skipped), len(skipped) + len(table), config.data.csv)
+  splits_made = describe_splits(config, table)
+  logging.info("splits: %s; %s", splits_made["folds"], splits_made["groups"])
+  if table.groups is None and config.data.group_column:
+    logging.warning("%s is %s", config.data.csv, splits_made["groups"])
+  distance_scale = (table.pixel_sizes if config_lib.volumetric(config) else
+                    table.distance_scale(config.input.image_size))
+  runs = plan(config, table)
+
+  with locks.hold(workdir, "protocol", primary=jax.process_index() == 0):  # one writer
+    check_same_config(config, workdir)
+    if not jax.config.jax_compilation_cache_dir:  # every run compiles the same step: once
+      jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compile_cache"))
+    results = run_all(config, workdir, mesh, runs, examples, distance_scale)
   summary = {**report.summarize(config, results), "splits": splits_made,
              "skipped_rows": skipped,
              "feature_reuse": feature_reuse(config, runs, workdir, mesh, examples)}

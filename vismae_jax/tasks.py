@@ -239,8 +239,8 @@ class Classification:
       return
     found = np.unique(table.labels)
     if len(found) < 2 and config.task == "finetune":
-      raise config_lib.ConfigError(f"{path}: every row has label {found[0]}: a classifier needs at least "
-                         "two classes to learn and to be scored")
+      raise config_lib.ConfigError(f"{path}: every row has label {found[0]}: a classifier needs "
+                                   "at least two classes to learn and to be scored")
     if found.min() < 0 or found.max() >= config.finetune.num_classes:
       raise config_lib.ConfigError(
           f"{path}: labels run from {found.min()} to {found.max()}, but "

@@ -13,6 +13,8 @@ import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -23,6 +25,7 @@ import numpy as np
 import optax
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from data_pipelines import pretrain_input
@@ -190,6 +193,89 @@ class _Logger:
       self.jsonl.close()
 
 
+# The exit status of a run stopped by SIGTERM or SIGINT after checkpointing (EX_TEMPFAIL): a
+# cluster script requeues the job on it (docs/multihost.md).
+PREEMPTED_EXIT = 75
+
+
+class Preempted(Exception):
+  """The run stopped on a signal after checkpointing its last step; the same command resumes."""
+
+
+class _StopRequests:
+  """SIGTERM and SIGINT become a request to stop after the current step, with a checkpoint;
+  a second signal acts as it would have (the previous handlers are back once one arrives).
+
+  Multi-host runs agree on the step: the hosts compare their requests when they flush metrics
+  (every config.log_every steps), so each stops after the same step; one process checks at
+  every step. Outside the main thread (a test's thread) nothing is installed.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received, self.previous = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+    logging.warning("%s received: stopping after this step, with a checkpoint", self.received)
+    self._restore()
+
+  def _restore(self):
+    for s, handler in self.previous.items():
+      signal.signal(s, handler)
+    self.previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
+
+  def agreed(self, at_flush: bool) -> bool:
+    """Whether every process stops now (multi-host: only at a flush, where all compare)."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    if not at_flush:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+    return bool(np.max(flags))
+
+
+def resume(mngr, config, abstract_state, data_iterator):
+  """The state of the newest checkpoint that verifies and restores; damaged newer ones are
+  named in one line each and set aside. A checkpoint made under another config is refused
+  (resume_guard), not skipped: that is the user's choice to make, not damage."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    problem = checkpoint.damage(mngr, step)
+    if not problem:
+      try:
+        saved = checkpoint.saved_config(mngr, step)
+      except Exception as e:  # broken metadata: Orbax's own error, in one line
+        problem = f"its config cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})"
+    if not problem:
+      resume_guard.check_unchanged(config, saved, resume_guard.RUN_RESUMABLE,
+                                   f"checkpoint {step} in {mngr.directory}")
+      try:
+        state = checkpoint.restore(mngr, step, abstract_state, data_iterator)
+      except Exception as e:
+        problem = f"it does not restore ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    if not problem:
+      unsealed = " (unsealed: killed before its checksums were written)" if problem is None else ""
+      logging.info("resumed from step %d in %s%s", step, mngr.directory, unsealed)
+      return state
+    where = checkpoint.set_aside(mngr, step)
+    logging.warning("checkpoint %d in %s is damaged: %s; set aside in %s, trying the one before",
+                    step, mngr.directory, problem, where)
+  raise checkpoint.CheckpointDamaged(
+      f"no checkpoint in {mngr.directory} restores (each is set aside in damaged_checkpoints/ "
+      "with the reason in the log): start over in a new workdir, or restore the folder from a "
+      "backup")
+
+
 def run_steps(config, num_examples: int) -> int:
   """A run's length: config.total_steps, else num_epochs over num_examples, at least min_steps
   (label_efficiency_plan.py counts a run's images with it before it runs)."""
@@ -199,7 +285,12 @@ def run_steps(config, num_examples: int) -> int:
 
 def train(task: Task, config, workdir: str, mesh) -> dict:
   """Runs (or resumes) `task` as `config` describes in `workdir` on `mesh`; returns the last
-  metrics."""
+  metrics. On SIGTERM or SIGINT it checkpoints the step it is at and raises Preempted."""
+  with _StopRequests() as stop:
+    return _train(task, config, workdir, mesh, stop)
+
+
+def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
   os.makedirs(workdir, exist_ok=True)
   per_host_batch = config.batch_size // jax.process_count()
   data_iterator = pretrain_input.make_iterator(task.dataset, config.data.workers)
@@ -218,16 +309,11 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
 
   # Fresh start or resume.
   mngr = checkpoint.manager(workdir, config.keep_checkpoints, task.best_metric)
-  latest = mngr.latest_step()
-  if latest is None:
+  if mngr.latest_step() is None:
     state = initial_state(task, init_state, shardings, config.seed)
   else:
-    resume_guard.check_unchanged(config, checkpoint.saved_config(mngr, latest),
-                                 resume_guard.RUN_RESUMABLE,
-                                 f"checkpoint {latest} in {mngr.directory}")
-    state = checkpoint.restore(mngr, latest, checkpoint.abstract_like(abstract_state, shardings),
-                               data_iterator)
-    logging.info("resumed from step %d in %s", latest, mngr.directory)
+    state = resume(mngr, config, checkpoint.abstract_like(abstract_state, shardings),
+                   data_iterator)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   length = ("config.total_steps; num_epochs is not used" if config.total_steps else
             f"{config.num_epochs:g} epochs" + (
@@ -263,6 +349,18 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
       logging.warning("step %d: %s", step, warning)
     pending = []
 
+  def save(step):
+    """A checkpoint of `step`, after the task's evaluation (validation picks the best)."""
+    evaluated = task.on_checkpoint(state["params"], step) if task.on_checkpoint else {}
+    if evaluated:
+      logger.scalars(step, evaluated)
+      logging.info("step %d: %s", step, evaluated)
+      last.update(evaluated)
+    checkpoint.save(mngr, step, state, data_iterator, config,
+                    {task.best_metric: evaluated[task.best_metric]} if task.best_metric
+                    else None)
+    logger.restart_clock()
+
   for step in range(start + 1, total_steps + 1):
     batch = jax.tree.map(lambda x: parallel.global_batch(x, batch_sharding),
                          next(data_iterator))
@@ -270,19 +368,21 @@ def train(task: Task, config, workdir: str, mesh) -> dict:
       state, metrics = train_step(state, batch, schedule)
     pending.append(metrics)
     is_last = step == total_steps
-    if step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last:
+    at_flush = step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last
+    stopping = stop.agreed(at_flush)
+    if at_flush or stopping:
       flush(step)
-    if step % config.checkpoint_every == 0 or is_last:
-      evaluated = task.on_checkpoint(state["params"], step) if task.on_checkpoint else {}
-      if evaluated:
-        logger.scalars(step, evaluated)
-        logging.info("step %d: %s", step, evaluated)
-        last.update(evaluated)
-      checkpoint.save(mngr, step, state, data_iterator, config,
-                      {task.best_metric: evaluated[task.best_metric]} if task.best_metric
-                      else None)
-      logger.restart_clock()
+    if step % config.checkpoint_every == 0 or is_last or stopping:
+      save(step)
+    if stopping and not is_last:
+      mngr.wait_until_finished()
+      checkpoint.seal(mngr)
+      logger.close()
+      why = stop.received or "another host's signal"
+      raise Preempted(f"stopped on {why} after step {step} of {total_steps}, checkpointed in "
+                      f"{mngr.directory}; the same command resumes from there")
   mngr.wait_until_finished()
+  checkpoint.seal(mngr)
   logger.close()
   if jax.process_index() == 0:
     outputs = {"Checkpoints": mngr.directory, "TensorBoard": f"{logger.tb_dir} (also "

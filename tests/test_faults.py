@@ -1,0 +1,144 @@
+"""Faults a cluster throws: a second writer on a workdir, SIGTERM before a requeue, and
+checkpoints whose files were damaged after they were written."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from data_pipelines import locks
+from helpers import ROOT, final_params, main_command, main_env, read_metrics, run_main
+from helpers import train_in_process
+from vismae_jax import checkpoint
+from vismae_jax.train import loop
+
+
+def holder(folder):
+  """Another process that holds `folder`'s lock until it is killed."""
+  proc = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from data_pipelines import locks\n"
+       f"with locks.hold({str(folder)!r}):\n  print('held', flush=True); time.sleep(300)"],
+      cwd=ROOT, env=main_env(), stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "held"
+  return proc
+
+
+def test_a_held_folder_refuses_a_second_writer_until_its_holder_is_gone(tmp_path):
+  proc = holder(tmp_path)
+  try:
+    with pytest.raises(locks.FolderInUse, match=rf"^{tmp_path} is in use by process "
+                       rf"{proc.pid} on host .*, started .*: a second run on it"):
+      with locks.hold(str(tmp_path)):
+        pass
+    cli = run_main(str(tmp_path), check=False)  # the command line: one line, nothing written
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert cli.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} is in use by")
+    assert not os.path.exists(tmp_path / "checkpoints")
+  finally:
+    proc.kill()  # the kernel releases a killed holder's lock: the next run takes it over
+    proc.wait()
+  with locks.hold(str(tmp_path)):
+    assert f'"pid": {os.getpid()}' in open(tmp_path / locks.LOCK_FILE).read()
+
+
+def flip_block(path):
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    block = f.read(64)
+    f.seek(-len(block), os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in block))
+
+
+def truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def largest_file(folder):
+  files = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names]
+  return max(files, key=os.path.getsize)
+
+
+DAMAGE = {
+    "a flipped block in an array file": lambda step: flip_block(largest_file(step / "state")),
+    "a truncated array file": lambda step: truncate(largest_file(step / "state")),
+    "broken metadata": lambda step: (step / "_CHECKPOINT_METADATA").write_text("{not json"),
+    # Killed between the save and its seal: Orbax's own checks catch what they can.
+    "a truncated array file, unsealed": lambda step: (
+        os.remove(step.parent.parent / "checkpoint_checksums" / f"{step.name}.json"),
+        truncate(largest_file(step / "state"))),
+}
+
+
+@pytest.fixture(scope="module")
+def straight(sample_dir, tmp_path_factory):
+  """A tiny run's workdir (checkpoints 10 and 20, sealed) and its last metrics."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  return workdir, train_in_process(sample_dir, workdir)
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+    kind, straight, sample_dir, tmp_path, caplog):
+  workdir, last = straight
+  damaged = tmp_path / "damaged"
+  shutil.copytree(workdir, damaged)
+  assert sorted(os.listdir(damaged / "checkpoint_checksums")) == ["10.json", "20.json"]
+  DAMAGE[kind](damaged / "checkpoints" / "20")
+  caplog.set_level("INFO")
+  resumed = train_in_process(sample_dir, str(damaged))
+  warnings = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].startswith(f"checkpoint 20 in {damaged}")
+  assert "\n" not in warnings[0]
+  assert any(f"resumed from step 10 in {damaged}" in r.getMessage() for r in caplog.records)
+  assert os.path.isdir(damaged / "damaged_checkpoints" / "20")
+  assert resumed["loss"] == last["loss"]  # steps 11 to 20 replayed exactly
+  jax.tree.map(np.testing.assert_array_equal, final_params(str(damaged), 20),
+               final_params(workdir, 20))
+
+
+def test_when_no_checkpoint_restores_the_run_stops_in_one_line(straight, sample_dir, tmp_path):
+  workdir, _ = straight
+  damaged = tmp_path / "damaged"
+  shutil.copytree(workdir, damaged)
+  DAMAGE["a flipped block in an array file"](damaged / "checkpoints" / "20")
+  DAMAGE["a truncated array file"](damaged / "checkpoints" / "10")
+  with pytest.raises(checkpoint.CheckpointDamaged, match=r"^no checkpoint in .* restores") as e:
+    train_in_process(sample_dir, str(damaged))
+  assert "\n" not in str(e.value)
+  assert sorted(os.listdir(damaged / "damaged_checkpoints")) == ["10", "20"]
+
+
+def steps_and_losses(workdir):
+  return [(m["step"], m["loss"]) for m in read_metrics(workdir)]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_the_requeued_run_loses_none(tmp_path):
+  """SLURM's preemption: SIGTERM, then the same command again. The stopped run checkpoints the
+  step it is at and exits with loop.PREEMPTED_EXIT; the resumed run's (step, loss) log is the
+  uninterrupted run's, step for step."""
+  schedule = ["--config.total_steps=40", "--config.checkpoint_every=100", "--config.log_every=1"]
+  run_main(str(tmp_path / "straight"), *schedule)
+  workdir = str(tmp_path / "preempted")
+  proc = subprocess.Popen(main_command(workdir, *schedule), cwd=ROOT, env=main_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not (os.path.exists(os.path.join(workdir, "metrics.jsonl")) and
+             len(read_metrics(workdir)) >= 5):
+    assert proc.poll() is None and time.time() < deadline, "run ended before the signal"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == loop.PREEMPTED_EXIT, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("preempted: stopped on SIGTERM after step ") and "Traceback" not in stderr
+  stopped = int(last.split("after step ")[1].split()[0])
+  assert 5 <= stopped < 40 and os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
+  run_main(workdir, *schedule)
+  assert steps_and_losses(workdir) == steps_and_losses(str(tmp_path / "straight"))
