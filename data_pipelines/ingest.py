@@ -56,7 +56,7 @@ import tqdm
 from absl import app, flags
 from array_record.python import array_record_module
 
-from data_pipelines import DatasetError, console, locks, readers, records, shards
+from data_pipelines import DatasetError, console, disk, locks, readers, records, shards
 
 PLAN_DIR = "_plan"
 ERRORS = "errors.csv"
@@ -96,6 +96,11 @@ class ShardedIngest(abc.ABC):
     """Yields the records (with .encode(), .values(), .modality and the hashes) of the item
     planned at `position`; appends an error_row to `errors` per file that fails."""
 
+  def estimated_bytes(self, num_files: int) -> int:
+    """At least what the shards of `num_files` files take (0: no estimate)."""
+    del num_files
+    return 0
+
   def describe(self) -> dict:
     """Fields of dataset.json that only this kind of ingest has."""
     return {}
@@ -108,6 +113,9 @@ class ShardedIngest(abc.ABC):
 class IngestConfig(ShardedIngest):
   size: int = 224
   read: readers.ReadOptions = readers.ReadOptions()
+
+  def estimated_bytes(self, num_files: int) -> int:
+    return num_files * self.size * self.size  # a uint8 frame each at least, before compression
 
   def recorded(self) -> dict:
     return json.loads(json.dumps({"size": self.size, "files_per_shard": self.files_per_shard,
@@ -401,6 +409,10 @@ def ingest(config: ShardedIngest, beam_args: list[str] | None = None) -> dict:
   time). beam_args None: shards in this process (small inputs, the sample)."""
   with locks.hold(config.output, "ingest"):
     num_shards = plan(config)
+    finished = [os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
+                for k in range(num_shards)]
+    disk.check_free(config.output, config.estimated_bytes(_planned(config)["num_files"]) * (
+        1 - sum(finished) / num_shards), "the shards still to write", "use another --output")
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(config, num_shards, stop))
     watcher.start()
@@ -410,6 +422,15 @@ def ingest(config: ShardedIngest, beam_args: list[str] | None = None) -> dict:
           write_shard(k, config)
       else:
         run_beam(config, num_shards, beam_args)
+    except Exception as e:
+      if not disk.is_out_of_space(e):
+        raise
+      done = sum(os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
+                 for k in range(num_shards))
+      raise disk.OutOfSpace(
+          f"{config.output}: out of disk space while writing shards; kept: the {done} of "
+          f"{num_shards} shards that finished ({disk.human(disk.free_bytes(config.output))} "
+          "free now). Free space there and rerun the same command to resume") from None
     finally:
       stop.set()
       watcher.join()
@@ -486,7 +507,7 @@ def main(argv):
                         files_per_shard=f.files_per_shard, read=read, error_paths=f.error_paths)
   try:
     manifest = ingest(config, argv[1:])
-  except (DatasetError, locks.FolderInUse) as e:
+  except (DatasetError, locks.FolderInUse, disk.OutOfSpace) as e:
     sys.exit(f"error: {e}")
   print(f"ingest: {manifest['num_records']} records from {manifest['num_files']} files "
         f"{manifest['counts']} in {len(manifest['shards'])} shards at {f.output}; "

@@ -23,7 +23,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from data_pipelines import DatasetError, console, ingest, locks, pretrain_input, readers, records
+from data_pipelines import DatasetError, console, disk, ingest, locks, pretrain_input, readers
+from data_pipelines import records
 from data_pipelines import shards, volumes
 
 VOLUME_MODALITIES = ("CT", "MR", "PT")
@@ -173,7 +174,7 @@ def main(argv):
       ct_window=parse_floats(f.ct_window, 2))
   try:
     manifest = ingest.ingest(config, argv[1:])
-  except (DatasetError, locks.FolderInUse) as e:
+  except (DatasetError, disk.OutOfSpace, locks.FolderInUse) as e:
     sys.exit(f"error: {e}")
   print(f"volume_ingest: {manifest['num_records']} volumes from {manifest['num_files']} files "
         f"{manifest['counts']} in {len(manifest['shards'])} shards at {f.output}; "

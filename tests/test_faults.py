@@ -1,5 +1,6 @@
-"""Faults a cluster throws: a second writer on a workdir, SIGTERM before a requeue, and
-checkpoints whose files were damaged after they were written."""
+"""Faults a cluster throws: a second writer on a workdir, SIGTERM before a requeue,
+checkpoints whose files were damaged after they were written, and full disks."""
+import dataclasses
 import os
 import shutil
 import signal
@@ -11,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import locks
+from data_pipelines import disk, locks
 from helpers import ROOT, final_params, main_command, main_env, read_metrics, run_main
 from helpers import train_in_process
 from vismae_jax import checkpoint
-from vismae_jax.train import loop
+from vismae_jax.train import loop, pretrain
 
 
 def holder(folder):
@@ -142,3 +143,91 @@ def test_sigterm_checkpoints_the_current_step_and_the_requeued_run_loses_none(tm
   assert 5 <= stopped < 40 and os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
   run_main(workdir, *schedule)
   assert steps_and_losses(workdir) == steps_and_losses(str(tmp_path / "straight"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A tmpfs of `megabytes` (mounting needs root: the test skips, saying so, without it) and a
+  way to fill it up: a ballast file written until the disk refuses."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                        capture_output=True, text=True)
+  if made.returncode:
+    pytest.skip(f"a small disk needs a tmpfs mount (root): {made.stderr.strip()}")
+
+  def fill():
+    with open(mount / "ballast", "wb") as f:
+      try:
+        while True:
+          f.write(b"\0" * (1 << 20))
+          f.flush()
+      except OSError:
+        pass
+  yield mount, fill
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_training_refuses_before_any_step_when_its_checkpoints_cannot_fit(
+    sample_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(disk, "free_bytes", lambda folder: 10_000)
+  with pytest.raises(disk.OutOfSpace, match=r"checkpoints: 10.0 KB free, but 4 more "
+                     r"checkpoints of .* MB need about .* MB: free space there, or lower "
+                     r"config.keep_checkpoints$"):
+    train_in_process(sample_dir, str(tmp_path))
+  assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_a_full_disk_during_training_ends_in_one_line_and_the_rerun_loses_nothing(
+    small_disk, sample_dir, straight, monkeypatch):
+  mount, fill = small_disk
+  workdir = str(mount / "run")
+  real_make_task = pretrain.make_task
+
+  def filling_at_20(*args):  # the disk fills up while the run is at step 20
+    task = real_make_task(*args)
+
+    def on_checkpoint(params, step):
+      out = task.on_checkpoint(params, step)
+      if step == 20:
+        fill()
+      return out
+    return dataclasses.replace(task, on_checkpoint=on_checkpoint)
+  monkeypatch.setattr(pretrain, "make_task", filling_at_20)
+  with pytest.raises(disk.OutOfSpace, match=rf"^{mount}/run/checkpoints: out of disk space "
+                     r"while writing a checkpoint; kept: checkpoint 10, the last complete "
+                     r"one \(.* free now\)\. Free space there and rerun") as e:
+    train_in_process(sample_dir, workdir)
+  assert "\n" not in str(e.value)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]  # no half-written step
+  monkeypatch.setattr(pretrain, "make_task", real_make_task)
+  os.remove(mount / "ballast")
+  resumed = train_in_process(sample_dir, workdir)
+  assert resumed["loss"] == straight[1]["loss"]
+
+
+def test_a_full_disk_during_ingest_ends_in_one_line_and_the_rerun_writes_the_same_bytes(
+    small_disk, tmp_path, monkeypatch):
+  from data_pipelines import ingest, sample
+  mount, fill = small_disk
+  config = lambda out: ingest.IngestConfig(input=sample.SAMPLE_DIR, output=str(out),
+                                           salt="salt", size=64, files_per_shard=64)
+  ingest.ingest(config(tmp_path / "straight"))
+  real_write_shard = ingest.write_shard
+
+  def fill_before_shard_2(shard, cfg):
+    if shard == 2:
+      fill()
+    return real_write_shard(shard, cfg)
+  monkeypatch.setattr(ingest, "write_shard", fill_before_shard_2)
+  with pytest.raises(disk.OutOfSpace, match=rf"^{mount}/shards: out of disk space while "
+                     r"writing shards; kept: the 2 of 4 shards that finished"):
+    ingest.ingest(config(mount / "shards"))
+  monkeypatch.setattr(ingest, "write_shard", real_write_shard)
+  os.remove(mount / "ballast")
+  ingest.ingest(config(mount / "shards"))
+  written = lambda folder: {n: open(os.path.join(folder, n), "rb").read()
+                            for n in sorted(os.listdir(folder))
+                            if n.endswith((".array_record", ".index.csv"))}
+  assert written(mount / "shards") == written(tmp_path / "straight")
+  assert len(written(tmp_path / "straight")) == 8

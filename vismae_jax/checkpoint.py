@@ -14,6 +14,7 @@ before a resume: the loop then falls back to the newest step that verifies and r
 sets the damaged ones aside (`damaged_checkpoints/`). A step killed before it was sealed is
 restored on Orbax's checks alone, and the log says so.
 """
+import contextlib
 import hashlib
 import json
 import math
@@ -26,6 +27,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
+
+from data_pipelines import disk
 
 
 def _score(best_metric: str):
@@ -129,16 +132,49 @@ def set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
+def _out_of_space(mngr: ocp.CheckpointManager) -> disk.OutOfSpace:
+  """A full disk during a save, in one line: the folder and the newest complete checkpoint.
+  The interrupted save's temporary folder goes (Orbax never takes it for a finished step)."""
+  directory = str(mngr.directory)
+  for name in os.listdir(directory):
+    if ".orbax-checkpoint-tmp" in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  mngr.reload()
+  kept = mngr.all_steps()
+  what = f"checkpoint {max(kept)}, the last complete one" if kept else "no checkpoint yet"
+  return disk.OutOfSpace(f"{directory}: out of disk space while writing a checkpoint; kept: "
+                         f"{what} ({disk.human(disk.free_bytes(directory))} free now). Free "
+                         "space there and rerun the same command to resume")
+
+
+@contextlib.contextmanager
+def _space_errors_in_one_line(mngr: ocp.CheckpointManager):
+  try:
+    yield
+  except Exception as e:
+    if disk.is_out_of_space(e):
+      raise _out_of_space(mngr) from None
+    raise
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, config,
          metrics: dict | None = None) -> None:
   """Saves everything a resume needs; `metrics` ({best_metric: value}) ranks the step. The
   previous save is finished and sealed first (Orbax waits for it before a new one anyway)."""
-  mngr.wait_until_finished()
-  seal(mngr)
-  mngr.save(step, metrics=metrics, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(config.to_dict())))
+  with _space_errors_in_one_line(mngr):
+    mngr.wait_until_finished()
+    seal(mngr)
+    mngr.save(step, metrics=metrics, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        config=ocp.args.JsonSave(config.to_dict())))
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the last save to end and seals it."""
+  with _space_errors_in_one_line(mngr):
+    mngr.wait_until_finished()
+    seal(mngr)
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator):

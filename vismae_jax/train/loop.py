@@ -28,7 +28,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
-from data_pipelines import pretrain_input
+from data_pipelines import disk, pretrain_input
 from vismae_jax import checkpoint, parallel, resume_guard
 from vismae_jax.train import extra_state, optim
 
@@ -307,8 +307,14 @@ def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
   shardings = parallel.state_shardings(abstract_state, mesh, config.mesh.fsdp_min_mb)
   batch_sharding = parallel.batch_sharding(mesh)
 
-  # Fresh start or resume.
+  # Fresh start or resume, with room for the checkpoints still to come (Orbax writes a new one
+  # before it deletes the oldest).
   mngr = checkpoint.manager(workdir, config.keep_checkpoints, task.best_metric)
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+  copies = max(1, config.keep_checkpoints + bool(task.best_metric) + 1 - len(mngr.all_steps()))
+  disk.check_free(str(mngr.directory), state_bytes * copies,
+                  f"{copies} more checkpoints of {disk.human(state_bytes)}",
+                  "lower config.keep_checkpoints")
   if mngr.latest_step() is None:
     state = initial_state(task, init_state, shardings, config.seed)
   else:
@@ -375,14 +381,12 @@ def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
     if step % config.checkpoint_every == 0 or is_last or stopping:
       save(step)
     if stopping and not is_last:
-      mngr.wait_until_finished()
-      checkpoint.seal(mngr)
+      checkpoint.finish(mngr)
       logger.close()
       why = stop.received or "another host's signal"
       raise Preempted(f"stopped on {why} after step {step} of {total_steps}, checkpointed in "
                       f"{mngr.directory}; the same command resumes from there")
-  mngr.wait_until_finished()
-  checkpoint.seal(mngr)
+  checkpoint.finish(mngr)
   logger.close()
   if jax.process_index() == 0:
     outputs = {"Checkpoints": mngr.directory, "TensorBoard": f"{logger.tb_dir} (also "
