@@ -84,7 +84,9 @@ def test_vit_mae2d_pretrains_and_unetr2d_fine_tunes_from_it(tmp_path, sample_seg
   with open(os.path.join(workdir, "report.json")) as f:
     entry = json.load(f)["by_fraction"]["1.0"]
   assert set(entry) >= {"pretrained", "random"}
-  assert all(0 <= entry[i]["mean"] <= 1 for i in ("pretrained", "random"))
+  # The boxes sit in the same place in every image (a twelfth of it): marking every pixel as
+  # foreground would score Dice 2 * (1/12) / (1 + 1/12) = 0.154; the runs must find the box.
+  assert all(entry[i]["mean"] > 2 / 13 for i in ("pretrained", "random"))
 
 
 @pytest.mark.slow
