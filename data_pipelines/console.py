@@ -13,6 +13,8 @@ import sys
 import tqdm
 from absl import logging
 
+from data_pipelines import disk
+
 # Where a log record comes from -> the level it needs to be shown without --verbose. Beam warns
 # about optional Google Cloud clients that a local ingest never uses.
 CHATTY = {"orbax": std_logging.WARNING, "apache_beam": std_logging.ERROR,
@@ -30,11 +32,16 @@ class _AboveProgressBars(io.TextIOBase):
     sys.stderr.flush()
 
 
+def _said_by_us(record) -> bool:
+  """Orbax's background threads log a full disk with their traceback before the run says it
+  in one line (disk.OutOfSpace): theirs is left out unless --verbose."""
+  return "orbax" in record.pathname and disk.is_out_of_space_text(record.getMessage())
+
+
 def setup(verbose: bool = False):
   """Routes absl's log lines around progress bars; `verbose` keeps the libraries' INFO lines."""
   handler = logging.get_absl_handler()
   handler.python_handler.setStream(_AboveProgressBars())
   if not verbose:
-    handler.addFilter(lambda record: all(record.levelno >= level
-                                         for name, level in CHATTY.items()
-                                         if name in record.pathname))
+    handler.addFilter(lambda record: not _said_by_us(record) and all(
+        record.levelno >= level for name, level in CHATTY.items() if name in record.pathname))

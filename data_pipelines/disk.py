@@ -28,13 +28,16 @@ def human(nbytes: float) -> str:
     nbytes /= 1000
 
 
+def is_out_of_space_text(text: str) -> bool:
+  return any(words in text for words in SPACE_WORDS)
+
+
 def is_out_of_space(error: BaseException | None) -> bool:
   """Whether `error`, or any exception it was raised from, is a full disk or quota."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    if getattr(error, "errno", None) in SPACE_ERRNOS or any(
-        words in str(error) for words in SPACE_WORDS):
+    if getattr(error, "errno", None) in SPACE_ERRNOS or is_out_of_space_text(str(error)):
       return True
     error = error.__cause__ or error.__context__
   return False

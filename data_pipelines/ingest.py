@@ -57,6 +57,7 @@ from absl import app, flags
 from array_record.python import array_record_module
 
 from data_pipelines import DatasetError, console, disk, locks, readers, records, shards
+from data_pipelines import signals
 
 PLAN_DIR = "_plan"
 ERRORS = "errors.csv"
@@ -259,9 +260,17 @@ def _planned_items(config: ShardedIngest, shard: int) -> list[list[str]]:
             for line in f.read().split()]
 
 
-def write_shard(shard: int, config: ShardedIngest) -> dict:
-  """Converts one planned shard; returns its summary. Skips shards finished earlier, unless an
-  older version wrote them (their summary lacks a field this one keeps): those are written anew."""
+# Set by SIGTERM or SIGINT during an ingest (signals.StopRequests): the shards in flight finish,
+# the others are left to the rerun. A module global, which Beam's worker threads see.
+STOP = threading.Event()
+
+
+def write_shard(shard: int, config: ShardedIngest) -> dict | None:
+  """Converts one planned shard; returns its summary (None: not started, on a stop request).
+  Skips shards finished earlier, unless an older version wrote them (their summary lacks a
+  field this one keeps): those are written anew."""
+  if STOP.is_set():
+    return None
   out = lambda suffix: os.path.join(config.output, shard_name(shard, suffix))
   if os.path.exists(out(".json")):
     with open(out(".json")) as f:
@@ -376,10 +385,15 @@ def finish(config: ShardedIngest, num_shards: int) -> dict:
   return manifest
 
 
+def finished_shards(config: ShardedIngest, num_shards: int) -> int:
+  """How many shards have their completion mark (the last file a shard writes)."""
+  return sum(os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
+             for k in range(num_shards))
+
+
 def _watch_progress(config: ShardedIngest, num_shards: int, stop: threading.Event):
   """A progress bar (rate, ETA) fed by the shards' completion marks, whatever the runner."""
-  done = lambda: sum(os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
-                     for k in range(num_shards))
+  done = lambda: finished_shards(config, num_shards)
   with tqdm.tqdm(total=num_shards, initial=done(), unit="shard", desc="ingest",
                  disable=None) as bar:  # None: on a terminal only
     while not stop.wait(2.0):
@@ -407,14 +421,14 @@ def run_beam(config: ShardedIngest, num_shards: int, beam_args: list[str]):
 def ingest(config: ShardedIngest, beam_args: list[str] | None = None) -> dict:
   """Plan, shards, finish, with the output folder held (locks.py: one ingest writes it at a
   time). beam_args None: shards in this process (small inputs, the sample)."""
-  with locks.hold(config.output, "ingest"):
+  with locks.hold(config.output, "ingest"), signals.StopRequests(
+      "after the shards in flight", STOP) as stop:
     num_shards = plan(config)
-    finished = [os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
-                for k in range(num_shards)]
     disk.check_free(config.output, config.estimated_bytes(_planned(config)["num_files"]) * (
-        1 - sum(finished) / num_shards), "the shards still to write", "use another --output")
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_progress, args=(config, num_shards, stop))
+        1 - finished_shards(config, num_shards) / num_shards), "the shards still to write",
+                    "use another --output")
+    done_watching = threading.Event()
+    watcher = threading.Thread(target=_watch_progress, args=(config, num_shards, done_watching))
     watcher.start()
     try:
       if beam_args is None:
@@ -425,15 +439,18 @@ def ingest(config: ShardedIngest, beam_args: list[str] | None = None) -> dict:
     except Exception as e:
       if not disk.is_out_of_space(e):
         raise
-      done = sum(os.path.exists(os.path.join(config.output, shard_name(k, ".json")))
-                 for k in range(num_shards))
       raise disk.OutOfSpace(
-          f"{config.output}: out of disk space while writing shards; kept: the {done} of "
+          f"{config.output}: out of disk space while writing shards; kept: the "
+          f"{finished_shards(config, num_shards)} of "
           f"{num_shards} shards that finished ({disk.human(disk.free_bytes(config.output))} "
           "free now). Free space there and rerun the same command to resume") from None
     finally:
-      stop.set()
+      done_watching.set()
       watcher.join()
+    if stop.received:
+      raise signals.Stopped(f"stopped on {stop.received} with "
+                            f"{finished_shards(config, num_shards)} of {num_shards} shards "
+                            f"finished in {config.output}; the same command resumes")
     return finish(config, num_shards)
 
 
@@ -509,6 +526,9 @@ def main(argv):
     manifest = ingest(config, argv[1:])
   except (DatasetError, locks.FolderInUse, disk.OutOfSpace) as e:
     sys.exit(f"error: {e}")
+  except signals.Stopped as e:  # a distinct status that cluster scripts requeue on
+    print(f"stopped: {e}", file=sys.stderr, flush=True)
+    sys.exit(signals.EXIT_STOPPED)
   print(f"ingest: {manifest['num_records']} records from {manifest['num_files']} files "
         f"{manifest['counts']} in {len(manifest['shards'])} shards at {f.output}; "
         f"{manifest['num_errors']} unreadable files listed in "

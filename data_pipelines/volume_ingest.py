@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from data_pipelines import DatasetError, console, disk, ingest, locks, pretrain_input, readers
-from data_pipelines import records
+from data_pipelines import records, signals
 from data_pipelines import shards, volumes
 
 VOLUME_MODALITIES = ("CT", "MR", "PT")
@@ -176,6 +176,9 @@ def main(argv):
     manifest = ingest.ingest(config, argv[1:])
   except (DatasetError, disk.OutOfSpace, locks.FolderInUse) as e:
     sys.exit(f"error: {e}")
+  except signals.Stopped as e:  # a distinct status that cluster scripts requeue on
+    print(f"stopped: {e}", file=sys.stderr, flush=True)
+    sys.exit(signals.EXIT_STOPPED)
   print(f"volume_ingest: {manifest['num_records']} volumes from {manifest['num_files']} files "
         f"{manifest['counts']} in {len(manifest['shards'])} shards at {f.output}; "
         f"{manifest['num_errors']} unreadable listed in {os.path.join(f.output, ingest.ERRORS)}")

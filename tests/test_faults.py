@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import disk, locks
+from data_pipelines import disk, ingest, locks, sample, signals
 from helpers import ROOT, final_params, main_command, main_env, read_metrics, run_main
 from helpers import train_in_process
 from vismae_jax import checkpoint
-from vismae_jax.train import loop, pretrain
+from vismae_jax.train import pretrain
 
 
 def holder(folder):
@@ -122,7 +122,7 @@ def steps_and_losses(workdir):
 @pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_the_requeued_run_loses_none(tmp_path):
   """SLURM's preemption: SIGTERM, then the same command again. The stopped run checkpoints the
-  step it is at and exits with loop.PREEMPTED_EXIT; the resumed run's (step, loss) log is the
+  step it is at and exits with signals.EXIT_STOPPED; the resumed run's (step, loss) log is the
   uninterrupted run's, step for step."""
   schedule = ["--config.total_steps=40", "--config.checkpoint_every=100", "--config.log_every=1"]
   run_main(str(tmp_path / "straight"), *schedule)
@@ -136,13 +136,25 @@ def test_sigterm_checkpoints_the_current_step_and_the_requeued_run_loses_none(tm
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == loop.PREEMPTED_EXIT, stderr[-2000:]
+  assert proc.returncode == signals.EXIT_STOPPED, stderr[-2000:]
   last = stderr.strip().splitlines()[-1]
   assert last.startswith("preempted: stopped on SIGTERM after step ") and "Traceback" not in stderr
   stopped = int(last.split("after step ")[1].split()[0])
   assert 5 <= stopped < 40 and os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
   run_main(workdir, *schedule)
   assert steps_and_losses(workdir) == steps_and_losses(str(tmp_path / "straight"))
+
+
+def config(output):
+  """The bundled sample's ingest into `output`: 4 shards of 64 files at 64 px."""
+  return ingest.IngestConfig(input=sample.SAMPLE_DIR, output=str(output), salt="salt", size=64,
+                             files_per_shard=64)
+
+
+def shard_bytes(folder) -> dict:
+  """{file: bytes} of an ingest's shards and their indexes."""
+  return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))
+          if n.endswith((".array_record", ".index.csv"))}
 
 
 @pytest.fixture
@@ -190,13 +202,15 @@ def test_a_full_disk_during_training_ends_in_one_line_and_the_rerun_loses_nothin
     def on_checkpoint(params, step):
       out = task.on_checkpoint(params, step)
       if step == 20:
+        while not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
+          time.sleep(0.01)  # the step-10 save, asynchronous, has finished: it is complete
         fill()
       return out
     return dataclasses.replace(task, on_checkpoint=on_checkpoint)
   monkeypatch.setattr(pretrain, "make_task", filling_at_20)
-  with pytest.raises(disk.OutOfSpace, match=rf"^{mount}/run/checkpoints: out of disk space "
-                     r"while writing a checkpoint; kept: checkpoint 10, the last complete "
-                     r"one \(.* free now\)\. Free space there and rerun") as e:
+  with pytest.raises(disk.OutOfSpace, match=rf"^{mount}/run/checkpoints: out of disk space; "
+                     r"kept: checkpoint 10, the last complete one \(.* free now\)\. Free space "
+                     r"there and rerun") as e:
     train_in_process(sample_dir, workdir)
   assert "\n" not in str(e.value)
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["10"]  # no half-written step
@@ -208,10 +222,7 @@ def test_a_full_disk_during_training_ends_in_one_line_and_the_rerun_loses_nothin
 
 def test_a_full_disk_during_ingest_ends_in_one_line_and_the_rerun_writes_the_same_bytes(
     small_disk, tmp_path, monkeypatch):
-  from data_pipelines import ingest, sample
   mount, fill = small_disk
-  config = lambda out: ingest.IngestConfig(input=sample.SAMPLE_DIR, output=str(out),
-                                           salt="salt", size=64, files_per_shard=64)
   ingest.ingest(config(tmp_path / "straight"))
   real_write_shard = ingest.write_shard
 
@@ -226,8 +237,25 @@ def test_a_full_disk_during_ingest_ends_in_one_line_and_the_rerun_writes_the_sam
   monkeypatch.setattr(ingest, "write_shard", real_write_shard)
   os.remove(mount / "ballast")
   ingest.ingest(config(mount / "shards"))
-  written = lambda folder: {n: open(os.path.join(folder, n), "rb").read()
-                            for n in sorted(os.listdir(folder))
-                            if n.endswith((".array_record", ".index.csv"))}
-  assert written(mount / "shards") == written(tmp_path / "straight")
-  assert len(written(tmp_path / "straight")) == 8
+  assert shard_bytes(mount / "shards") == shard_bytes(tmp_path / "straight")
+  assert len(shard_bytes(tmp_path / "straight")) == 8
+
+
+def test_sigterm_during_ingest_stops_after_the_shard_in_flight_and_the_rerun_finishes(
+    tmp_path, monkeypatch):
+  ingest.ingest(config(tmp_path / "straight"))
+  real_write_shard = ingest.write_shard
+
+  def signal_after_shard_1(shard, cfg):
+    summary = real_write_shard(shard, cfg)
+    if shard == 1:
+      os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next shard starts
+    return summary
+  monkeypatch.setattr(ingest, "write_shard", signal_after_shard_1)
+  with pytest.raises(signals.Stopped, match=rf"^stopped on SIGTERM with 2 of 4 shards finished "
+                     rf"in {tmp_path}/stopped; the same command resumes$"):
+    ingest.ingest(config(tmp_path / "stopped"))
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+  monkeypatch.setattr(ingest, "write_shard", real_write_shard)
+  ingest.ingest(config(tmp_path / "stopped"))
+  assert shard_bytes(tmp_path / "stopped") == shard_bytes(tmp_path / "straight")

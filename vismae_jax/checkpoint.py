@@ -133,8 +133,9 @@ def set_aside(mngr: ocp.CheckpointManager, step: int) -> str:
 
 
 def _out_of_space(mngr: ocp.CheckpointManager) -> disk.OutOfSpace:
-  """A full disk during a save, in one line: the folder and the newest complete checkpoint.
-  The interrupted save's temporary folder goes (Orbax never takes it for a finished step)."""
+  """A full disk during a run (a checkpoint, a figure, a log line), in one line: the folder and
+  the newest complete checkpoint. An interrupted save's temporary folder goes (Orbax never
+  takes it for a finished step)."""
   directory = str(mngr.directory)
   for name in os.listdir(directory):
     if ".orbax-checkpoint-tmp" in name:
@@ -142,13 +143,14 @@ def _out_of_space(mngr: ocp.CheckpointManager) -> disk.OutOfSpace:
   mngr.reload()
   kept = mngr.all_steps()
   what = f"checkpoint {max(kept)}, the last complete one" if kept else "no checkpoint yet"
-  return disk.OutOfSpace(f"{directory}: out of disk space while writing a checkpoint; kept: "
-                         f"{what} ({disk.human(disk.free_bytes(directory))} free now). Free "
-                         "space there and rerun the same command to resume")
+  return disk.OutOfSpace(f"{directory}: out of disk space; kept: {what} "
+                         f"({disk.human(disk.free_bytes(directory))} free now). Free space "
+                         "there and rerun the same command to resume")
 
 
 @contextlib.contextmanager
-def _space_errors_in_one_line(mngr: ocp.CheckpointManager):
+def space_errors_in_one_line(mngr: ocp.CheckpointManager):
+  """Turns a full disk inside the block into disk.OutOfSpace naming what `mngr` kept."""
   try:
     yield
   except Exception as e:
@@ -161,7 +163,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, config,
          metrics: dict | None = None) -> None:
   """Saves everything a resume needs; `metrics` ({best_metric: value}) ranks the step. The
   previous save is finished and sealed first (Orbax waits for it before a new one anyway)."""
-  with _space_errors_in_one_line(mngr):
+  with space_errors_in_one_line(mngr):
     mngr.wait_until_finished()
     seal(mngr)
     mngr.save(step, metrics=metrics, args=ocp.args.Composite(
@@ -172,7 +174,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, config,
 
 def finish(mngr: ocp.CheckpointManager) -> None:
   """Waits for the last save to end and seals it."""
-  with _space_errors_in_one_line(mngr):
+  with space_errors_in_one_line(mngr):
     mngr.wait_until_finished()
     seal(mngr)
 

@@ -8,13 +8,14 @@ pass the coordinator flags below, set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSE
 JAX_PROCESS_ID, or rely on JAX's cluster detection (SLURM, Open MPI, TPU pods); see
 docs/multihost.md.
 """
+import os
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from data_pipelines import DatasetError, console, locks
+from data_pipelines import DatasetError, console, disk, locks, signals
 from vismae_jax import config_checks, config_lib, evaluate, parallel, predict, protocol
 from vismae_jax.convert import torch_import, transfer
 from vismae_jax.train import loop, pretrain
@@ -35,10 +36,14 @@ USER_ERRORS = (config_lib.ConfigError, transfer.TransferError, FloatingPointErro
                torch_import.CheckpointError, DatasetError, OSError)
 
 
-def _fail(message: str):
+def _fail(message: str, at_once: bool = False):
+  """Ends the run in one line. at_once: without the interpreter's teardown (atexit flushes,
+  unfinished background saves), whose own errors would follow the line with tracebacks."""
   if flags.FLAGS.is_parsed():  # before that, absl's logging would add two lines of its own
     logging.error("%s", message)
-  print(f"error: {message}", file=sys.stderr)
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  if at_once:
+    os._exit(1)
   sys.exit(1)
 
 
@@ -93,12 +98,14 @@ def main(argv):
     else:
       {"finetune": protocol.run, "predict": predict.run, "evaluate": evaluate.run}[config.task](
           config, workdir, mesh)
+  except disk.OutOfSpace as e:
+    _fail(str(e), at_once=True)  # the teardown's flushes would fail on the full disk, loudly
   except USER_ERRORS as e:
     _fail(str(e))
-  except loop.Preempted as e:  # a distinct status that cluster scripts requeue on
+  except signals.Stopped as e:  # a distinct status that cluster scripts requeue on
     if jax.process_index() == 0:
       print(f"preempted: {e}", file=sys.stderr, flush=True)
-    sys.exit(loop.PREEMPTED_EXIT)
+    sys.exit(signals.EXIT_STOPPED)
 
 
 if __name__ == "__main__":

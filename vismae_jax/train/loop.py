@@ -13,8 +13,6 @@ import dataclasses
 import functools
 import json
 import os
-import signal
-import threading
 import time
 from typing import Callable, Optional
 
@@ -28,7 +26,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
-from data_pipelines import disk, pretrain_input
+from data_pipelines import disk, pretrain_input, signals
 from vismae_jax import checkpoint, parallel, resume_guard
 from vismae_jax.train import extra_state, optim
 
@@ -193,56 +191,15 @@ class _Logger:
       self.jsonl.close()
 
 
-# The exit status of a run stopped by SIGTERM or SIGINT after checkpointing (EX_TEMPFAIL): a
-# cluster script requeues the job on it (docs/multihost.md).
-PREEMPTED_EXIT = 75
-
-
-class Preempted(Exception):
-  """The run stopped on a signal after checkpointing its last step; the same command resumes."""
-
-
-class _StopRequests:
-  """SIGTERM and SIGINT become a request to stop after the current step, with a checkpoint;
-  a second signal acts as it would have (the previous handlers are back once one arrives).
-
-  Multi-host runs agree on the step: the hosts compare their requests when they flush metrics
-  (every config.log_every steps), so each stops after the same step; one process checks at
-  every step. Outside the main thread (a test's thread) nothing is installed.
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.received, self.previous = None, {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-    logging.warning("%s received: stopping after this step, with a checkpoint", self.received)
-    self._restore()
-
-  def _restore(self):
-    for s, handler in self.previous.items():
-      signal.signal(s, handler)
-    self.previous = {}
-
-  def __exit__(self, *exc):
-    self._restore()
-
-  def agreed(self, at_flush: bool) -> bool:
-    """Whether every process stops now (multi-host: only at a flush, where all compare)."""
-    if jax.process_count() == 1:
-      return self.received is not None
-    if not at_flush:
-      return False
-    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-    return bool(np.max(flags))
+def stop_agreed(stop: signals.StopRequests, at_flush: bool) -> bool:
+  """Whether every process stops after this step. Multi-host runs agree on the step: the hosts
+  compare their requests when they flush metrics (every config.log_every steps), so each stops
+  after the same step; one process stops after the step the signal came in."""
+  if jax.process_count() == 1:
+    return stop.received is not None
+  if not at_flush:
+    return False
+  return bool(np.max(multihost_utils.process_allgather(np.int32(stop.received is not None))))
 
 
 def resume(mngr, config, abstract_state, data_iterator):
@@ -285,12 +242,12 @@ def run_steps(config, num_examples: int) -> int:
 
 def train(task: Task, config, workdir: str, mesh) -> dict:
   """Runs (or resumes) `task` as `config` describes in `workdir` on `mesh`; returns the last
-  metrics. On SIGTERM or SIGINT it checkpoints the step it is at and raises Preempted."""
-  with _StopRequests() as stop:
+  metrics. On SIGTERM or SIGINT it checkpoints the step it is at and raises signals.Stopped."""
+  with signals.StopRequests("after this step, with a checkpoint") as stop:
     return _train(task, config, workdir, mesh, stop)
 
 
-def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
+def _train(task: Task, config, workdir: str, mesh, stop: signals.StopRequests) -> dict:
   os.makedirs(workdir, exist_ok=True)
   per_host_batch = config.batch_size // jax.process_count()
   data_iterator = pretrain_input.make_iterator(task.dataset, config.data.workers)
@@ -334,6 +291,7 @@ def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
   logger = _Logger(workdir, total_steps, start, config.batch_size)
   pending, last = [], {}
 
+  @checkpoint.space_errors_in_one_line(mngr)
   def flush(step):
     """Brings the metrics since the last flush to the host; stops on a non-finite loss."""
     nonlocal pending, last
@@ -355,8 +313,10 @@ def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
       logging.warning("step %d: %s", step, warning)
     pending = []
 
+  @checkpoint.space_errors_in_one_line(mngr)
   def save(step):
-    """A checkpoint of `step`, after the task's evaluation (validation picks the best)."""
+    """A checkpoint of `step`, after the task's evaluation (validation picks the best) and
+    figures; a full disk on the way ends the run in one line."""
     evaluated = task.on_checkpoint(state["params"], step) if task.on_checkpoint else {}
     if evaluated:
       logger.scalars(step, evaluated)
@@ -375,7 +335,7 @@ def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
     pending.append(metrics)
     is_last = step == total_steps
     at_flush = step % config.log_every == 0 or step % config.checkpoint_every == 0 or is_last
-    stopping = stop.agreed(at_flush)
+    stopping = stop_agreed(stop, at_flush)
     if at_flush or stopping:
       flush(step)
     if step % config.checkpoint_every == 0 or is_last or stopping:
@@ -384,8 +344,9 @@ def _train(task: Task, config, workdir: str, mesh, stop: _StopRequests) -> dict:
       checkpoint.finish(mngr)
       logger.close()
       why = stop.received or "another host's signal"
-      raise Preempted(f"stopped on {why} after step {step} of {total_steps}, checkpointed in "
-                      f"{mngr.directory}; the same command resumes from there")
+      raise signals.Stopped(f"stopped on {why} after step {step} of {total_steps}, "
+                            f"checkpointed in {mngr.directory}; the same command resumes "
+                            "from there")
   checkpoint.finish(mngr)
   logger.close()
   if jax.process_index() == 0:
