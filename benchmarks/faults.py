@@ -21,6 +21,7 @@ import time
 
 from absl import app, flags
 
+import damage  # benchmarks/damage.py
 import output  # benchmarks/output.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,35 +123,11 @@ def damaged(scratch, straight, kind):
   """The finished run's newest checkpoint damaged, then the same command: it falls back."""
   workdir = os.path.join(scratch, "damaged_" + "_".join(kind.split()[1:3]))
   shutil.copytree(os.path.join(scratch, "straight"), workdir)
-  DAMAGE[kind](os.path.join(workdir, "checkpoints", "40"))
+  damage.KINDS[kind](os.path.join(workdir, "checkpoints", "40"))
   row = rerun_after(workdir, straight, {}, set())
   aside = os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "40"))
   return {"status": 0, "last_line": "checkpoint 40 set aside, resumed from 30" if aside else
           "not detected", "traceback": False, **row, "files_lost": int(not aside)}
-
-
-def largest_file(folder):
-  files = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names]
-  return max(files, key=os.path.getsize)
-
-
-def flip_block(path):
-  with open(path, "r+b") as f:
-    f.seek(os.path.getsize(path) // 2)
-    block = f.read(64)
-    f.seek(-len(block), os.SEEK_CUR)
-    f.write(bytes(b ^ 0xFF for b in block))
-
-
-DAMAGE = {
-    "a flipped block in an array file":
-        lambda step: flip_block(largest_file(os.path.join(step, "state"))),
-    "a truncated array file": lambda step: os.truncate(
-        largest_file(os.path.join(step, "state")),
-        os.path.getsize(largest_file(os.path.join(step, "state"))) // 2),
-    "broken metadata": lambda step: open(os.path.join(step, "_CHECKPOINT_METADATA"),
-                                         "w").write("{not json"),
-}
 
 
 def full_disk(scratch, straight):
@@ -164,14 +141,8 @@ def full_disk(scratch, straight):
     workdir = os.path.join(mount, "run")
     proc = start(workdir)
     wait_for(lambda: "10" in checkpoints(workdir) and len(log(workdir)) >= 12, proc)
-    before, ballast = checkpoints(workdir), os.path.join(mount, "ballast")
-    with open(ballast, "wb") as f:  # the disk fills up while the run is past step 12
-      try:
-        while True:
-          f.write(b"\0" * (1 << 20))
-          f.flush()
-      except OSError:
-        pass
+    before = checkpoints(workdir)
+    ballast = damage.fill_disk(mount)  # the disk fills up while the run is past step 12
     _, stderr = proc.communicate(timeout=900)
     os.remove(ballast)
     return rerun_after(workdir, straight, ending(proc.returncode, stderr),
@@ -192,7 +163,7 @@ def main(argv):
           "SIGTERM (preemption), then the same command":
               signalled(scratch, straight, signal.SIGTERM),
           "SIGKILL, then the same command": signalled(scratch, straight, signal.SIGKILL),
-          **{f"damaged checkpoint: {kind}": damaged(scratch, straight, kind) for kind in DAMAGE},
+          **{f"damaged checkpoint: {kind}": damaged(scratch, straight, kind) for kind in damage.KINDS},
           "a full disk during training, then room and the same command":
               full_disk(scratch, straight)}
   lines = ["| fault | ends in | status | traceback | steps lost | steps redone | files lost |",

@@ -18,6 +18,9 @@ from helpers import train_in_process
 from vismae_jax import checkpoint
 from vismae_jax.train import pretrain
 
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import damage  # noqa: E402  benchmarks/damage.py, which the fault benchmark uses too
+
 
 def holder(folder):
   """Another process that holds `folder`'s lock until it is killed."""
@@ -47,32 +50,12 @@ def test_a_held_folder_refuses_a_second_writer_until_its_holder_is_gone(tmp_path
     assert f'"pid": {os.getpid()}' in open(tmp_path / locks.LOCK_FILE).read()
 
 
-def flip_block(path):
-  with open(path, "r+b") as f:
-    f.seek(os.path.getsize(path) // 2)
-    block = f.read(64)
-    f.seek(-len(block), os.SEEK_CUR)
-    f.write(bytes(b ^ 0xFF for b in block))
-
-
-def truncate(path):
-  with open(path, "r+b") as f:
-    f.truncate(os.path.getsize(path) // 2)
-
-
-def largest_file(folder):
-  files = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names]
-  return max(files, key=os.path.getsize)
-
-
 DAMAGE = {
-    "a flipped block in an array file": lambda step: flip_block(largest_file(step / "state")),
-    "a truncated array file": lambda step: truncate(largest_file(step / "state")),
-    "broken metadata": lambda step: (step / "_CHECKPOINT_METADATA").write_text("{not json"),
+    **damage.KINDS,
     # Killed between the save and its seal: Orbax's own checks catch what they can.
     "a truncated array file, unsealed": lambda step: (
         os.remove(step.parent.parent / "checkpoint_checksums" / f"{step.name}.json"),
-        truncate(largest_file(step / "state"))),
+        damage.truncate(damage.largest_file(step / "state"))),
 }
 
 
@@ -168,15 +151,7 @@ def small_disk(tmp_path):
   if made.returncode:
     pytest.skip(f"a small disk needs a tmpfs mount (root): {made.stderr.strip()}")
 
-  def fill():
-    with open(mount / "ballast", "wb") as f:
-      try:
-        while True:
-          f.write(b"\0" * (1 << 20))
-          f.flush()
-      except OSError:
-        pass
-  yield mount, fill
+  yield mount, lambda: damage.fill_disk(str(mount))
   subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
