@@ -163,7 +163,8 @@ def main(argv):
           "SIGTERM (preemption), then the same command":
               signalled(scratch, straight, signal.SIGTERM),
           "SIGKILL, then the same command": signalled(scratch, straight, signal.SIGKILL),
-          **{f"damaged checkpoint: {kind}": damaged(scratch, straight, kind) for kind in damage.KINDS},
+          **{f"damaged checkpoint: {kind}": damaged(scratch, straight, kind)
+             for kind in damage.KINDS},
           "a full disk during training, then room and the same command":
               full_disk(scratch, straight)}
   lines = ["| fault | ends in | status | traceback | steps lost | steps redone | files lost |",
