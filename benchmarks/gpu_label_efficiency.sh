@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The label-efficiency experiment at the paper's scale (224 px, the release's models, bf16) in
-# one GPU session of about 10 minutes: benchmarks/results/label_efficiency_gpu/PLAN.md gives the
-# plan, its extrapolated device time, and the device tool's carry list and command.
+# about 10 minutes of one GPU: benchmarks/results/label_efficiency_gpu/PLAN.md gives the plan
+# and its extrapolated device time.
 #
-#   bash benchmarks/gpu_label_efficiency.sh pack     # here, once: what the GPU machine lacks
-#   bash benchmarks/gpu_label_efficiency.sh          # there: the results under $OUT
+#   bash benchmarks/gpu_label_efficiency.sh pack     # on a machine with the datasets and
+#                                                    # internet: what the GPU machine lacks
+#   bash benchmarks/gpu_label_efficiency.sh          # on the GPU machine, with this checkout
+#                                                    # and .gpu/, .whl/ copied over: $OUT
 #   TINY=1 bash benchmarks/gpu_label_efficiency.sh   # every step with the tiny variant, on a CPU
 #
 # pack copies the BUSI and chest X-ray images into .gpu/datasets, less the 256 files that the
@@ -19,8 +21,8 @@
 # seconds after the start. Everything resumes: a rerun on the same (warm) machine goes on
 # where the last one stopped. What comes back in $OUT: label_efficiency.json, results.tar.gz
 # (reports, curves, overlays, reconstructions, per-run results, logs, stage times),
-# summary.txt (the table printed last) and, when small enough to carry next time, the
-# persistent compilation cache (compile_cache.tar.gz; carry it as .gpu/scratch/compile_cache).
+# summary.txt (the table printed last) and, when small enough to copy back next time, the
+# persistent compilation cache (compile_cache.tar.gz; unpack it into .gpu/scratch/compile_cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -100,7 +102,7 @@ stage() {
 label_efficiency() {
   rm -f "$SCRATCH/label_efficiency.json"
   timeout --kill-after=20 $((DEADLINE_S > SECONDS ? DEADLINE_S - SECONDS : 1)) \
-      "$PYTHON" benchmarks/label_efficiency.py --variant="$VARIANT" --datasets="$DATASETS" \
+      "$PYTHON" benchmarks/experiments/label_efficiency.py --variant="$VARIANT" --datasets="$DATASETS" \
       --scratch="$SCRATCH" --max_folds="$1" --fractions="$FRACTIONS" \
       --pretrain_epochs="$PRETRAIN_EPOCHS" --finetune_epochs="$FINETUNE_EPOCHS" --export \
       --json="$SCRATCH/label_efficiency.json" 2>"$SCRATCH/logs/folds$1.log" || return

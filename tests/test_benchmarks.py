@@ -129,7 +129,7 @@ def test_label_efficiency(tmp_path):
   if not importlib.util.find_spec("apache_beam"):
     pytest.skip("ingest needs the [ingest] extra")
   datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
-  line, result = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
+  line, result = run_benchmark(tmp_path, "experiments/label_efficiency.py", "--variant=tiny",
                                "--max_folds=2", "--fractions=1.0", f"--datasets={datasets}",
                                f"--scratch={tmp_path / 'scratch'}", timeout=900)
   assert line.startswith("label_efficiency (tiny, random masking, pretrained vs random)")
@@ -149,7 +149,7 @@ def test_label_efficiency(tmp_path):
   # Sparse pretraining against it: its own pretrained runs, the first run's random ones.
   dense = tmp_path / "dense.json"
   dense.write_text(json.dumps(result))
-  line, sparse = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
+  line, sparse = run_benchmark(tmp_path, "experiments/label_efficiency.py", "--variant=tiny",
                                "--max_folds=2", "--fractions=1.0", f"--datasets={datasets}",
                                f"--scratch={tmp_path / 'scratch'}", "--masking=uniform",
                                "--nocompare_random", f"--versus={dense}", timeout=900)
@@ -176,7 +176,7 @@ def test_label_efficiency_compares_methods_on_equal_time_and_few_shots(tmp_path)
     pytest.skip("ingest needs the [ingest] extra")
   datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
   scratch = tmp_path / "scratch"
-  line, result = run_benchmark(tmp_path, "label_efficiency.py", "--variant=tiny",
+  line, result = run_benchmark(tmp_path, "experiments/label_efficiency.py", "--variant=tiny",
                                "--methods=mae,vit_mae", "--pretrain_seconds=3",
                                "--tasks=busi_cls", "--shots=2", "--max_folds=2",
                                "--fractions=1.0", f"--datasets={datasets}",
@@ -209,7 +209,7 @@ def test_label_efficiency_compares_methods_on_equal_time_and_few_shots(tmp_path)
 def test_label_efficiency_plan(tmp_path):
   """The images each stage would train on, counted as the runs count them, times XLA's FLOPs."""
   datasets = subset_datasets(tmp_path / "datasets", {"busi": 6, "chest_xray_pneumonia": 40})
-  line, plan = run_benchmark(tmp_path, "label_efficiency_plan.py", "--variant=tiny",
+  line, plan = run_benchmark(tmp_path, "experiments/label_efficiency_plan.py", "--variant=tiny",
                              "--max_folds=2", "--fractions=0.1,1.0", f"--datasets={datasets}")
   assert line.startswith("label_efficiency_plan (tiny, 2 folds")
   # 130 + 99 images; the tiny variants' 20 steps of 8, and 40 steps of 8 per run.
@@ -227,7 +227,7 @@ def test_volume_protocol_runs_every_stage_and_the_pretrained_start_alone(tmp_pat
   --nocompare_random no random runs, no paired test. (The settings of test_vit_training's
   volume test: one of the two compiles, the other reads the compilation cache.)"""
   msd = synthetic_decathlon(tmp_path / "msd")
-  line, result = run_benchmark(tmp_path, "volume_protocol.py", "--variant=tiny",
+  line, result = run_benchmark(tmp_path, "experiments/volume_protocol.py", "--variant=tiny",
                                f"--datasets={msd}", f"--scratch={tmp_path / 'scratch'}",
                                "--pretrain_steps=40", "--finetune_steps=40", "--folds=2",
                                "--max_folds=1", "--fractions=1.0",

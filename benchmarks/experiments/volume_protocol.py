@@ -1,6 +1,6 @@
 r"""SelfMedMAE's 3-D claim on real MRI: ViT-MAE self-pretraining, then UNETR-3D, against random.
 
-  python benchmarks/volume_protocol.py --variant=cpu --json=/tmp/hippocampus.json
+  python benchmarks/experiments/volume_protocol.py --variant=cpu --json=/tmp/hippocampus.json
 
 The commands a user runs, timed, on the Decathlon hippocampus of `--datasets` (by default
 ../shared/datasets/msd_hippocampus beside the checkout: 260 labelled T1 MRI volumes of about
@@ -27,9 +27,11 @@ import time
 
 from absl import app, flags
 
-import output  # benchmarks/output.py
+BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(BENCHMARKS)
+sys.path.insert(0, BENCHMARKS)
+import output  # noqa: E402  benchmarks/output.py
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HIPPOCAMPUS = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "msd_hippocampus")
 
 flags.DEFINE_enum("variant", "cpu", ["cpu", "tiny"], "The configs' variant.")

@@ -1,6 +1,6 @@
 r"""Device time of a label_efficiency.py run, extrapolated from its FLOPs before any is spent.
 
-  python benchmarks/label_efficiency_plan.py --variant=full --pretrain_epochs=80 \
+  python benchmarks/experiments/label_efficiency_plan.py --variant=full --pretrain_epochs=80 \
       --finetune_epochs=busi_seg:30 --fractions=0.1,1.0 --max_folds=2
 
 Takes label_efficiency.py's flags. Counts on the real splits of `--datasets` the images that each
@@ -17,13 +17,15 @@ seconds, and the seconds per fold.
 import csv
 import math
 import os
+import sys
 import tempfile
 
 from absl import app, flags
 
-import flops  # benchmarks/flops.py
-import label_efficiency as le  # benchmarks/label_efficiency.py, and its flags
-import output  # benchmarks/output.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import flops  # noqa: E402  benchmarks/flops.py
+import label_efficiency as le  # noqa: E402  benchmarks/experiments/, and its flags
+import output  # noqa: E402  benchmarks/output.py
 
 flags.DEFINE_float("tflops", 82.3, "achieved TFLOP/s of the pretraining step")
 flags.DEFINE_float("finetune_share", 0.5, "the fine-tuning steps' rate as a share of it")

@@ -1,6 +1,6 @@
 r"""The paper's central claim on open data: self-pretraining helps most when labels are few.
 
-  python benchmarks/label_efficiency.py --variant=cpu --json=/tmp/label_efficiency.json
+  python benchmarks/experiments/label_efficiency.py --variant=cpu --json=/tmp/label_efficiency.json
 
 1. Ingest the BUSI ultrasound and chest X-ray images of `--datasets` (by default
    ../shared/datasets beside the checkout; images only, no labels) into shards and pretrain a
@@ -50,11 +50,12 @@ import time
 
 from absl import app, flags
 
-import compare_methods  # benchmarks/compare_methods.py
-import output  # benchmarks/output.py
+BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(BENCHMARKS)
+sys.path[:0] = [BENCHMARKS, ROOT]  # output.py beside the timers; the project
+import compare_methods  # noqa: E402  benchmarks/experiments/compare_methods.py
+import output  # noqa: E402  benchmarks/output.py
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
 # The config variants (configs/*.py:<variant>) that each benchmark variant starts from.
 PRETRAIN_VARIANT = {"cpu": "sample", "full": "", "tiny": "tiny"}
