@@ -177,6 +177,11 @@ def figure_rows(model, config, params, images_u8, rng) -> dict:
   return rows
 
 
+def figure_note(config) -> str:
+  """What the figure's title adds: which masking drew it (dense and sparse look alike)."""
+  return f" ({config.mae.masking} masking)"
+
+
 def hidden_pixels(hidden, patch: int, chans: int):
   """A (B, h, w) token mask as a (B, H, W, C) pixel mask."""
   return mae.unpatchify(

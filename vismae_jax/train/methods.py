@@ -7,7 +7,8 @@ A method module (docs/adding_a_method.md) has:
 - check(config, check): its settings' consistency, each problem one message for `check`;
 - build_model(config), task_fields(model, config): the model and the loop.Task's init_params,
   loss_fn and, for self-distillation, extra state;
-- FIGURE, ROWS, figure_rows(model, config, params, batch, rng): its checkpoint figure.
+- FIGURE, ROWS, figure_rows(model, config, params, batch, rng): its checkpoint figure, and
+  optionally figure_note(config), what the figure's title adds.
 
 Modules: masked_image (SwinMAE, SimMIM), contrastive (SimCLR), distillation (DINO + iBOT),
 vit_masked (ViT-MAE on images and volumes).

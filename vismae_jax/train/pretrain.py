@@ -13,7 +13,7 @@ from absl import logging
 
 from data_pipelines import pretrain_input, records, sample, volume_crops
 from vismae_jax import config_lib, figures, parallel
-from vismae_jax.train import loop, masked_image, methods
+from vismae_jax.train import loop, methods
 
 
 def build_model(config):
@@ -86,7 +86,7 @@ def make_task(config, workdir: str, mesh) -> loop.Task:
   replicated = parallel.replicated(mesh)
   draw = jax.jit(lambda params, images: module.figure_rows(
       model, config, params, images, jax.random.PRNGKey(config.seed)), out_shardings=replicated)
-  what = f" ({config.mae.masking} masking)" if module is masked_image else ""
+  what = module.figure_note(config) if hasattr(module, "figure_note") else ""
   norm = config.input.get("normalization", "minmax")  # volumes' rows come in [0, 1]
 
   def write_figure(params, step):
