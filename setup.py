@@ -38,6 +38,8 @@ setuptools.setup(
         # DICOM / NIfTI readers (with JPEG and JPEG 2000 decoders) and the Beam ingest pipeline.
         "ingest": ["apache-beam>=2.77.0", "pydicom>=3.0.2", "nibabel>=5.4.2", "pylibjpeg>=2.1.0",
                    "pylibjpeg-libjpeg>=2.5.0", "pylibjpeg-openjpeg>=2.6.0"],
+        # MONAI, the client of the interchange (convert/monai.py); never imported by the models.
+        "monai": ["monai>=1.6", "torch>=2.1", "safetensors>=0.8.0"],
         "test": ["pytest>=8.0", "pytest-xdist>=3.6", "pydicom-data>=1.0.0"],
     },
 )

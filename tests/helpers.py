@@ -67,7 +67,8 @@ RUNNING_DATA_TEST = [False]
 
 # The optional extras the tests' modules come from, for the reason of a skip.
 EXTRAS = {"pydicom": "[ingest] and [test]", "pydicom.data": "[ingest] and [test]",
-          "nibabel": "[ingest]", "safetensors.numpy": "[torch]", "torch": "[torch]"}
+          "nibabel": "[ingest]", "safetensors.numpy": "[torch]", "torch": "[torch]",
+          "monai": "[monai]"}
 
 
 def need(module: str):

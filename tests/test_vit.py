@@ -12,7 +12,7 @@ import pytest
 
 from helpers import param_shapes, plausible_values, random_values
 from vismae_jax.convert import transfer
-from vismae_jax.models import mae, unetr, vit
+from vismae_jax.models import conv_blocks, mae, unetr, vit
 
 TINY = dict(embed_dim=32, depth=4, num_heads=2)
 TINY_MAE = dict(TINY, decoder_dim=16, decoder_depth=1, decoder_heads=2)
@@ -151,12 +151,12 @@ def test_classifier_pools_to_logits():
     assert np.isfinite(logits).all()
 
 
-def test_tap_blocks_are_evenly_spaced_and_end_at_the_last_block():
-  assert unetr.tap_blocks(12) == (3, 6, 9, 12)
-  assert unetr.tap_blocks(24) == (6, 12, 18, 24)
-  assert unetr.tap_blocks(8) == (2, 4, 6, 8)
-  assert unetr.tap_blocks(6) == (1, 3, 4, 6)
-  assert unetr.tap_blocks(4) == (1, 2, 3, 4)
+def test_tap_blocks_are_monais_and_end_at_the_last_block():
+  """MONAI's UNETR taps hidden_states_out[3], [6], [9] of 12 blocks (1-based: 4, 7, 10)."""
+  assert unetr.tap_blocks(12) == (4, 7, 10, 12)
+  assert unetr.tap_blocks(24) == (7, 13, 19, 24)
+  assert unetr.tap_blocks(8) == (3, 5, 7, 8)
+  assert unetr.tap_blocks(4) == (2, 3, 4, 4)
   with pytest.raises(ValueError, match="4 taps need at least 4 blocks"):
     unetr.tap_blocks(3)
 
@@ -268,12 +268,12 @@ def test_adamw_steps_lower_the_3d_mae_loss():
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 2, 4, 5)], ids=["2d", "3d"])
 def test_up_is_flax_transposed_convolution_with_kernel_equal_to_stride(shape):
-  """unetr.Up computes nn.ConvTranspose(kernel = stride = 2, VALID) as a matrix product per
+  """conv_blocks.Up computes nn.ConvTranspose(kernel = stride = 2, VALID) as a matrix product per
   voxel: the same parameters and values, on inputs whose voxels all differ."""
   x = jax.random.normal(jax.random.key(0), shape)
   n = len(shape) - 2
   reference = nn.ConvTranspose(6, (2,) * n, strides=(2,) * n, padding="VALID", use_bias=False)
   params = reference.init(jax.random.key(1), x)
-  fast = unetr.Up(6).apply(params, x)
+  fast = conv_blocks.Up(6).apply(params, x)
   assert fast.shape == (shape[0], *(2 * s for s in shape[1:-1]), 6)
   np.testing.assert_allclose(fast, reference.apply(params, x), rtol=1e-5, atol=1e-5)

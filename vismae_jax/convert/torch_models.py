@@ -14,7 +14,7 @@ from torch import nn
 from vismae_jax.convert import torch_names
 from vismae_jax.models import swin
 
-LN_EPS = swin.LN_EPS
+LN_EPS = swin.RELEASE_NORM.eps
 
 
 def window_partition(x, window):

@@ -20,13 +20,9 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vismae_jax.models import swin, vit
+from vismae_jax.models import conv_blocks, swin, vit
 
 PATCH = 16  # MONAI's, and the default
-NORM_EPS = 1e-5  # PyTorch's InstanceNorm default
-# PyTorch's default convolution init, which MONAI's UNETR keeps: uniform with variance
-# 1 / (3 fan-in).
-KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def doublings(patch) -> int:
@@ -41,65 +37,13 @@ def doublings(patch) -> int:
 
 def tap_blocks(depth: int, taps: int = 4) -> tuple[int, ...]:
   """The blocks after which the encoder is tapped, counted from 1 (k: the output of block k):
-  evenly spaced, the last the last block; (3, 6, 9, 12) of 12, UNETR's z3, z6, z9, z12."""
+  MONAI's, so that its UNETR loads our weights and gives our outputs. Of 12 blocks it taps its
+  `hidden_states_out[3], [6], [9]`, the outputs of blocks 4, 7 and 10 (the paper's z3, z6, z9
+  counted from 0), and the last; of `depth` blocks, block depth * j // taps + 1 for j < taps,
+  then the last."""
   if depth < taps:
     raise ValueError(f"{taps} taps need at least {taps} blocks, got depth {depth}")
-  return tuple(depth * k // taps for k in range(1, taps + 1))
-
-
-def _conv(features: int, kernel: int, ndim: int, name: str, dtype):
-  """A stride-1 'same' convolution without bias: an instance norm follows each, which would
-  subtract the bias again."""
-  return nn.Conv(features, (kernel,) * ndim, use_bias=False, kernel_init=KERNEL_INIT,
-                 dtype=dtype, name=name)
-
-
-class Up(nn.Module):
-  """2x upsampling: MONAI's transposed convolution with kernel = stride = 2 along every axis,
-  the parameters (and values) of flax's nn.ConvTranspose(features, (2,) * n, strides=2,
-  padding="VALID", use_bias=False).
-
-  Computed as what it is when the kernel does not overlap itself: one matrix product per input
-  voxel, whose 2^n outputs are laid side by side. XLA's CPU transposed convolution dilates the
-  input with zeros first, which made it about ten times slower than a convolution of its size
-  (benchmarks/results/README.md, "Volumes").
-  """
-  features: int
-  dtype: swin.Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    n = x.ndim - 2
-    kernel = self.param("kernel", KERNEL_INIT, (2,) * n + (x.shape[-1], self.features))
-    # flax's transposed convolution correlates the dilated input with the kernel unflipped:
-    # output 2i + a takes kernel offset 1 - a.
-    kernel = jnp.flip(kernel, tuple(range(n))).astype(self.dtype)
-    y = jnp.tensordot(x.astype(self.dtype), kernel, axes=[[n + 1], [n]])  # (B, *grid, 2.., F)
-    order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [2 * n + 1]
-    b, *grid = x.shape[:-1]
-    return y.transpose(order).reshape(b, *(2 * g for g in grid), self.features)
-
-
-def _up(features: int, ndim: int, name: str, dtype):
-  del ndim  # the input's
-  return Up(features, dtype, name=name)
-
-
-class ResBlock(nn.Module):
-  """MONAI's UnetResBlock: conv3-IN-LeakyReLU-conv3-IN plus the input (through conv1-IN where
-  the channel count changes), then LeakyReLU (slope 0.01)."""
-  features: int
-  dtype: swin.Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    n = x.ndim - 2
-    norm = lambda name: nn.InstanceNorm(NORM_EPS, dtype=self.dtype, name=name)
-    y = nn.leaky_relu(norm("norm1")(_conv(self.features, 3, n, "conv1", self.dtype)(x)))
-    y = norm("norm2")(_conv(self.features, 3, n, "conv2", self.dtype)(y))
-    if x.shape[-1] != self.features:
-      x = norm("norm3")(_conv(self.features, 1, n, "conv3", self.dtype)(x))
-    return nn.leaky_relu(y + x)
+  return tuple(depth * j // taps + 1 for j in range(1, taps)) + (depth,)
 
 
 class TapUp(nn.Module):
@@ -111,25 +55,11 @@ class TapUp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    n = x.ndim - 2
-    x = _up(self.features, n, "transp_conv_init", self.dtype)(x)
+    x = conv_blocks.Up(self.features, self.dtype, name="transp_conv_init")(x)
     for i in range(self.ups - 1):
-      x = _up(self.features, n, f"transp_conv_{i}", self.dtype)(x)
-      x = ResBlock(self.features, self.dtype, name=f"res_{i}")(x)
+      x = conv_blocks.Up(self.features, self.dtype, name=f"transp_conv_{i}")(x)
+      x = conv_blocks.ResBlock(self.features, self.dtype, name=f"res_{i}")(x)
     return x
-
-
-class UpBlock(nn.Module):
-  """A decoder stage (MONAI's UnetrUpBlock): 2x transposed convolution, the skip concatenated
-  on channels, ResBlock."""
-  features: int
-  dtype: swin.Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, skip):
-    x = _up(self.features, x.ndim - 2, "transp_conv", self.dtype)(x)
-    x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-    return ResBlock(self.features, self.dtype, name="res")(x)
 
 
 class UNETR(vit.ViTBackbone):
@@ -157,13 +87,12 @@ class UNETR(vit.ViTBackbone):
       return tokens[:, int(self.cls_token):].reshape(b, *grid, self.embed_dim)
 
     f = self.feature_size
-    skips = [ResBlock(f, self.dtype, name="encoder1")(images)]
+    skips = [conv_blocks.ResBlock(f, self.dtype, name="encoder1")(images)]
     for j, tokens in enumerate(hidden):  # from 1/2^k up k - 1 - j doublings, to 1/2^(j + 1)
       skips.append(TapUp(f * 2 ** (j + 1), k - 1 - j, self.dtype, name=f"encoder{j + 2}")(
           on_grid(tokens)))
     y = on_grid(x)
     for j, skip in enumerate(reversed(skips)):
-      y = UpBlock(skip.shape[-1], self.dtype, name=f"decoder{k + 1 - j}")(y, skip)
-    logits = nn.Conv(self.num_classes, (1,) * len(spatial), kernel_init=KERNEL_INIT,
-                     dtype=self.dtype, name="out")(y)
+      y = conv_blocks.UpBlock(skip.shape[-1], self.dtype, name=f"decoder{k + 1 - j}")(y, skip)
+    logits = conv_blocks.out_conv(self.num_classes, len(spatial), self.dtype)(y)
     return logits.astype(jnp.float32)

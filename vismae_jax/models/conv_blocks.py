@@ -1,0 +1,88 @@
+"""The convolutional blocks of MONAI's UNETR and SwinUNETR decoders, in 2D and 3D.
+
+Written from MONAI's description (UnetResBlock, UnetrUpBlock, the transposed convolution of
+kernel = stride = 2) under names that map one to one onto MONAI's state dicts
+(convert/monai.py): kernels have as many axes as the image, instance norms have no affine
+parameters (MONAI's "instance" norm), convolutions no bias (an instance norm follows each).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+NORM_EPS = 1e-5  # PyTorch's InstanceNorm default
+# PyTorch's default convolution init, which MONAI keeps: uniform with variance 1 / (3 fan-in).
+KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def conv(features: int, kernel: int, ndim: int, name: str, dtype, use_bias: bool = False):
+  """A stride-1 'same' convolution, bias-free unless asked (the output convolutions)."""
+  return nn.Conv(features, (kernel,) * ndim, use_bias=use_bias, kernel_init=KERNEL_INIT,
+                 dtype=dtype, name=name)
+
+
+def instance_norm(name: str, dtype):
+  return nn.InstanceNorm(NORM_EPS, use_scale=False, use_bias=False, use_fast_variance=False,
+                         dtype=dtype, name=name)
+
+
+class Up(nn.Module):
+  """2x upsampling: MONAI's transposed convolution with kernel = stride = 2 along every axis,
+  the parameters (and values) of flax's nn.ConvTranspose(features, (2,) * n, strides=2,
+  padding="VALID", use_bias=False).
+
+  Computed as what it is when the kernel does not overlap itself: one matrix product per input
+  voxel, whose 2^n outputs are laid side by side. XLA's CPU transposed convolution dilates the
+  input with zeros first, which made it about ten times slower than a convolution of its size
+  (benchmarks/results/README.md, "Volumes").
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n = x.ndim - 2
+    kernel = self.param("kernel", KERNEL_INIT, (2,) * n + (x.shape[-1], self.features))
+    # flax's transposed convolution correlates the dilated input with the kernel unflipped:
+    # output 2i + a takes kernel offset 1 - a.
+    kernel = jnp.flip(kernel, tuple(range(n))).astype(self.dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel, axes=[[n + 1], [n]])  # (B, *grid, 2.., F)
+    order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [2 * n + 1]
+    b, *grid = x.shape[:-1]
+    return y.transpose(order).reshape(b, *(2 * g for g in grid), self.features)
+
+
+class ResBlock(nn.Module):
+  """MONAI's UnetResBlock: conv3-IN-LeakyReLU-conv3-IN plus the input (through conv1-IN where
+  the channel count changes), then LeakyReLU (slope 0.01)."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n = x.ndim - 2
+    y = nn.leaky_relu(instance_norm("norm1", self.dtype)(
+        conv(self.features, 3, n, "conv1", self.dtype)(x)))
+    y = instance_norm("norm2", self.dtype)(conv(self.features, 3, n, "conv2", self.dtype)(y))
+    if x.shape[-1] != self.features:
+      x = instance_norm("norm3", self.dtype)(conv(self.features, 1, n, "conv3", self.dtype)(x))
+    return nn.leaky_relu(y + x)
+
+
+class UpBlock(nn.Module):
+  """A decoder stage (MONAI's UnetrUpBlock): 2x transposed convolution, the skip concatenated
+  on channels, ResBlock."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, skip):
+    x = Up(self.features, self.dtype, name="transp_conv")(x)
+    x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
+    return ResBlock(self.features, self.dtype, name="res")(x)
+
+
+def out_conv(num_classes: int, ndim: int, dtype):
+  """The 1x1(x1) output convolution with bias (MONAI's UnetOutBlock), named `out`."""
+  return conv(num_classes, 1, ndim, "out", dtype, use_bias=True)
