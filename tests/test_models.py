@@ -68,12 +68,60 @@ def test_window_partition_order_and_shift_mask():
   assert windows.shape == (8, 49, 3)
   # Window-major, row-major within: image 1's second window starts at row 0, column 7.
   np.testing.assert_array_equal(windows[5, :8], x[1, 0, 7:14].tolist() + [x[1, 1, 7]])
-  mask = swin.shifted_window_mask(14, 14, 7, 3)
+  mask = swin.shifted_window_mask((14, 14), 7, 3)
   assert mask.shape == (4, 49, 49)
   assert set(np.unique(mask)) == {0.0, -100.0}
   assert not mask[0].any()  # the top-left window holds a single region
   np.testing.assert_array_equal(mask, mask.transpose(0, 2, 1))
   assert not np.diagonal(mask, axis1=1, axis2=2).any()
+
+
+def test_relative_position_index_in_3d_by_hand():
+  """Window (2, 3, 2): the table has 3 x 5 x 3 entries, offsets read with depth most
+  significant."""
+  index = swin.relative_position_index((2, 3, 2))
+  assert index.shape == (12, 12) and index.max() == 3 * 5 * 3 - 1
+  assert index[0, 0] == (1 * 5 + 2) * 3 + 1  # no offset: the table's centre
+  # token 11 is (1, 2, 1), token 0 is (0, 0, 0): offsets (+1, +2, +1) and the reverse.
+  assert index[11, 0] == (2 * 5 + 4) * 3 + 2
+  assert index[0, 11] == 0
+  assert index[1, 2] == (1 * 5 + 1) * 3 + 2  # (0, 0, 1) vs (0, 1, 0): (0, -1, +1)
+
+
+def test_window_partition_and_shift_mask_in_3d_by_hand():
+  x = np.arange(4 * 4 * 4, dtype=np.float32).reshape(1, 4, 4, 4, 1)
+  windows = swin.window_partition(x, 2)[..., 0]
+  assert windows.shape == (8, 8)
+  # The second window: depth 0-1, rows 0-1, columns 2-3, row-major inside.
+  np.testing.assert_array_equal(windows[1], [2, 3, 6, 7, 18, 19, 22, 23])
+  mask = swin.shifted_window_mask((4, 4, 4), (2, 2, 2), (1, 1, 1))
+  regions = lambda w: (mask[w] == 0).sum(axis=1)  # tokens each token may attend to
+  np.testing.assert_array_equal(regions(0), 8)  # the first window is one region
+  np.testing.assert_array_equal(regions(1), 4)  # split along the columns only
+  np.testing.assert_array_equal(regions(7), 1)  # the last: every token its own region
+  # An axis that does not shift is not split.
+  unshifted_rows = swin.shifted_window_mask((4, 4, 4), (2, 2, 2), (1, 0, 1))
+  np.testing.assert_array_equal((unshifted_rows[7] == 0).sum(axis=1), 2)
+
+
+def test_monai_window_geometry_clamps_windows_to_small_maps():
+  assert swin.window_geometry((4, 8, 16), 7, 3, clamp=True) == ((4, 7, 7), (0, 3, 3))
+  assert swin.window_geometry((4, 8, 16), 7, 3, clamp=False) == ((7, 7, 7), (3, 3, 3))
+
+
+@pytest.mark.parametrize("order", ["merging", "mergingv2"])
+def test_patch_merging_concatenates_the_eight_neighbours_in_the_named_order(order):
+  """Each voxel of a 2x2x2 grid holds its offset code 4d + 2h + w; the merged channels list
+  the codes in the order swin.MERGE_ORDERS names (MONAI's legacy and v2 orders differ)."""
+  x = jnp.asarray([4 * d + 2 * h + w for d in (0, 1) for h in (0, 1) for w in (0, 1)],
+                  jnp.float32).reshape(1, 2, 2, 2, 1)
+  module = swin.PatchMerging(1, merge_order=order)
+  params = module.init(jax.random.PRNGKey(0), x)
+  captured = module.apply(params, x, capture_intermediates=True, mutable=["intermediates"])
+  merged = captured[1]["intermediates"]["norm"]["__call__"][0]  # after the LayerNorm
+  codes = np.argsort(np.argsort(np.asarray(merged).reshape(-1)))  # the LayerNorm keeps ranks
+  expected = {"merging": [0, 4, 2, 1, 6, 5, 3, 7], "mergingv2": list(range(8))}[order]
+  np.testing.assert_array_equal(codes, expected)
 
 
 def test_window_mask_fraction_units_and_determinism():

@@ -260,7 +260,7 @@ def export(params, config, out_dir: str) -> dict:
   paths = {"pt": os.path.join(out_dir, "monai.pt"),
            "safetensors": os.path.join(out_dir, "monai.safetensors"),
            "spec": os.path.join(out_dir, "monai.json")}
-  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, paths["pt"])
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, paths["pt"])
   safetensors.numpy.save_file(state, paths["safetensors"],
                               metadata={"format": "pt", "monai_class": spec["class"]})
   with open(paths["spec"], "w") as f:

@@ -53,8 +53,9 @@ def load_state(path: str) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # corrupt, truncated, or holding code: say which file and why
     raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {_why(e)}") from e
-  if isinstance(state, dict) and isinstance(state.get("model"), dict):
-    state = state["model"]  # the release's (and Microsoft Swin's) wrapper
+  for wrapper in ("model", "state_dict"):  # the release's (and Microsoft Swin's); MONAI SSL's
+    if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+      state = state[wrapper]
   if not isinstance(state, dict):
     raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
   tensors = {k: v.float().numpy() if v.dtype.is_floating_point else v.numpy()

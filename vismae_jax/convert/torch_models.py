@@ -96,7 +96,7 @@ class SwinBlock(nn.Module):
     mask = None
     if self.shift:
       x = torch.roll(x, (-self.shift, -self.shift), dims=(1, 2))
-      mask = torch.from_numpy(swin.shifted_window_mask(hp, wp, self.window, self.shift)).to(x)
+      mask = torch.from_numpy(swin.shifted_window_mask((hp, wp), self.window, self.shift)).to(x)
     x = window_reverse(self.attn(window_partition(x, self.window), mask), self.window, hp, wp)
     if self.shift:
       x = torch.roll(x, (self.shift, self.shift), dims=(1, 2))
