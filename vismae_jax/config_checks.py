@@ -11,6 +11,7 @@ import jax
 
 from data_pipelines import records
 from vismae_jax import config_lib, preprocess, tasks
+from vismae_jax.models import swin, swin_unetr
 from vismae_jax.train import methods
 
 
@@ -33,9 +34,6 @@ def validate(config, device_count: int, process_count: int) -> None:
       errors.append(message)
 
   _check_model(config, check)
-  check(config.task != "export" or config.model.arch == "swin",
-        "config.task='export' writes the release's Swin models under their PyTorch names; a ViT "
-        "checkpoint stays in Orbax (config.model.arch='vit')")
   if config.task in ("predict", "evaluate"):
     _check_apply(config, device_count, check)
   elif config.task != "export":  # exporting needs the model only
@@ -61,6 +59,8 @@ def _check_model(config, check):
     check(False, f"config.model.arch={m.arch!r}: expected one of {config_lib.ARCHS}")
   elif m.arch == "vit":
     _check_vit(config, check)
+  elif m.arch == "swinunetr":
+    _check_swin_unetr(config, check)
   else:
     _check_swin(config, check)
 
@@ -109,6 +109,40 @@ def _check_swin(config, check):
         f"config.input.image_size={size} must be a multiple of patch_size * 2^(stages-1) = "
         f"{reduction}, so that every patch merging halves an even grid; try "
         f"{max(reduction, size // reduction * reduction)}")
+
+
+def _check_swin_unetr(config, check):
+  """MONAI's SwinUNETR geometry: four stages, MONAI's feature sizes, inputs that survive the
+  patch and four mergings, a known merge order; segmentation only."""
+  m = config.model
+  dims = "input.roi" if config_lib.volumetric(config) else "input.image_size"
+  check(config.get("finetune", {}).get("kind", "segmentation") == tasks.Segmentation.name,
+        "config.model.arch='swinunetr' segments (SwinUNETR); classification takes "
+        "config.model.arch 'swin' or 'vit'")
+  if not config_lib.positive(config, ("model.in_chans", "model.patch_size", "model.embed_dim",
+                                      "model.depths", "model.num_heads", "model.window", dims),
+                             check):
+    return
+  check(len(m.depths) == swin_unetr.STAGES and len(m.num_heads) == swin_unetr.STAGES,
+        f"config.model.depths={tuple(m.depths)}, num_heads={tuple(m.num_heads)}: SwinUNETR has "
+        f"{swin_unetr.STAGES} stages, one depth and head count each")
+  check(m.embed_dim % 12 == 0, f"config.model.embed_dim={m.embed_dim} (MONAI's feature_size) "
+        "must be a multiple of 12, as MONAI's SwinUNETR requires (12, 24, 48)")
+  for i, heads in enumerate(m.num_heads):
+    check((m.embed_dim * 2 ** i) % heads == 0,
+          f"config.model.num_heads[{i}]={heads} does not divide stage {i}'s width "
+          f"{m.embed_dim * 2 ** i} (embed_dim * 2^{i})")
+  check(m.merge_order in swin.MERGE_ORDERS,
+        f"config.model.merge_order={m.merge_order!r}: expected one of {tuple(swin.MERGE_ORDERS)}")
+  check(m.remat_policy in config_lib.REMAT_POLICIES,
+        f"config.model.remat_policy={m.remat_policy!r}: expected one of "
+        f"{config_lib.REMAT_POLICIES}")
+  multiple = swin_unetr.input_multiple(m.patch_size)
+  shape = config_lib.spatial_shape(config)
+  check(all(s % multiple == 0 for s in shape),
+        f"config.{dims}={shape if config_lib.volumetric(config) else shape[0]} must be a "
+        f"multiple of {multiple} along every axis (config.model.patch_size={m.patch_size}, then "
+        "four 2x patch mergings)")
 
 
 def _check_pretrain(config, check):

@@ -17,9 +17,11 @@ TASKS = ("pretrain", "finetune", "predict", "evaluate", "export")
 # prediction and evaluation from a fine-tuning config only.
 FINETUNE_TASKS = ("finetune", "predict", "evaluate")
 DTYPES = ("float32", "bfloat16")
-# The encoder families: the Swin Transformer (VIS-MAE's) and the plain ViT (SelfMedMAE's
-# MAE, UNETR and classifier, models/vit.py and unetr.py, in 2D and 3D; method vit_mae only).
-ARCHS = ("swin", "vit")
+# The encoder families: the Swin Transformer (VIS-MAE's), the plain ViT (SelfMedMAE's
+# MAE, UNETR and classifier, models/vit.py and unetr.py, in 2D and 3D; method vit_mae only) and
+# MONAI's Swin, the same encoder in MONAI's flavour under SwinUNETR (models/swin_unetr.py, in
+# 2D and 3D; segmentation).
+ARCHS = ("swin", "vit", "swinunetr")
 ATTENTIONS = ("einsum", "xla", "cudnn")  # models/swin.py's attend()
 # jax.checkpoint_policies for rematerialised blocks: save nothing, every matmul's output, or
 # those of matmuls without batch dimensions (the Dense layers, not attention's).
@@ -120,12 +122,15 @@ def positive(config, names, check) -> bool:
 
 def swin_kwargs(config) -> dict:
   """The Swin encoder's settings of `config`, which every Swin model (pretraining or
-  fine-tuning) takes."""
+  fine-tuning) takes; MONAI's Swin adds its merge order and SwinUNETR-v2's convolutions."""
   m = config.model
-  return dict(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
-              depths=tuple(m.depths), num_heads=tuple(m.num_heads), window=m.window,
-              drop_path=m.drop_path, remat=remat_policy(m), attention=m.attention,
-              dtype=jnp.dtype(config.dtype))
+  kwargs = dict(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
+                depths=tuple(m.depths), num_heads=tuple(m.num_heads), window=m.window,
+                drop_path=m.drop_path, remat=remat_policy(m), attention=m.attention,
+                dtype=jnp.dtype(config.dtype))
+  if m.arch == "swinunetr":
+    kwargs.update(merge_order=m.merge_order, conv_blocks=m.use_v2)
+  return kwargs
 
 
 def swin_cpu_variant(c: ml_collections.ConfigDict, name: str):
@@ -308,6 +313,57 @@ def vit_finetune(kind: str, ndim: int, variant: str = ""):
     c.batch_size, c.eval_batch_size = 4, 4
     c.data.group_column = ""  # a volume per subject, as in the Decathlon
   return apply_vit_finetune_variant(c, variant, ndim).lock()
+
+
+def swin_unetr_model() -> dict:
+  """MONAI's SwinUNETR defaults, with BTCV's feature size: embed_dim is MONAI's feature_size
+  (a multiple of 12, as MONAI requires); merge_order, MONAI's `downsample` ("merging" or
+  "mergingv2", models/swin.py MERGE_ORDERS); use_v2, SwinUNETR-v2's convolution before each
+  stage."""
+  return dict(arch="swinunetr", in_chans=1, patch_size=2, embed_dim=48, depths=(2, 2, 2, 2),
+              num_heads=(3, 6, 12, 24), window=7, drop_path=0.0, merge_order="merging",
+              use_v2=False, remat=False, remat_policy="nothing_saveable", attention="einsum")
+
+
+def swin_unetr_finetune(ndim: int = 3, variant: str = ""):
+  """A locked SwinUNETR fine-tuning config on volumes (ndim 3, as vit_finetune's) or images
+  (ndim 2). MONAI's BTCV recipe: crops of 96^3, AdamW at lr 1e-4 with weight decay 1e-5.
+
+  Variants: `cpu` (the hippocampus on 2 cores: crops of 32^3, feature size 12, windows of 4,
+  no flips or turns, lr 1e-3 over at least 400 steps), `tiny` (the same on 40 steps, tests).
+  """
+  c = finetune_defaults("segmentation")
+  c.model = swin_unetr_model()
+  c.optim.update(lr=1e-4, weight_decay=1e-5)
+  if ndim == 3:
+    c.input = volume_input((96, 96, 96))
+    c.batch_size, c.eval_batch_size = 2, 2
+    c.data.group_column = ""
+  for name in variant_names(variant, ("cpu", "tiny")):
+    c.model.update(embed_dim=12, window=4)
+    c.min_steps, c.log_every, c.checkpoint_every = 400, 50, 100
+    c.optim.update(lr=1e-3, warmup_epochs=3.0)
+    c.num_epochs = 100.0
+    if ndim == 3:
+      c.input.roi = (32, 32, 32)
+      c.batch_size = c.eval_batch_size = 4
+      c.input.update(flip=False, rotate90=False)
+    else:
+      c.input.image_size = 64
+      c.batch_size = c.eval_batch_size = 16
+    if name == "tiny":
+      c.total_steps, c.checkpoint_every, c.log_every = 40, 20, 10
+      c.optim.warmup_epochs = 0.2
+  return c.lock()
+
+
+def finetune_base(arch: str, kind: str, ndim: int):
+  """The unlocked defaults of a fine-tuning config of this encoder family, kind and ndim."""
+  if arch == "vit":
+    return vit_finetune(kind, ndim).unlock()
+  if arch == "swinunetr":
+    return swin_unetr_finetune(ndim).unlock()
+  return finetune_defaults(kind)
 
 
 def apply_vit_finetune_variant(c: ml_collections.ConfigDict, variant: str, ndim: int):

@@ -87,9 +87,13 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
     config_checks.validate(config, jax.device_count(), jax.process_count())
-    if config.task == "export":
-      from vismae_jax.convert import torch_export  # torch is an optional extra
-      torch_export.main(config, workdir)
+    if config.task == "export":  # torch is an optional extra: imported here
+      if config.model.arch == "swin":
+        from vismae_jax.convert import torch_export
+        torch_export.main(config, workdir)
+      else:
+        from vismae_jax.convert import monai
+        monai.main(config, workdir)
       return
     mesh = parallel.make_mesh(config.mesh)  # the run's one mesh
     if config.task == "pretrain":

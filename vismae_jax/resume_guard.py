@@ -55,8 +55,6 @@ def defaults_of(config):
   encoder and dimensions."""
   ndim = len(config_lib.spatial_shape(config))
   if "finetune" in config:
-    if config.model.arch == "vit":
-      return config_lib.vit_finetune(config.finetune.kind, ndim).unlock()
-    return config_lib.finetune_defaults(config.finetune.kind)
+    return config_lib.finetune_base(config.model.arch, config.finetune.kind, ndim)
   options = {"ndim": ndim} if config.model.arch == "vit" else {}
   return methods.pretrain_config(config.method, **options).unlock()

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from vismae_jax import augment, config_lib, metrics
-from vismae_jax.models import unet, unetr, vit
+from vismae_jax.models import swin_unetr, unet, unetr, vit
 
 
 def nanmean(values) -> float:
@@ -53,7 +53,8 @@ def label_maps(probabilities: np.ndarray) -> np.ndarray:
 
 
 class Segmentation:
-  """A label map per image or volume: Swin-UNet or UNETR, Dice + cross-entropy, Dice per case."""
+  """A label map per image or volume: Swin-UNet, UNETR or SwinUNETR, Dice + cross-entropy, Dice
+  per case."""
   name = "segmentation"
   metric = "dice"  # the report's main metric
   best_metric = "val_dice"  # the validation metric that keeps a run's best checkpoint
@@ -64,7 +65,7 @@ class Segmentation:
 
   @staticmethod
   def model_class(arch: str):
-    return {"swin": unet.SwinUNet, "vit": unetr.UNETR}[arch]
+    return {"swin": unet.SwinUNet, "vit": unetr.UNETR, "swinunetr": swin_unetr.SwinUNETR}[arch]
 
   @staticmethod
   def head_kwargs(config) -> dict:

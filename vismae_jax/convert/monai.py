@@ -32,7 +32,9 @@ import re
 import flax
 import numpy as np
 
-from vismae_jax import config_lib
+import jax
+
+from vismae_jax import checkpoint, config_lib, tasks
 from vismae_jax.convert import transfer
 from vismae_jax.models import swin, vit
 
@@ -183,6 +185,8 @@ def canonical_name(name: str, layout: Layout) -> str:
     name = re.sub(r"^swin_vit\.", "swinViT.", name)
     if re.match(r"^(patch_embed|layers\d)", name):
       name = "swinViT." + name
+  elif layout is UNETR and re.match(r"^(patch_embedding|blocks|norm)\.", name):
+    name = "vit." + name  # MONAI's ViT alone, into UNETR's encoder
   return name
 
 
@@ -248,8 +252,9 @@ def export_layout(params, config) -> tuple[dict, Layout, str]:
   return params, layout, ""
 
 
-def export(params, config, out_dir: str) -> dict:
-  """Writes monai.pt, monai.safetensors and monai.json; returns {what: path} and the note."""
+def export(params, config, out_dir: str):
+  """Writes monai.pt, monai.safetensors and monai.json; returns ({what: path}, the spec, why a
+  UNETR exported its encoder alone or "")."""
   import safetensors.numpy
   import torch
 
@@ -266,3 +271,16 @@ def export(params, config, out_dir: str) -> dict:
   with open(paths["spec"], "w") as f:
     json.dump({"class": spec["class"], "kwargs": spec["kwargs"], "note": why}, f, indent=1)
   return paths, spec, why
+
+
+def main(config, workdir: str) -> dict:
+  """Exports the run in `workdir` (a fine-tuning run's best checkpoint, else its newest) to
+  `workdir/export`, and says what it wrote in one line."""
+  best = tasks.of(config).best_metric if "finetune" in config else ""
+  params = checkpoint.load_params(workdir, best)
+  paths, spec, why = export(params, config, os.path.join(workdir, "export"))
+  n = sum(np.size(x) for x in jax.tree.leaves(params))
+  print(f"Exported MONAI {spec['class']} (downsample={spec['kwargs'].get('downsample', '-')}; "
+        f"{n:,} parameters){': ' + why if why else ''}: "
+        + " | ".join(f"{k}: {v}" for k, v in paths.items()), flush=True)
+  return paths

@@ -3,8 +3,8 @@ files and `.safetensors`, for fine-tuning's starting weights, prediction and eva
 
 Two uses, two strictnesses:
 - `load_into`: pretrained weights into a fine-tuning model, tensor by tensor where name and
-  shape agree (convert/transfer.py), the rest left at its initialisation, with a table of what
-  moved;
+  shape agree (convert/transfer.py; files of the ViT and SwinUNETR families in MONAI's layout,
+  convert/monai.py), the rest left at its initialisation, with a table of what moved;
 - `load_exact`: a fine-tuned model to apply; every tensor must be there with its shape, or the
   load fails listing what differs.
 Nothing pickled is ever run (torch_import reads with weights_only; Orbax reads arrays).
@@ -12,7 +12,10 @@ Nothing pickled is ever run (torch_import reads with weights_only; Orbax reads a
 import flax
 
 from vismae_jax import checkpoint
-from vismae_jax.convert import torch_import, transfer
+from vismae_jax.convert import monai, torch_import, transfer
+
+# The encoder family whose files carry the release's PyTorch names; the others' are MONAI's.
+RELEASE_ARCH = "swin"
 
 
 def is_file(path: str) -> bool:
@@ -27,23 +30,34 @@ def read(path: str, best_metric: str = ""):
       path, best_metric)
 
 
-def load_into(path: str, target_params, *, by_name: bool = False, encoder_only: bool = False,
+def load_into(path: str, target_params, *, arch: str = RELEASE_ARCH, encoder_only: bool = False,
               fill_deeper: bool = False):
   """-> (target_params with the weights of `path` transferred in, transfer.TransferReport).
 
-  by_name: match Flax paths (models without a published PyTorch layout: the ViT family);
-  otherwise PyTorch names, as the release does (encoder_only and fill_deeper: transfer.transfer).
+  The release's Swin (`arch` "swin") matches PyTorch names, as the release does (encoder_only
+  and fill_deeper: transfer.transfer); the other families match Flax paths in an Orbax run and
+  MONAI's names in a file.
   """
   source = read(path)
-  if by_name:
+  if arch != RELEASE_ARCH:
+    if is_file(path):
+      return monai.import_weights(source, target_params, path)
     return transfer.transfer_by_name(source, target_params)
   return transfer.transfer(source, target_params, encoder_only=encoder_only,
                            fill_deeper=fill_deeper)
 
 
-def load_exact(path: str, params_like, best_metric: str = ""):
+def load_exact(path: str, params_like, best_metric: str = "", arch: str = RELEASE_ARCH):
   """The weights at `path` as parameters of the model `params_like` describes (arrays or
   shapes); torch_import.CheckpointMismatch lists every missing, unexpected or mis-shaped tensor."""
+  if is_file(path) and arch != RELEASE_ARCH:
+    params, report = monai.import_weights(read(path), params_like, path)
+    if report.new or report.unused:
+      raise torch_import.CheckpointMismatch(
+          f"{path}: the checkpoint does not fit the model: "
+          + "; ".join([f"missing: {n}" for n in report.new[:5]] +
+                      [f"unexpected: {n}" for n in report.unused[:5]]))
+    return params
   if is_file(path):
     params, _ = torch_import.to_flax(torch_import.load_state(path), params_like, strict=True)
     return params

@@ -46,13 +46,8 @@ def build_model(config):
   """The kind's model on the config's encoder family."""
   m, f = config.model, config.finetune
   kind = tasks.of(config)
-  if m.arch == "vit":
-    encoder = vit_masked.encoder_kwargs(config)
-  else:
-    encoder = dict(in_chans=m.in_chans, patch_size=m.patch_size, embed_dim=m.embed_dim,
-                   depths=tuple(m.depths), num_heads=tuple(m.num_heads), window=m.window,
-                   drop_path=m.drop_path, remat=config_lib.remat_policy(m),
-                   attention=m.attention, dtype=jnp.dtype(config.dtype))
+  encoder = (vit_masked.encoder_kwargs(config) if m.arch == "vit"
+             else config_lib.swin_kwargs(config))
   return kind.model_class(m.arch)(**encoder, num_classes=f.num_classes,
                                   **kind.head_kwargs(config))
 
@@ -137,8 +132,7 @@ def pretrained_params(config, target_params):
   """The configured pretrained weights transferred into `target_params` (host arrays)."""
   f = config.finetune
   params, report = weights.load_into(
-      f.pretrained, target_params, by_name=config.model.arch == "vit",  # no published layout
-      encoder_only=f.encoder_only, fill_deeper=f.fill_deeper)
+      f.pretrained, target_params, arch=config.model.arch, encoder_only=f.encoder_only, fill_deeper=f.fill_deeper)
   logging.info("weights from %s:\n%s", f.pretrained, report.table())
   return params
 

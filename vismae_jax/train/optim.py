@@ -87,6 +87,8 @@ def layer_ids(params) -> dict:
       return top
     stage = int(names[1].split("_")[1])
     done = sum(depths[:stage])
+    if names[2] == "conv_block":  # SwinUNETR-v2's, before the stage's blocks
+      return done
     return done + (int(names[2].split("_")[1]) + 1 if names[2].startswith("blocks_")
                    else depths[stage])
   return jax.tree_util.tree_map_with_path(lambda path, _: swin_layer(path), params)
