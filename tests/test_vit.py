@@ -277,3 +277,21 @@ def test_up_is_flax_transposed_convolution_with_kernel_equal_to_stride(shape):
   fast = conv_blocks.Up(6).apply(params, x)
   assert fast.shape == (shape[0], *(2 * s for s in shape[1:-1]), 6)
   np.testing.assert_allclose(fast, reference.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel,bias", [((2, 5, 6, 4, 3), 3, False),
+                                               ((1, 4, 3, 5, 2), 1, True),
+                                               ((2, 6, 5, 3), 3, True)],
+                         ids=["3d_3x3x3", "3d_1x1x1", "2d_3x3"])
+def test_conv_is_flax_convolution(shape, kernel, bias):
+  """conv_blocks.Conv computes nn.Conv (stride 1, SAME) with the same parameters: in 3D as one 2D
+  convolution over the depth slices, on inputs whose voxels all differ."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  n = len(shape) - 2
+  reference = nn.Conv(7, (kernel,) * n, use_bias=bias, bias_init=nn.initializers.normal(1.0))
+  params = reference.init(jax.random.key(1), x)
+  fast = conv_blocks.Conv(7, kernel, use_bias=bias)
+  assert jax.tree.map(jnp.shape, fast.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape,
+                                                                                  params)
+  np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5,
+                             atol=1e-5)

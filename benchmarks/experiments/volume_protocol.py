@@ -1,6 +1,9 @@
-r"""SelfMedMAE's 3-D claim on real MRI: ViT-MAE self-pretraining, then UNETR-3D, against random.
+r"""SelfMedMAE's 3-D claim on real MRI: ViT-MAE self-pretraining, then UNETR-3D, against random;
+and SwinUNETR-3D on the same folds (--model=swinunetr).
 
   python benchmarks/experiments/volume_protocol.py --variant=cpu --json=/tmp/hippocampus.json
+  python benchmarks/experiments/volume_protocol.py --model=swinunetr --variant=cpu \
+      --json=/tmp/hippocampus_swinunetr.json
 
 The commands a user runs, timed, on the Decathlon hippocampus of `--datasets` (by default
 ../shared/datasets/msd_hippocampus beside the checkout: 260 labelled T1 MRI volumes of about
@@ -14,7 +17,10 @@ The commands a user runs, timed, on the Decathlon hippocampus of `--datasets` (b
 One summary line; `--json` writes per fraction each initialisation's mean Dice with its CI, Dice
 per structure with CIs, HD95 in mm, the paired t-test's p-value across folds (`p_value`) and
 Wilcoxon's case by case (`case_test`), and each stage's seconds.
-Every stage resumes: rerun with the same `--scratch`.
+Every stage resumes: rerun with the same `--scratch`. With --model=swinunetr step 2 is skipped
+and step 3 runs configs/swin_unetr3d.py, from random initialisation, or from --pretrained (a
+Swin pretraining workdir or a MONAI checkpoint) against random; the folds are the same (the
+protocol draws them from the data and config.seed).
 
 Variants: `cpu` (the configs' cpu variants: crops of 32x48x32, a 0.5M-parameter ViT, UNETR
 feature size 8), `tiny` (a check that every stage runs; the numbers mean nothing).
@@ -34,6 +40,10 @@ import output  # noqa: E402  benchmarks/output.py
 
 HIPPOCAMPUS = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "msd_hippocampus")
 
+flags.DEFINE_enum("model", "unetr", ["unetr", "swinunetr"], "UNETR-3D from a ViT-MAE-3D "
+                  "self-pretraining, or SwinUNETR-3D (configs/swin_unetr3d.py).")
+flags.DEFINE_string("pretrained", "", "--model=swinunetr: the weights to start from (empty: "
+                    "random initialisation only).")
 flags.DEFINE_enum("variant", "cpu", ["cpu", "tiny"], "The configs' variant.")
 flags.DEFINE_string("datasets", HIPPOCAMPUS, "A Decathlon folder (dataset.json, imagesTr/, "
                     "labelsTr/).")
@@ -68,30 +78,35 @@ def main(argv):
   # One protocol workdir per recipe: the pretraining is shared, the runs of a recipe resumed.
   steps = [f"steps{args.finetune_steps}"] if args.finetune_steps else []
   recipe = "_".join([args.variant, *steps, *args.overrides]).replace("=", "-").replace("/", "-")
-  finetune = os.path.join(args.scratch, f"unetr3d_{recipe}")
+  finetune = os.path.join(args.scratch, f"{args.model}3d_{recipe}")
   main_py = [sys.executable, "-m", "vismae_jax.main"]
-  seconds = {"ingest": run([sys.executable, "-m", "data_pipelines.volume_ingest",
-                            f"--input={os.path.join(args.datasets, 'imagesTr')}",
-                            f"--output={shards}", "--salt=volume-protocol", "--modality=MR"])}
-  steps = [f"--config.total_steps={args.pretrain_steps}"] if args.pretrain_steps else []
-  seconds["pretrain"] = run([*main_py, f"--config=configs/vit_mae3d.py:{args.variant}",
-                             f"--workdir={pretrain}", f"--config.data.path={shards}", *steps])
+  seconds = {}
+  if args.model == "unetr":
+    seconds["ingest"] = run([sys.executable, "-m", "data_pipelines.volume_ingest",
+                             f"--input={os.path.join(args.datasets, 'imagesTr')}",
+                             f"--output={shards}", "--salt=volume-protocol", "--modality=MR"])
+    steps = [f"--config.total_steps={args.pretrain_steps}"] if args.pretrain_steps else []
+    seconds["pretrain"] = run([*main_py, f"--config=configs/vit_mae3d.py:{args.variant}",
+                               f"--workdir={pretrain}", f"--config.data.path={shards}", *steps])
+  config_file, pretrained = {"unetr": ("unetr3d.py", pretrain),
+                             "swinunetr": ("swin_unetr3d.py", args.pretrained)}[args.model]
   steps = [f"--config.total_steps={args.finetune_steps}"] if args.finetune_steps else []
   fractions = ",".join(args.fractions)
   seconds["finetune"] = run([
-      *main_py, f"--config=configs/unetr3d.py:{args.variant}", f"--workdir={finetune}",
-      f"--config.data.csv={args.datasets}", f"--config.finetune.pretrained={pretrain}",
+      *main_py, f"--config=configs/{config_file}:{args.variant}", f"--workdir={finetune}",
+      f"--config.data.csv={args.datasets}", f"--config.finetune.pretrained={pretrained}",
       f"--config.finetune.num_classes={args.num_classes}", f"--config.protocol.folds={args.folds}",
       f"--config.protocol.max_folds={args.max_folds}",
       f"--config.protocol.fractions=({fractions},)",
-      f"--config.protocol.compare_random={args.compare_random}", *steps,
+      f"--config.protocol.compare_random={args.compare_random and bool(pretrained)}", *steps,
       *(f"--config.{o}" for o in args.overrides)])
   with open(os.path.join(finetune, "report.json")) as f:
     report = json.load(f)
   with open(os.path.join(args.datasets, "dataset.json")) as f:
     names = json.load(f)["labels"]
   structures = [names[str(c)] for c in range(1, args.num_classes)]
-  result = {"variant": args.variant, "structures": structures, "stage_seconds": seconds,
+  result = {"model": args.model, "variant": args.variant, "structures": structures,
+            "stage_seconds": seconds,
             "hd95_unit": report["units"]["hd95"], "by_fraction": {}}
   parts = []
   for fraction, entry in report["by_fraction"].items():
@@ -102,10 +117,13 @@ def main(argv):
            for init, e in entry.items() if isinstance(e, dict) and "mean" in e},
         "p_value": entry.get("p_value"), "case_test": entry.get("wilcoxon")}
     r = result["by_fraction"][fraction]
+    first = "pretrained" if "pretrained" in r else "random"
     versus = (f" vs random {r['random']['mean']:.3f} (p={r['p_value']:.3g} across folds, "
-              f"{r['case_test']['p_value']:.3g} case by case)" if "random" in r else "")
-    parts.append(f"{float(fraction):.0%}: pretrained {r['pretrained']['mean']:.3f}{versus}")
-  output.write(f"hippocampus UNETR-3D Dice, {args.folds} folds: " + "; ".join(parts)
+              f"{r['case_test']['p_value']:.3g} case by case)"
+              if first == "pretrained" and "random" in r else "")
+    parts.append(f"{float(fraction):.0%}: {first} {r[first]['mean']:.3f}{versus}")
+  name = {"unetr": "UNETR-3D", "swinunetr": "SwinUNETR-3D"}[args.model]
+  output.write(f"hippocampus {name} Dice, {args.folds} folds: " + "; ".join(parts)
                + f"; stages {', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}",
                result, args.json)
 
