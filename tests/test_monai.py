@@ -18,7 +18,7 @@ def _monai_net(spec):
 def _torch_output(net, x):
   torch = need("torch")
   with torch.no_grad():
-    out = net(torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1)))
+    out = net(torch.from_numpy(np.moveaxis(np.array(x), -1, 1)))
   out = out[0] if isinstance(out, tuple) else out
   return np.moveaxis(out.numpy(), 1, -1)
 
@@ -167,3 +167,56 @@ def test_a_monai_checkpoint_of_another_window_fails_naming_the_tensor():
                      r"\.attn\.relative_position_bias_table has shape \(729, 1\) where .* needs "
                      r"\(2197, 1\)"):
     interchange.import_weights(state, like, "ckpt.pt")
+
+
+@pytest.mark.slow
+def test_swin_unetr_from_a_monai_encoder_fine_tunes_and_exports_back_to_monai(tmp_path):
+  """The command line end to end: a MONAI self-supervised encoder (SSL layout: module., bare
+  names, fc1/fc2) starts configs/swin_unetr3d.py:tiny on Decathlon volumes, the transfer table
+  shows the whole encoder loaded, and the run's export loads into MONAI's SwinUNETR strictly
+  (its monai.json) with our outputs."""
+  import json
+  import os
+  import re
+
+  from helpers import load_config, run_main, synthetic_decathlon
+  from vismae_jax import checkpoint, tasks
+  from vismae_jax.train import finetune
+  torch = need("torch")
+  config = load_config("swin_unetr3d.py", "tiny")
+  spec = {"class": "SwinUNETR", "kwargs": dict(
+      in_channels=1, out_channels=3, patch_size=2, depths=[2, 2, 2, 2],
+      num_heads=[3, 6, 12, 24], window_size=4, feature_size=12, spatial_dims=3)}
+  torch.manual_seed(0)
+  state = {k: v.numpy() for k, v in _monai_net(spec).state_dict().items()}
+  ssl = str(tmp_path / "model_swinvit.pt")
+  torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in
+                             _encoder_only(state, "ssl").items()}}, ssl)
+  msd = synthetic_decathlon(tmp_path / "msd")
+  workdir = str(tmp_path / "swin_unetr")
+  proc = run_main(workdir, f"--config.data.csv={msd}", f"--config.finetune.pretrained={ssl}",
+                  "--config.finetune.num_classes=3", "--config.protocol.folds=2",
+                  "--config.protocol.max_folds=1", "--config.protocol.val_fraction=0.25",
+                  "--config.total_steps=20", config="configs/swin_unetr3d.py:tiny")
+  encoder = len([k for k in state if k.startswith("swinViT.")
+                 and not k.endswith("relative_position_index")])
+  table = re.search(r"loaded\s+(\d+)\s+swinViT\.", proc.stderr)
+  assert table and int(table.group(1)) == encoder, proc.stderr[-3000:]
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert 0 <= json.load(f)["by_fraction"]["1.0"]["pretrained"]["mean"] <= 1
+  run = os.path.join(workdir, "runs", "pretrained_labels100_fold0")
+  proc = run_main(run, "--config.task=export", "--config.finetune.num_classes=3",
+                  config="configs/swin_unetr3d.py:tiny")
+  assert "Exported MONAI SwinUNETR (downsample=merging;" in proc.stdout
+  with open(os.path.join(run, "export", "monai.json")) as f:
+    exported = json.load(f)
+  net = _monai_net(exported)
+  net.load_state_dict(torch.load(os.path.join(run, "export", "monai.pt"), weights_only=True),
+                      strict=True)
+  config.finetune.num_classes = 3
+  params = checkpoint.load_params(run, tasks.of(config).best_metric)
+  # MONAI's instance norm refuses a one-voxel map, which 32^3 leaves at 1/32: 32 x 64 x 32.
+  assert "one voxel at 1/32" in exported["note"]
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 64, 32, 1))
+  ours = finetune.build_model(config).apply({"params": params}, x)
+  np.testing.assert_allclose(_torch_output(net, x), np.asarray(ours), atol=1e-4, rtol=1e-4)

@@ -36,10 +36,14 @@ def test_layer_decay_counts_the_vit_blocks_and_puts_heads_on_top():
     ("vit_mae3d.py", {"data.source": "shards"}, "volumes (3-D records) go with a"),
     ("vit_mae2d.py", {"mae.decoder_heads": 3}, "config.mae.decoder_dim=64"),
     ("vit_mae2d.py", {"method": "mae"}, "vit_mae pretrains the ViT"),
-    ("vit_mae2d.py", {"task": "export"}, "a ViT checkpoint stays in Orbax"),
+    ("swin_unetr3d.py", {"input.roi": (32, 48, 32)}, "must be a multiple of 32 along every"),
+    ("swin_unetr3d.py", {"model.embed_dim": 16}, "must be a multiple of 12, as MONAI's"),
+    ("swin_unetr3d.py", {"model.depths": (2, 2, 2)}, "SwinUNETR has 4 stages"),
+    ("swin_unetr3d.py", {"model.merge_order": "smit"}, "expected one of ('merging', "),
+    ("swin_unetr3d.py", {"finetune.kind": "classification"}, "'swinunetr' segments"),
     ("unetr3d.py", {"task": "predict"}, "volumes are fine-tuned and scored by the protocol"),
 ])
-def test_vit_configs_fail_naming_the_setting(tmp_path, config_file, overrides, message):
+def test_vit_and_swin_unetr_configs_fail_naming_the_setting(tmp_path, config_file, overrides, message):
   config = load_config(config_file, "tiny")
   config.data.update({"csv": str(tmp_path)} if "finetune" in config else {"path": str(tmp_path)})
   for key, value in overrides.items():

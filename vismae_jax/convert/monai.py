@@ -36,7 +36,7 @@ import jax
 
 from vismae_jax import checkpoint, config_lib, tasks
 from vismae_jax.convert import transfer
-from vismae_jax.models import swin, vit
+from vismae_jax.models import swin, swin_unetr, vit
 
 
 class MonaiError(ValueError):
@@ -260,6 +260,12 @@ def export(params, config, out_dir: str):
 
   params, layout, why = export_layout(params, config)
   spec = spec_of(config, layout)
+  deepest = [s // swin_unetr.input_multiple(config.model.patch_size)
+             for s in config_lib.spatial_shape(config)]
+  if layout is SWIN_UNETR and max(deepest) == 1:
+    why = ("this run's windows leave one voxel at 1/32, where MONAI's instance norm refuses to "
+           "run: give MONAI's SwinUNETR windows of at least 64 voxels along one axis (the "
+           "weights are the same)")
   state = state_dict(params, layout, spec)
   os.makedirs(out_dir, exist_ok=True)
   paths = {"pt": os.path.join(out_dir, "monai.pt"),
