@@ -41,7 +41,9 @@ def _random_params(model, x, seed=0):
 SWIN_CASES = {
     # 3D, MONAI's defaults but narrower: windows clamped on the deeper (4 x 8 x 4) maps.
     "3d": dict(shape=(1, 32, 64, 32, 1), merge_order="merging", conv_blocks=False),
-    "3d_v2_mergingv2": dict(shape=(1, 32, 32, 64, 1), merge_order="mergingv2",
+    # v2's convolutions before each stage end in instance norms, which a map of a few voxels
+    # leaves ill-conditioned (rounding differences grow past 1e-4): maps of 2 x 4 x 4 at 1/16.
+    "3d_v2_mergingv2": dict(shape=(1, 32, 64, 64, 1), merge_order="mergingv2",
                             conv_blocks=True),
     "2d": dict(shape=(2, 64, 96, 1), merge_order="merging", conv_blocks=False),
 }
@@ -102,7 +104,7 @@ def test_vit_encoder_exports_as_monais_vit_with_equal_outputs():
   ours, _ = model.apply({"params": params["encoder"]}, x)
   torch = need("torch")
   with torch.no_grad():
-    theirs, _ = net(torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1)))
+    theirs, _ = net(torch.from_numpy(np.moveaxis(np.array(x), -1, 1)))
   np.testing.assert_allclose(theirs.numpy(), np.asarray(ours), atol=1e-4, rtol=1e-4)
 
 
