@@ -7,7 +7,7 @@ import pytest
 
 from helpers import need
 from vismae_jax.convert import monai as interchange
-from vismae_jax.models import swin, swin_unetr, unetr, vit
+from vismae_jax.models import swin_unetr, unetr, vit
 
 
 def _monai_net(spec):

@@ -43,7 +43,8 @@ def test_layer_decay_counts_the_vit_blocks_and_puts_heads_on_top():
     ("swin_unetr3d.py", {"finetune.kind": "classification"}, "'swinunetr' segments"),
     ("unetr3d.py", {"task": "predict"}, "volumes are fine-tuned and scored by the protocol"),
 ])
-def test_vit_and_swin_unetr_configs_fail_naming_the_setting(tmp_path, config_file, overrides, message):
+def test_vit_and_swin_unetr_configs_fail_naming_the_setting(tmp_path, config_file, overrides,
+                                                           message):
   config = load_config(config_file, "tiny")
   config.data.update({"csv": str(tmp_path)} if "finetune" in config else {"path": str(tmp_path)})
   for key, value in overrides.items():

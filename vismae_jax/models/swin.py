@@ -1,15 +1,16 @@
-"""Swin-Transformer building blocks shared by SwinMAE, Swin-UNet and the classifier.
+"""Swin-Transformer building blocks shared by every Swin model: SwinMAE, Swin-UNet, the
+classifier, the other pretraining methods' models and SwinUNETR.
 
 Written from the published model's description so that every parameter maps one to one onto
 the published PyTorch tensors (`vismae_jax.convert.torch_names`; the listings are in
 tests/reference). Layout is channels-last, (B, H, W, C) in 2D and (B, D, H, W, C) in 3D: one
 implementation serves both, windows, shift masks, relative-position bias and patch merging
 running along every spatial axis. What differs between the release's 2D Swin and MONAI's
-SwinUNETR (2D or 3D) is chosen by fields, never by copies: the LayerNorm epsilon, whether
-windows shrink to feature maps smaller than them (`clamp_window`), the patch embedding's norm,
-and the order of the neighbours that patch merging concatenates (`MERGE_ORDERS`). Submodule names are chosen
-so that the PyTorch name is the Flax path with `_<n>` turned into `.<n>` (`layers_0/blocks_1`
-<-> `layers.0.blocks.1`).
+SwinUNETR (2D or 3D) is chosen by fields, never by copies: the LayerNorms (`NormStyle`),
+whether windows shrink to feature maps smaller than them (`clamp_window`), the patch
+embedding's norm, whether the last stage merges too, and the order of the neighbours that patch
+merging concatenates (`MERGE_ORDERS`). Submodule names are chosen so that the PyTorch name is
+the Flax path with `_<n>` turned into `.<n>` (`layers_0/blocks_1` <-> `layers.0.blocks.1`).
 
 The models know no mesh: their activations carry logical axis names (`ACTIVATION_AXES`), which
 `vismae_jax.parallel` alone maps onto mesh axes while a training step is traced.

@@ -132,7 +132,8 @@ def pretrained_params(config, target_params):
   """The configured pretrained weights transferred into `target_params` (host arrays)."""
   f = config.finetune
   params, report = weights.load_into(
-      f.pretrained, target_params, arch=config.model.arch, encoder_only=f.encoder_only, fill_deeper=f.fill_deeper)
+      f.pretrained, target_params, arch=config.model.arch, encoder_only=f.encoder_only,
+      fill_deeper=f.fill_deeper)
   logging.info("weights from %s:\n%s", f.pretrained, report.table())
   return params
 
