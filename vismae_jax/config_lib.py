@@ -341,20 +341,28 @@ def swin_unetr_finetune(ndim: int = 3, variant: str = ""):
     c.data.group_column = ""
   for name in variant_names(variant, ("cpu", "tiny")):
     c.model.update(embed_dim=12, window=4)
-    c.min_steps, c.log_every, c.checkpoint_every = 400, 50, 100
-    c.optim.update(lr=1e-3, warmup_epochs=3.0)
-    c.num_epochs = 100.0
-    if ndim == 3:
-      c.input.roi = (32, 32, 32)
-      c.batch_size = c.eval_batch_size = 4
-      c.input.update(flip=False, rotate90=False)
-    else:
-      c.input.image_size = 64
-      c.batch_size = c.eval_batch_size = 16
-    if name == "tiny":
-      c.total_steps, c.checkpoint_every, c.log_every = 40, 20, 10
-      c.optim.warmup_epochs = 0.2
+    cpu_schedule(c, name, ndim, roi=(32, 32, 32))
   return c.lock()
+
+
+def cpu_schedule(c: ml_collections.ConfigDict, name: str, ndim: int, roi: tuple):
+  """What the 2-core variants (`name`) of the ViT and SwinUNETR fine-tuning share: lr 1e-3 over
+  at least 400 steps; 3-D crops of `roi` (32^3 for `tiny`), 4 a batch, no flips or turns
+  (hundreds of steps, not nnU-Net's 250,000: see volume_input); 2-D 64 px images. `tiny`: 40
+  steps, for tests."""
+  c.min_steps, c.log_every, c.checkpoint_every = 400, 50, 100
+  c.optim.update(lr=1e-3, warmup_epochs=3.0)
+  c.num_epochs = 30.0 if ndim == 2 else 100.0
+  if ndim == 3:
+    c.input.roi = (32, 32, 32) if name == "tiny" else roi
+    c.batch_size = c.eval_batch_size = 4
+    c.input.update(flip=False, rotate90=False)
+  else:
+    c.input.image_size = 64
+    c.batch_size = c.eval_batch_size = 16
+  if name == "tiny":
+    c.total_steps, c.checkpoint_every, c.log_every = 40, 20, 10
+    c.optim.warmup_epochs = 0.2
 
 
 def finetune_base(arch: str, kind: str, ndim: int):
@@ -371,27 +379,12 @@ def apply_vit_finetune_variant(c: ml_collections.ConfigDict, variant: str, ndim:
 
   cpu:  vit_cpu_model's ViT; 2-D 64 px images; 3-D crops of 32 x 48 x 32 voxels (the
         Decathlon hippocampus: volumes of about 35 x 50 x 36 at 1 mm): 4 x 6 x 4 tokens, where
-        MONAI's 16-voxel patches would leave 2 x 3 x 2; UNETR's feature size 8, no flips or
-        turns (hundreds of steps, not nnU-Net's 250,000: see volume_input).
+        MONAI's 16-voxel patches would leave 2 x 3 x 2; UNETR's feature size 8 (cpu_schedule).
   tiny: the same models on a 40-step schedule, 3-D on crops of 32^3, for tests.
   """
   for name in variant_names(variant, ("sample", "cpu", "tiny")):
     vit_cpu_model(c)
-    c.min_steps, c.log_every, c.checkpoint_every = 400, 50, 100
-    c.optim.update(lr=1e-3, warmup_epochs=3.0)
-    c.num_epochs = 30.0 if ndim == 2 else 100.0
     if "feature_size" in c.model:
       c.model.feature_size = 8
-    if ndim == 3:
-      c.input.roi = (32, 48, 32)
-      c.batch_size = c.eval_batch_size = 4
-      c.input.update(flip=False, rotate90=False)
-    else:
-      c.input.image_size = 64
-      c.batch_size = c.eval_batch_size = 16
-    if name == "tiny":
-      c.total_steps, c.checkpoint_every, c.log_every = 40, 20, 10
-      c.optim.warmup_epochs = 0.2
-      if ndim == 3:
-        c.input.roi = (32, 32, 32)
+    cpu_schedule(c, name, ndim, roi=(32, 48, 32))
   return c
