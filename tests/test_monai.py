@@ -222,3 +222,19 @@ def test_swin_unetr_from_a_monai_encoder_fine_tunes_and_exports_back_to_monai(tm
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 64, 32, 1))
   ours = finetune.build_model(config).apply({"params": params}, x)
   np.testing.assert_allclose(_torch_output(net, x), np.asarray(ours), atol=1e-4, rtol=1e-4)
+
+
+def test_a_unetr_that_monais_class_cannot_hold_exports_its_encoder_as_monais_vit():
+  """The hippocampus UNETR (4 blocks, patches of 8): MONAI's UNETR is fixed at 12 blocks and
+  patches of 16, so the export is the encoder, under a spec that MONAI's ViT loads strictly."""
+  from helpers import load_config
+  from vismae_jax.train import finetune
+  config = load_config("unetr3d.py", "cpu")
+  shapes = jax.eval_shape(finetune.functions(config).init_params, jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  exported, layout, why = interchange.export_layout(params, config)
+  assert layout is interchange.VIT and set(exported) == {"encoder"}
+  assert "MONAI's UNETR has 12 blocks and patches of 16, this one 4 blocks" in why
+  spec = interchange.spec_of(config, layout)
+  assert spec["class"] == "ViT" and spec["kwargs"]["img_size"] == [32, 48, 32]
+  _load(_monai_net(spec), interchange.state_dict(exported, layout, spec))
