@@ -238,3 +238,22 @@ def test_a_unetr_that_monais_class_cannot_hold_exports_its_encoder_as_monais_vit
   spec = interchange.spec_of(config, layout)
   assert spec["class"] == "ViT" and spec["kwargs"]["img_size"] == [32, 48, 32]
   _load(_monai_net(spec), interchange.state_dict(exported, layout, spec))
+
+
+def test_monais_vit_weights_fill_every_unetr_encoder_tensor():
+  """A MONAI ViT (bare names, as MONAI's ViT saves them) into the tiny UNETR's encoder."""
+  from helpers import load_config
+  from vismae_jax.train import finetune
+  torch = need("torch")
+  config = load_config("unetr3d.py", "tiny")
+  m = config.model
+  torch.manual_seed(0)
+  spec = _spec("ViT", in_channels=1, img_size=list(config.input.roi), patch_size=m.patch_size,
+               hidden_size=m.embed_dim, mlp_dim=int(m.embed_dim * m.mlp_ratio),
+               num_layers=m.depth, num_heads=m.num_heads, qkv_bias=True)
+  state = {k: v.numpy() for k, v in _monai_net(spec).state_dict().items()}
+  like = jax.eval_shape(finetune.functions(config).init_params, jax.random.PRNGKey(0))
+  params, report = interchange.import_weights(state, like)
+  assert not [p for p in report.new if p.startswith("encoder/")] and not report.unused
+  np.testing.assert_array_equal(params["encoder"]["blocks_2"]["attn"]["proj"]["kernel"],
+                                state["blocks.2.attn.out_proj.weight"].T)

@@ -51,7 +51,7 @@ def fine_tuned_params(config, workdir: str):
   (a checkpoint of another model fails, listing what differs)."""
   like = jax.eval_shape(finetune.functions(config).init_params, jax.random.PRNGKey(0))
   if weights.is_file(config.finetune.pretrained):
-    return weights.load_exact(config.finetune.pretrained, like, arch=config.model.arch)
+    return weights.load_exact(config.finetune.pretrained, like)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileNotFoundError(
         f"{workdir}: not a fine-tuning run (no checkpoints/): name one run of a protocol, "

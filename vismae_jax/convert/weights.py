@@ -47,17 +47,9 @@ def load_into(path: str, target_params, *, arch: str = RELEASE_ARCH, encoder_onl
                            fill_deeper=fill_deeper)
 
 
-def load_exact(path: str, params_like, best_metric: str = "", arch: str = RELEASE_ARCH):
+def load_exact(path: str, params_like, best_metric: str = ""):
   """The weights at `path` as parameters of the model `params_like` describes (arrays or
   shapes); torch_import.CheckpointMismatch lists every missing, unexpected or mis-shaped tensor."""
-  if is_file(path) and arch != RELEASE_ARCH:
-    params, report = monai.import_weights(read(path), params_like, path)
-    if report.new or report.unused:
-      raise torch_import.CheckpointMismatch(
-          f"{path}: the checkpoint does not fit the model: "
-          + "; ".join([f"missing: {n}" for n in report.new[:5]] +
-                      [f"unexpected: {n}" for n in report.unused[:5]]))
-    return params
   if is_file(path):
     params, _ = torch_import.to_flax(torch_import.load_state(path), params_like, strict=True)
     return params
