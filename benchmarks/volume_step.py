@@ -12,11 +12,16 @@ warm-up, so the ratio is measured under the same machine load. Prints one summar
 Models (MONAI's class and our config's model): `unetr`, UNETR-B (patch 16, width 768, 12
 blocks, feature size 16); `swin_unetr`, SwinUNETR (patch 2, feature size `--feature_size`,
 depths 2,2,2,2, heads 3,6,12,24, window 7). Needs the [monai] extra.
+
+`--convolution` also times one 3x3x3 convolution of 16 channels over the crop, forward and
+backward, as flax's nn.Conv (XLA's 3D convolution) and as conv_blocks.Conv (the same
+parameters, one 2D convolution over the depth slices), in GFLOP/s.
 """
 import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
@@ -29,6 +34,7 @@ flags.DEFINE_integer("batch", 1, "Volumes per step.")
 flags.DEFINE_integer("feature_size", 48, "SwinUNETR's feature size (MONAI's; 48 for BTCV).")
 flags.DEFINE_integer("classes", 3, "Output classes.")
 flags.DEFINE_integer("steps", 5, "Timed steps of each, after two warm-up steps.")
+flags.DEFINE_bool("convolution", False, "Also time one 3x3x3 convolution both ways.")
 flags.DEFINE_string("json", "", "Write the figures here.")
 
 
@@ -111,6 +117,30 @@ def time_model(name: str, args) -> dict:
   return result
 
 
+def time_convolution(args, channels: int = 16) -> dict:
+  """GFLOP/s of a 3x3x3 convolution's forward and backward pass, flax's and ours."""
+  import flax.linen as nn
+
+  from vismae_jax.models import conv_blocks
+  roi = tuple(int(r) for r in args.roi)
+  x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *roi, channels))
+  flop = 3 * 2 * 27 * channels * channels * x.size // channels  # forward + two gradients
+  result = {}
+  for name, layer in (("flax_nn_conv", nn.Conv(channels, (3, 3, 3), use_bias=False)),
+                      ("conv_blocks_conv", conv_blocks.Conv(channels))):
+    params = layer.init(jax.random.PRNGKey(1), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1)))
+    jax.block_until_ready(grad(params, x))
+    seconds = []
+    for _ in range(args.steps):
+      start = time.perf_counter()
+      jax.block_until_ready(grad(params, x))
+      seconds.append(time.perf_counter() - start)
+    result[name] = {"seconds": statistics.median(seconds),
+                    "gflop_per_s": flop / statistics.median(seconds) / 1e9}
+  return result
+
+
 def main(argv):
   del argv
   import torch
@@ -120,10 +150,16 @@ def main(argv):
             "backend": jax.default_backend(), "models": {}}
   for name in args.models:
     result["models"][name] = time_model(name, args)
-  line = "; ".join(
+  if args.convolution:
+    result["convolution"] = time_convolution(args)
+  parts = [
       f"{name}: ours {r['ours']['seconds_per_step']:.2f} s/step, MONAI "
       f"{r['monai']['seconds_per_step']:.2f} s/step ({r['speed_vs_monai']:.2f}x MONAI's speed)"
-      for name, r in result["models"].items())
+      for name, r in result["models"].items()]
+  if args.convolution:
+    parts.append("3x3x3 convolution: " + ", ".join(
+        f"{k} {v['gflop_per_s']:.1f} GFLOP/s" for k, v in result["convolution"].items()))
+  line = "; ".join(parts)
   output.write(f"3D training step, {'x'.join(args.roi)} voxels, batch {args.batch}: {line}",
                result, args.json)
 

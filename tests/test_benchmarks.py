@@ -242,3 +242,31 @@ def test_volume_protocol_runs_every_stage_and_the_pretrained_start_alone(tmp_pat
   assert entry["p_value"] is None and entry["case_test"] is None
   assert len(entry["pretrained"]["per_fold"]) == 1
   assert set(entry["pretrained"]["structures"]) == {"first", "second"}
+
+
+@pytest.mark.slow
+def test_volume_step_against_monai_and_the_convolution_both_ways(tmp_path):
+  pytest.importorskip("monai", reason="needs the [monai] extra")
+  line, result = run_benchmark(tmp_path, "volume_step.py", "--models=swin_unetr",
+                               "--roi=32,32,64", "--feature_size=12", "--steps=1",
+                               "--convolution")
+  assert line.startswith("3D training step, 32x32x64 voxels, batch 1: swin_unetr: ours ")
+  model = result["models"]["swin_unetr"]
+  assert model["ours"]["seconds_per_step"] > 0 and model["monai"]["seconds_per_step"] > 0
+  assert model["speed_vs_monai"] == pytest.approx(
+      model["ours"]["volumes_per_s"] / model["monai"]["volumes_per_s"])
+  assert set(result["convolution"]) == {"flax_nn_conv", "conv_blocks_conv"}
+  assert all(c["gflop_per_s"] > 0 for c in result["convolution"].values())
+
+
+@pytest.mark.slow
+def test_volume_protocol_runs_swin_unetr_from_random_on_the_same_folds(tmp_path):
+  msd = synthetic_decathlon(tmp_path / "msd")
+  line, result = run_benchmark(tmp_path, "experiments/volume_protocol.py", "--model=swinunetr",
+                               "--variant=tiny", f"--datasets={msd}",
+                               f"--scratch={tmp_path / 'scratch'}", "--finetune_steps=10",
+                               "--folds=2", "--max_folds=1", "--fractions=1.0",
+                               "--overrides=protocol.val_fraction=0.25", timeout=900)
+  assert line.startswith("hippocampus SwinUNETR-3D Dice, 2 folds: 100%: random ")
+  assert result["model"] == "swinunetr" and set(result["stage_seconds"]) == {"finetune"}
+  assert set(result["by_fraction"]["1.0"]) == {"random", "p_value", "case_test"}
