@@ -74,6 +74,20 @@ def losses_fell(workdir, share: float = 0.8) -> list:
 
 
 @pytest.mark.slow
+def test_swin_unetr2d_fine_tunes_on_images(tmp_path, sample_segmentation_csv):
+  """SwinUNETR on 2-D images falls out of the same code: the 2-D protocol runs it."""
+  workdir = str(tmp_path / "swin_unetr2d")
+  run_main(workdir, f"--config.data.csv={sample_segmentation_csv}",
+           "--config.protocol.max_folds=1", "--config.total_steps=20",
+           config="configs/swin_unetr2d.py:tiny")
+  losses = [m["loss"] for m in read_metrics(os.path.join(workdir, "runs",
+                                                       "random_labels100_fold0")) if "loss" in m]
+  assert losses[-1] < 0.95 * losses[0], losses
+  with open(os.path.join(workdir, "report.json")) as f:
+    assert 0 <= json.load(f)["by_fraction"]["1.0"]["random"]["mean"] <= 1
+
+
+@pytest.mark.slow
 def test_vit_mae2d_pretrains_and_unetr2d_fine_tunes_from_it(tmp_path, sample_segmentation_csv):
   """ViT-MAE on the bundled sample lowers its loss; UNETR-2D takes its encoder by name and runs
   the protocol against random initialisation."""
