@@ -1,6 +1,7 @@
 """MONAI interchange (convert/monai.py) against MONAI itself, the real client: our SwinUNETR,
 UNETR and ViT load into MONAI's classes with strict=True and give our outputs within 1e-4, and
 MONAI's weights, in each layout users have, fill our models."""
+import flax
 import jax
 import numpy as np
 import pytest
@@ -29,13 +30,20 @@ def _load(net, state):
 
 
 def _random_params(model, x, seed=0):
-  """Parameters with every tensor random, norms included (an identity norm would hide a
-  misplaced scale)."""
-  params = model.init(jax.random.PRNGKey(seed), x)["params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  return jax.tree.unflatten(tree, [l + 0.1 * jax.random.normal(k, l.shape)
-                                   for l, k in zip(leaves, keys)])
+  """Parameters of `model` with every tensor random, norms included (an identity norm would
+  hide a misplaced scale): kernels at 1/sqrt(fan-in), norm scales about 1, the rest about 0.1.
+  Drawn from the shapes alone: initialising the model op by op takes far longer."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(seed), x)["params"]
+  flat = flax.traverse_util.flatten_dict(shapes, sep="/")
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(flat))
+  params = {}
+  for key, (path, leaf) in zip(keys, flat.items()):
+    noise = jax.random.normal(key, leaf.shape)
+    if path.endswith("kernel"):
+      params[path] = noise / np.sqrt(np.prod(leaf.shape[:-1]))
+    else:
+      params[path] = (1.0 if path.endswith("scale") else 0.0) + 0.1 * noise
+  return flax.traverse_util.unflatten_dict(params, sep="/")
 
 
 SWIN_CASES = {
@@ -68,7 +76,7 @@ def test_swin_unetr_loads_strictly_into_monai_with_equal_outputs(case):
   params = _random_params(model, x)
   net = _monai_net(spec)
   _load(net, interchange.state_dict(params, interchange.SWIN_UNETR, spec))
-  ours = np.asarray(model.apply({"params": params}, x))
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, x))
   np.testing.assert_allclose(_torch_output(net, x), ours, atol=1e-4, rtol=1e-4)
   assert np.abs(ours).max() > 0.1  # not an all-zero output that would match anything
 
@@ -87,7 +95,7 @@ def test_unetr_loads_strictly_into_monai_with_equal_outputs():
                hidden_size=48, mlp_dim=192, num_heads=2, spatial_dims=3, qkv_bias=True)
   net = _monai_net(spec)
   _load(net, interchange.state_dict(params, interchange.UNETR, spec))
-  ours = np.asarray(model.apply({"params": params}, x))
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, x))
   np.testing.assert_allclose(_torch_output(net, x), ours, atol=1e-4, rtol=1e-4)
 
 
@@ -120,12 +128,12 @@ def _monai_swin_unetr_state(window=7):
 def test_a_whole_monai_swin_unetr_imports_with_equal_outputs():
   state, spec = _monai_swin_unetr_state()
   model, x, _ = _swin_unetr("3d")
-  like = model.init(jax.random.PRNGKey(5), x)["params"]
+  like = jax.eval_shape(model.init, jax.random.PRNGKey(5), x)["params"]
   params, report = interchange.import_weights(state, like)
   assert not report.new and not report.unused
   net = _monai_net(spec)
   _load(net, state)
-  np.testing.assert_allclose(np.asarray(model.apply({"params": params}, x)),
+  np.testing.assert_allclose(np.asarray(jax.jit(model.apply)({"params": params}, x)),
                              _torch_output(net, x), atol=1e-4, rtol=1e-4)
 
 
@@ -148,7 +156,7 @@ def test_each_monai_encoder_layout_fills_every_encoder_tensor(layout, tmp_path):
   torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in
                              _encoder_only(state, layout).items()}}, path)
   model, x, _ = _swin_unetr("3d")
-  like = model.init(jax.random.PRNGKey(5), x)["params"]
+  like = jax.eval_shape(model.init, jax.random.PRNGKey(5), x)["params"]
   params, report = interchange.import_weights(weights.read(path), like, path)
   encoder = [p for p in report.new if p.startswith(("patch_embed", "encoder/"))]
   assert not encoder and not report.unused, (encoder, report.unused)
@@ -164,7 +172,7 @@ def test_each_monai_encoder_layout_fills_every_encoder_tensor(layout, tmp_path):
 def test_a_monai_checkpoint_of_another_window_fails_naming_the_tensor():
   state, _ = _monai_swin_unetr_state(window=5)
   model, x, _ = _swin_unetr("3d")
-  like = model.init(jax.random.PRNGKey(5), x)["params"]
+  like = jax.eval_shape(model.init, jax.random.PRNGKey(5), x)["params"]
   with pytest.raises(interchange.MonaiError, match=r"^ckpt\.pt: swinViT\.layers1\.0\.blocks\.0"
                      r"\.attn\.relative_position_bias_table has shape \(729, 1\) where .* needs "
                      r"\(2197, 1\)"):
