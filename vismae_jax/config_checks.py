@@ -86,6 +86,18 @@ def _check_vit(config, check):
           "of 2^k >= 4 (MONAI's 16) and taps k blocks (models/unetr.py)")
 
 
+def _check_stages(m, check):
+  """What every Swin's stages need: heads that divide each stage's width, a known remat
+  policy."""
+  for i, heads in enumerate(m.num_heads):
+    check((m.embed_dim * 2 ** i) % heads == 0,
+          f"config.model.num_heads[{i}]={heads} does not divide stage {i}'s width "
+          f"{m.embed_dim * 2 ** i} (embed_dim * 2^{i})")
+  check(m.remat_policy in config_lib.REMAT_POLICIES,
+        f"config.model.remat_policy={m.remat_policy!r}: expected one of "
+        f"{config_lib.REMAT_POLICIES}")
+
+
 def _check_swin(config, check):
   """The Swin geometry: stages, heads, windows and the image size."""
   m, size = config.model, config.input.image_size
@@ -94,16 +106,10 @@ def _check_swin(config, check):
                             "input.image_size"), check):
     return  # the checks below divide by these
   n_stages = len(m.depths)
-  check(m.remat_policy in config_lib.REMAT_POLICIES,
-        f"config.model.remat_policy={m.remat_policy!r}: expected one of "
-        f"{config_lib.REMAT_POLICIES}")
   check(len(m.num_heads) == n_stages,
         f"config.model.num_heads has {len(m.num_heads)} entries for {n_stages} stages "
         "(config.model.depths): give one head count per stage")
-  for i, heads in enumerate(m.num_heads):
-    check((m.embed_dim * 2 ** i) % heads == 0,
-          f"config.model.num_heads[{i}]={heads} does not divide stage {i}'s width "
-          f"{m.embed_dim * 2 ** i} (embed_dim * 2^{i})")
+  _check_stages(m, check)
   reduction = m.patch_size * 2 ** (n_stages - 1)
   check(size % reduction == 0,
         f"config.input.image_size={size} must be a multiple of patch_size * 2^(stages-1) = "
@@ -128,15 +134,9 @@ def _check_swin_unetr(config, check):
         f"{swin_unetr.STAGES} stages, one depth and head count each")
   check(m.embed_dim % 12 == 0, f"config.model.embed_dim={m.embed_dim} (MONAI's feature_size) "
         "must be a multiple of 12, as MONAI's SwinUNETR requires (12, 24, 48)")
-  for i, heads in enumerate(m.num_heads):
-    check((m.embed_dim * 2 ** i) % heads == 0,
-          f"config.model.num_heads[{i}]={heads} does not divide stage {i}'s width "
-          f"{m.embed_dim * 2 ** i} (embed_dim * 2^{i})")
+  _check_stages(m, check)
   check(m.merge_order in swin.MERGE_ORDERS,
         f"config.model.merge_order={m.merge_order!r}: expected one of {tuple(swin.MERGE_ORDERS)}")
-  check(m.remat_policy in config_lib.REMAT_POLICIES,
-        f"config.model.remat_policy={m.remat_policy!r}: expected one of "
-        f"{config_lib.REMAT_POLICIES}")
   multiple = swin_unetr.input_multiple(m.patch_size)
   shape = config_lib.spatial_shape(config)
   check(all(s % multiple == 0 for s in shape),

@@ -57,12 +57,6 @@ class Conv(nn.Module):
     return y
 
 
-def conv(features: int, kernel: int, ndim: int, name: str, dtype, use_bias: bool = False):
-  """A stride-1 'same' convolution, bias-free unless asked (the output convolutions)."""
-  del ndim  # the input's
-  return Conv(features, kernel, use_bias, dtype, name=name)
-
-
 def instance_norm(name: str, dtype):
   return nn.InstanceNorm(NORM_EPS, use_scale=False, use_bias=False, use_fast_variance=False,
                          dtype=dtype, name=name)
@@ -102,12 +96,13 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    n = x.ndim - 2
     y = nn.leaky_relu(instance_norm("norm1", self.dtype)(
-        conv(self.features, 3, n, "conv1", self.dtype)(x)))
-    y = instance_norm("norm2", self.dtype)(conv(self.features, 3, n, "conv2", self.dtype)(y))
+        Conv(self.features, 3, dtype=self.dtype, name="conv1")(x)))
+    y = instance_norm("norm2", self.dtype)(Conv(self.features, 3, dtype=self.dtype,
+                                                name="conv2")(y))
     if x.shape[-1] != self.features:
-      x = instance_norm("norm3", self.dtype)(conv(self.features, 1, n, "conv3", self.dtype)(x))
+      x = instance_norm("norm3", self.dtype)(Conv(self.features, 1, dtype=self.dtype,
+                                                  name="conv3")(x))
     return nn.leaky_relu(y + x)
 
 
@@ -124,6 +119,6 @@ class UpBlock(nn.Module):
     return ResBlock(self.features, self.dtype, name="res")(x)
 
 
-def out_conv(num_classes: int, ndim: int, dtype):
+def out_conv(num_classes: int, dtype):
   """The 1x1(x1) output convolution with bias (MONAI's UnetOutBlock), named `out`."""
-  return conv(num_classes, 1, ndim, "out", dtype, use_bias=True)
+  return Conv(num_classes, 1, use_bias=True, dtype=dtype, name="out")

@@ -73,5 +73,5 @@ class SwinUNETR(MonaiSwin):
     for j, skip in enumerate(reversed(encoded)):  # decoder5 (8F) .. decoder1 (F)
       features = f * 2 ** max(STAGES - 1 - j, 0)
       y = conv_blocks.UpBlock(features, d, name=f"decoder{STAGES + 1 - j}")(y, skip)
-    logits = conv_blocks.out_conv(self.num_classes, images.ndim - 2, d)(y)
+    logits = conv_blocks.out_conv(self.num_classes, d)(y)
     return logits.astype(jnp.float32)

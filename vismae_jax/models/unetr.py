@@ -27,7 +27,7 @@ PATCH = 16  # MONAI's, and the default
 
 def doublings(patch) -> int:
   """k of a patch of 2^k (at least 4) along every axis; ValueError for any other patch."""
-  sizes = set(vit.patch_shape(patch, 1) if isinstance(patch, int) else patch)
+  sizes = set(swin.per_axis(patch, 1))
   size = sizes.pop()
   if sizes or size < 4 or size & (size - 1):
     raise ValueError(f"UNETR needs one patch size, a power of two >= 4, along every axis, got "
@@ -94,5 +94,5 @@ class UNETR(vit.ViTBackbone):
     y = on_grid(x)
     for j, skip in enumerate(reversed(skips)):
       y = conv_blocks.UpBlock(skip.shape[-1], self.dtype, name=f"decoder{k + 1 - j}")(y, skip)
-    logits = conv_blocks.out_conv(self.num_classes, len(spatial), self.dtype)(y)
+    logits = conv_blocks.out_conv(self.num_classes, self.dtype)(y)
     return logits.astype(jnp.float32)

@@ -37,14 +37,9 @@ def name_tokens(x):
   return nn.with_logical_constraint(x, TOKEN_AXES)
 
 
-def patch_shape(patch: Patch, ndim: int) -> tuple[int, ...]:
-  """The patch as one size per spatial axis."""
-  return (patch,) * ndim if isinstance(patch, int) else tuple(patch)
-
-
 def token_grid(spatial: Sequence[int], patch: Patch) -> tuple[int, ...]:
   """The patch grid of an image of shape `spatial`, which must be a multiple of the patch."""
-  patch = patch_shape(patch, len(spatial))
+  patch = swin.per_axis(patch, len(spatial))
   if any(s % p for s, p in zip(spatial, patch)):
     raise ValueError(f"image size {tuple(spatial)} is not a multiple of the patch {patch}")
   return tuple(s // p for s, p in zip(spatial, patch))
@@ -77,7 +72,7 @@ def patchify(images, patch: Patch):
   """(B, *spatial, C) -> (B, tokens, prod(patch) * C), each patch flattened as (offset along each
   axis in order, channel): in 2D (row, col, channel), mae.patchify's order."""
   b, *spatial, c = images.shape
-  n, patch = len(spatial), patch_shape(patch, len(spatial))
+  n, patch = len(spatial), swin.per_axis(patch, len(spatial))
   grid = token_grid(spatial, patch)
   x = images.reshape(b, *[v for g, p in zip(grid, patch) for v in (g, p)], c)
   x = x.transpose(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
@@ -86,7 +81,7 @@ def patchify(images, patch: Patch):
 
 def unpatchify(patches, grid: Sequence[int], patch: Patch):
   """Inverse of `patchify`, given the grid: (B, tokens, prod(patch) * C) -> (B, *spatial, C)."""
-  n, patch = len(grid), patch_shape(patch, len(grid))
+  n, patch = len(grid), swin.per_axis(patch, len(grid))
   b, c = patches.shape[0], patches.shape[-1] // math.prod(patch)
   x = patches.reshape(b, *grid, *patch, c)
   x = x.transpose(0, *[a for i in range(n) for a in (1 + i, 1 + n + i)], 2 * n + 1)
@@ -150,7 +145,7 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, images):
     n = images.ndim - 2
-    patch = patch_shape(self.patch, n)
+    patch = swin.per_axis(self.patch, n)
     grid = token_grid(images.shape[1:-1], patch)
     init = nn.initializers.xavier_uniform(in_axis=tuple(range(n + 1)), out_axis=-1)
     x = nn.Conv(self.dim, patch, strides=patch, padding="VALID", kernel_init=init,
@@ -305,7 +300,7 @@ class ViTMAE(ViTBackbone):
       masking = random_masking(masking, images.shape[0], math.prod(grid), self.mask_ratio)
     keep_ids, mask, restore_ids = masking
     latent, _ = self.encode(images, deterministic, keep_ids)
-    patch_pixels = math.prod(patch_shape(self.patch_size, len(grid))) * images.shape[-1]
+    patch_pixels = math.prod(swin.per_axis(self.patch_size, len(grid))) * images.shape[-1]
     pred = MAEDecoder(self.decoder_dim, self.decoder_depth, self.decoder_heads, patch_pixels,
                       self.mlp_ratio, self.attention, self.dtype, name="decoder")(
                           latent, restore_ids, grid, self.cls_token)
