@@ -97,6 +97,14 @@ def teacher_momentum(step, total_steps, base: float):
   return 1 - (1 - base) * (jnp.cos(jnp.pi * progress) + 1) / 2
 
 
+def teacher_temperature(step, warmup_steps, start: float, end: float):
+  """DINO's teacher-temperature warm-up: linear from `start` to `end` over warmup_steps, then
+  `end`. A teacher that starts sharp on random features locks onto a few prototypes; starting
+  softer lets the outputs spread first."""
+  progress = jnp.clip(step / jnp.maximum(warmup_steps, 1), 0.0, 1.0)
+  return start + (end - start) * progress
+
+
 def collapse_statistics(teacher_logits, center, teacher_temp: float) -> dict:
   """How far the teacher is from collapse, from its (N, K) pooled logits: the mean entropy of
   its outputs (near 0: one prototype wins whatever the image; near log K: uniform) and the mean

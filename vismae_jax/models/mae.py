@@ -27,17 +27,19 @@ import numpy as np
 from vismae_jax.models import swin, vit
 
 
-def window_mask(rng, batch: int, units_per_side: int, mask_ratio: float):
-  """Boolean (batch, units, units) mask, True = masked; exactly the release's unit count.
+def window_mask(rng, batch: int, units, mask_ratio: float):
+  """Boolean (batch, *units) mask, True = masked; exactly the release's unit count. `units` is
+  the units per side of a square image, or one count per axis (a volume's).
 
-  Keeps int(units^2 * (1 - mask_ratio)) units per image, uniformly at random, vectorised over
-  the batch (the release loops over samples on the host).
+  Keeps int(prod(units) * (1 - mask_ratio)) units per image, uniformly at random, vectorised
+  over the batch (the release loops over samples on the host).
   """
-  n_units = units_per_side * units_per_side
+  units = swin.per_axis(units, 2)
+  n_units = int(np.prod(units))
   n_keep = int(n_units * (1 - mask_ratio))
   noise = jax.random.uniform(rng, (batch, n_units))
   rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)
-  return (rank >= n_keep).reshape(batch, units_per_side, units_per_side)
+  return (rank >= n_keep).reshape(batch, *units)
 
 
 def uniform_mask(rng, batch: int, units_per_side: int, secondary_ratio: float):
@@ -85,21 +87,23 @@ def uncompact(x, kept_units):
 
 
 def unit_mask_to_tokens(unit_mask, tokens_per_unit: int):
-  """(B, u, u) -> (B, u * t, u * t): each mask unit covers t x t tokens."""
-  return jnp.repeat(jnp.repeat(unit_mask, tokens_per_unit, axis=1), tokens_per_unit, axis=2)
+  """(B, *units) -> (B, *(units * t)): each mask unit covers t tokens along every axis."""
+  for axis in range(1, unit_mask.ndim):
+    unit_mask = jnp.repeat(unit_mask, tokens_per_unit, axis=axis)
+  return unit_mask
 
 
 def patchify(images, patch: int):
-  """(B, H, W, C) -> (B, H/p, W/p, p * p * C), each patch flattened as (row, col, channel):
-  vit.patchify on the token grid."""
-  b, h, w, _ = images.shape
-  return vit.patchify(images, patch).reshape(b, h // patch, w // patch, -1)
+  """(B, *spatial, C) -> (B, *spatial/p, p^d * C), each patch flattened as (offset along each
+  axis in order, channel): vit.patchify on the token grid."""
+  b, *spatial, _ = images.shape
+  return vit.patchify(images, patch).reshape(b, *[s // patch for s in spatial], -1)
 
 
 def unpatchify(patches, patch: int, channels: int):
   """Inverse of `patchify`."""
-  b, gh, gw, _ = patches.shape
-  return vit.unpatchify(patches.reshape(b, gh * gw, patch * patch * channels), (gh, gw), patch)
+  b, *grid, _ = patches.shape
+  return vit.unpatchify(patches.reshape(b, int(np.prod(grid)), -1), tuple(grid), patch)
 
 
 def masked_pixel_loss(pred, images, token_mask, patch: int, norm_pix_loss: bool, error):

@@ -32,6 +32,15 @@ class SwinSimMIM(swin.SwinBackbone):
     x, _ = self.encode(images, deterministic, token_mask)
     x = swin.layer_norm("norm", self.dtype)(x)
     stride = self.patch_size * 2 ** (len(self.depths) - 1)
-    x = swin.dense(stride * stride * self.in_chans, HEAD, self.dtype)(x)
-    pixels = mae.unpatchify(x.astype(jnp.float32), stride, self.in_chans)
-    return swin.name_axes(mae.patchify(pixels, self.patch_size))
+    return swin.name_axes(predict_pixels(x, stride, self.patch_size, self.in_chans, self.dtype))
+
+
+def predict_pixels(x, stride: int, patch: int, channels: int, dtype, name: str = HEAD):
+  """SimMIM's head, in 2D and 3D: one linear layer maps each token of the last stage (`stride`
+  pixels a side) to its stride^d x channels pixels, which are put in place (pixel shuffle) and
+  cut into the encoder's patches: (B, *grid, F) -> float32 (B, *spatial/patch, patch^d *
+  channels), the layout of `mae.masked_l1` and the reconstruction figures. Call it from a
+  compact module: the layer is that module's `name`."""
+  x = swin.dense(stride ** (x.ndim - 2) * channels, name, dtype)(x)
+  pixels = mae.unpatchify(x.astype(jnp.float32), stride, channels)
+  return mae.patchify(pixels, patch)

@@ -183,7 +183,7 @@ def figure_note(config) -> str:
 
 
 def hidden_pixels(hidden, patch: int, chans: int):
-  """A (B, h, w) token mask as a (B, H, W, C) pixel mask."""
-  return mae.unpatchify(
-      jnp.broadcast_to(hidden[..., None], hidden.shape + (patch * patch * chans,)),
-      patch, chans)
+  """A (B, *tokens) token mask as a (B, *spatial, C) pixel mask, in 2D and 3D."""
+  values = patch ** (hidden.ndim - 1) * chans
+  return mae.unpatchify(jnp.broadcast_to(hidden[..., None], hidden.shape + (values,)), patch,
+                        chans)
