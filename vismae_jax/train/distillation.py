@@ -105,10 +105,12 @@ def by_view(x, views: int):
 
 
 def token_weights(hidden, grid: int):
-  """(N, t, t) token mask -> (N, grid, grid): the masked share of each last-stage token."""
-  n, t, _ = hidden.shape
-  f = t // grid
-  return hidden.reshape(n, grid, f, grid, f).astype(jnp.float32).mean((2, 4))
+  """(N, *t) token mask -> (N, *grid): the masked share of each coarser token (grid per axis),
+  in 2D and 3D."""
+  n, *tokens = hidden.shape
+  f = tokens[0] // grid
+  split = hidden.reshape(n, *[v for _ in tokens for v in (grid, f)]).astype(jnp.float32)
+  return split.mean(tuple(range(2, 2 * len(tokens) + 1, 2)))
 
 
 def make_loss_fn(model, config):
@@ -144,8 +146,10 @@ def make_loss_fn(model, config):
   return loss_fn
 
 
-def init_extra(config):
-  prototypes = config.dino.head_dims[-1]
+def init_extra(config, section: str = "dino"):
+  """The step-0 extra state: the teacher (the student's initial parameters) and the pooled and
+  token centres, of config.<section> (DINO's, or a method that distils the same way)."""
+  prototypes = config[section].head_dims[-1]
 
   def init(params):
     zeros = jnp.zeros((1, prototypes), jnp.float32)
@@ -153,8 +157,10 @@ def init_extra(config):
   return init
 
 
-def update_extra(config):
-  d = config.dino
+def update_extra(config, section: str = "dino"):
+  """After each update: the teacher towards the student (momentum on dino.teacher_momentum's
+  cosine, per step), the centres towards the teacher's batch means (aux["centers"])."""
+  d = config[section]
 
   def update(extra, params, aux, step, schedule):
     momentum = dino.teacher_momentum(step, schedule["total_steps"], d.momentum)
@@ -163,18 +169,18 @@ def update_extra(config):
   return update
 
 
-def collapse_check(config):
+def collapse_check(config, section: str = "dino", who: str = "DINO"):
   """metrics -> a warning when the teacher's outputs no longer depend on the image."""
-  log_k = float(np.log(config.dino.head_dims[-1]))
+  log_k = float(np.log(config[section].head_dims[-1]))
 
   def check(metrics) -> str:
     kl, entropy = metrics["teacher_kl"], metrics["teacher_entropy"]
     if kl >= COLLAPSED_KL:
       return ""
-    how = ("a uniform output (lower config.dino.teacher_temp)" if entropy > 0.5 * log_k else
-           "one prototype for every image (raise config.dino.teacher_temp or lower "
-           "config.dino.center_momentum)")
-    return (f"DINO's teacher has collapsed to {how}: its outputs differ from their mean by "
+    how = (f"a uniform output (lower config.{section}.teacher_temp)" if entropy > 0.5 * log_k
+           else f"one prototype for every image (raise config.{section}.teacher_temp or lower "
+           f"config.{section}.center_momentum)")
+    return (f"{who}'s teacher has collapsed to {how}: its outputs differ from their mean by "
             f"KL {kl:.2g} (entropy {entropy:.3g} of at most {log_k:.3g})")
   return check
 
