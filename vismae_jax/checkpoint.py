@@ -226,10 +226,16 @@ def restore_on_host(directory: str, key: str | None = None):
 
 def handed_on(directory: str) -> str:
   """Which weights of a saved state the next stage takes: the EMA teacher where the run kept
-  one (self-distillation: DINO's teacher is the better encoder, and what its paper evaluates),
-  else the trained parameters."""
+  one (self-distillation: DINO's teacher is the better encoder, and what its paper evaluates)
+  unless the run's method section says `hand_on="student"` (config.smit.hand_on), else the
+  trained parameters."""
   tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory))
-  return "extra/teacher" if "teacher" in tree.get("extra", {}) else "params"
+  if "teacher" not in tree.get("extra", {}):
+    return "params"
+  saved = epath.Path(directory).parent / "config"
+  config = ocp.JsonCheckpointHandler().restore(saved) if saved.exists() else {}
+  section = config.get(config.get("method", ""), {})
+  return "params" if section.get("hand_on") == "student" else "extra/teacher"
 
 
 def chosen_step(workdir: str, best_metric: str = "") -> tuple[str, int | None]:

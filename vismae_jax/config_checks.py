@@ -100,6 +100,10 @@ def _check_stages(m, check):
 
 def _check_swin(config, check):
   """The Swin geometry: stages, heads, windows and the image size."""
+  if config_lib.volumetric(config):
+    check(False, "config.model.arch='swin' (the release's 2-D Swin) runs on images; volumes "
+          "(config.input.roi) take 'swinunetr' (MONAI's Swin) or 'vit'")
+    return
   m, size = config.model, config.input.image_size
   if not config_lib.positive(config, ("model.in_chans", "model.patch_size", "model.embed_dim",
                             "model.depths", "model.num_heads", "model.window",
@@ -149,15 +153,17 @@ def _check_pretrain(config, check):
   if config.method not in methods.REGISTRY:
     check(False, f"config.method={config.method!r}: expected one of {tuple(methods.REGISTRY)}")
     return
-  check((config.method == "vit_mae") == (config.model.arch == "vit"),
+  arch = methods.arch(config.method)
+  check(config.model.arch == arch,
         f"config.method={config.method!r} with config.model.arch={config.model.arch!r}: "
-        "vit_mae pretrains the ViT, every other method the Swin encoder")
+        f"{config.method} pretrains config.model.arch={arch!r} (vit_mae the ViT, smit MONAI's "
+        "Swin, every other method the release's Swin)")
   _check_pretrain_data(config, check)
   if not config_lib.volumetric(config):
     check(config.input.normalization in preprocess.NORMALIZATIONS,
           f"config.input.normalization={config.input.normalization!r}: expected one of "
           f"{preprocess.NORMALIZATIONS}")
-  if (config.method == "vit_mae") == (config.model.arch == "vit"):
+  if config.model.arch == arch:
     methods.get(config.method).check(config, check)
 
 

@@ -11,14 +11,15 @@ A method module (docs/adding_a_method.md) has:
   optionally figure_note(config), what the figure's title adds.
 
 Modules: masked_image (SwinMAE, SimMIM), contrastive (SimCLR), distillation (DINO + iBOT),
-vit_masked (ViT-MAE on images and volumes).
+vit_masked (ViT-MAE on images and volumes), smit (SMIT on volumes). A module whose model is not
+the release's Swin says which encoder family it pretrains (`ARCH`, one of config_lib.ARCHS).
 """
 from vismae_jax import config_lib
-from vismae_jax.train import contrastive, distillation, masked_image, vit_masked
+from vismae_jax.train import contrastive, distillation, masked_image, smit, vit_masked
 
-MODULES = (masked_image, contrastive, distillation, vit_masked)
+MODULES = (masked_image, contrastive, distillation, vit_masked, smit)
 REGISTRY = {name: module for module in MODULES for name in module.NAMES}
-VARIANTS = {vit_masked: ("sample", "cpu", "tiny")}  # the others: sample, tiny
+VARIANTS = {vit_masked: ("sample", "cpu", "tiny"), smit: ("cpu", "tiny")}  # others: sample, tiny
 
 
 def get(method: str):
@@ -27,6 +28,11 @@ def get(method: str):
     raise config_lib.ConfigError(f"config.method={method!r}: expected one of "
                                  f"{tuple(REGISTRY)}")
   return REGISTRY[method]
+
+
+def arch(method: str) -> str:
+  """The encoder family (config.model.arch) that `method` pretrains."""
+  return getattr(get(method), "ARCH", "swin")
 
 
 def display_name(method: str) -> str:

@@ -13,6 +13,7 @@ from vismae_jax import augment, config_lib, preprocess
 from vismae_jax.models import vit
 
 NAMES = {"vit_mae": "ViT-MAE"}
+ARCH = "vit"  # models/vit.py
 FIGURE = "reconstructions"
 ROWS = ("original", "masked", "reconstruction")
 
@@ -135,9 +136,14 @@ def figure_rows(model, config, params, batch, rng) -> dict:
   hidden = vit.unpatchify(jnp.broadcast_to(mask[..., None], target.shape), grid, patch)
   rows = {"original": x, "masked": jnp.where(hidden, jnp.nan, x),
           "reconstruction": jnp.where(hidden, vit.unpatchify(pred, grid, patch), x)}
-  if x.ndim == 5:  # (B, X, Y, Z, C) in RAS: the axial slice, anterior up, scaled to [0, 1]
-    lo = x.min(axis=(1, 2, 3, 4), keepdims=True)
-    scale = jnp.maximum(x.max(axis=(1, 2, 3, 4), keepdims=True) - lo, 1e-6)
-    rows = {k: jnp.flip(jnp.swapaxes(((v - lo) / scale)[:, :, :, v.shape[3] // 2], 1, 2), 1)
-            for k, v in rows.items()}
-  return rows
+  return axial_slices(rows) if x.ndim == 5 else rows
+
+
+def axial_slices(rows: dict) -> dict:
+  """Figure rows of (B, X, Y, Z, C) volumes in RAS, the first row the original -> the middle
+  axial slice of each, anterior up, in [0, 1] of the original crop's range."""
+  x = next(iter(rows.values()))
+  lo = x.min(axis=(1, 2, 3, 4), keepdims=True)
+  scale = jnp.maximum(x.max(axis=(1, 2, 3, 4), keepdims=True) - lo, 1e-6)
+  return {k: jnp.flip(jnp.swapaxes(((v - lo) / scale)[:, :, :, v.shape[3] // 2], 1, 2), 1)
+          for k, v in rows.items()}
