@@ -6,16 +6,18 @@ writes `RUN/export/monai.pt` (a plain state dict), `RUN/export/monai.safetensors
 `RUN/export/monai.json`, the MONAI class and the constructor arguments under which
 `load_state_dict(state, strict=True)` succeeds and the outputs equal ours (docs/pytorch.md):
 
-  import json, torch, monai.networks.nets as nets
+  import importlib, json, torch
   spec = json.load(open("RUN/export/monai.json"))
-  net = getattr(nets, spec["class"])(**spec["kwargs"])
+  net = getattr(importlib.import_module(spec["module"]), spec["class"])(**spec["kwargs"])
   net.load_state_dict(torch.load("RUN/export/monai.pt", weights_only=True), strict=True)
 
-A SwinUNETR fine-tuning run exports as `SwinUNETR`; a UNETR run as `UNETR` where MONAI's class
-can hold it (12 blocks, patches of 16), else, like a ViT-MAE pretraining, its encoder as MONAI's
-`ViT`. The patch-merging order of a 3D Swin is written into `downsample`: "merging" (MONAI's
-default, its legacy order) or "mergingv2" (swin.MERGE_ORDERS); weights pretrained in another
-order are not interchangeable, which is why the order is part of the config (and resume guard).
+A SwinUNETR fine-tuning run exports as `SwinUNETR`; a SMIT pretraining (configs/smit3d.py) its
+encoder as MONAI's `SwinTransformer` (SwinUNETR's `swinViT`, the names of MONAI's SSL
+checkpoints); a UNETR run as `UNETR` where MONAI's class can hold it (12 blocks, patches of 16),
+else, like a ViT-MAE pretraining, its encoder as MONAI's `ViT`. The patch-merging order of a
+3D Swin is written into `downsample`: "merging" (MONAI's default, its legacy order) or
+"mergingv2" (swin.MERGE_ORDERS); weights pretrained in another order are not interchangeable,
+which is why the order is part of the config (and resume guard).
 
 Import (`finetune.pretrained` naming a `.pt` / `.pth` / `.safetensors` file): a whole
 SwinUNETR (or UNETR) state dict, or the self-supervised encoder layouts users have: `swinViT.*`
@@ -58,16 +60,24 @@ class Layout:
 
 
 _CONV = (r"(^|/)(conv\d)/", r"\1\2/conv/")  # a ResBlock's convolution: MONAI wraps it
-SWIN_UNETR = Layout("SwinUNETR", (
-    (r"^patch_embed/proj/", "swinViT.patch_embed.proj."),
-    (r"^encoder/layers_(\d+)/blocks_(\d+)/", "swinViT.layers{L}.0.blocks.{1}."),
-    (r"^encoder/layers_(\d+)/downsample/", "swinViT.layers{L}.0.downsample."),
-    (r"^encoder/layers_(\d+)/conv_block/", "swinViT.layers{L}c.0.layer."),
+_SWIN_RULES = (
+    (r"^patch_embed/proj/", "{P}patch_embed.proj."),
+    (r"^encoder/layers_(\d+)/blocks_(\d+)/", "{P}layers{L}.0.blocks.{1}."),
+    (r"^encoder/layers_(\d+)/downsample/", "{P}layers{L}.0.downsample."),
+    (r"^encoder/layers_(\d+)/conv_block/", "{P}layers{L}c.0.layer."),
+)
+_SWIN_INNER = ((r"^mlp/fc(\d)/", r"mlp/linear\1/"),)
+# MONAI's Swin encoder alone (monai.networks.nets.swin_unetr.SwinTransformer, SwinUNETR's
+# `swinViT`): what a Swin pretraining (SMIT) exports; its names are MONAI's SSL checkpoints'.
+SWIN = Layout("SwinTransformer", tuple((p, r.replace("{P}", "")) for p, r in _SWIN_RULES),
+              _SWIN_INNER)
+SWIN_UNETR = Layout("SwinUNETR", tuple((p, r.replace("{P}", "swinViT.")) for p, r in _SWIN_RULES)
+                    + (
     (r"^(encoder\d+)/", "{0}.layer."),
     (r"^(decoder\d+)/transp_conv/", "{0}.transp_conv.conv."),
     (r"^(decoder\d+)/res/", "{0}.conv_block."),
     (r"^out/", "out.conv.conv."),
-), ((r"^mlp/fc(\d)/", r"mlp/linear\1/"), _CONV))
+), _SWIN_INNER + (_CONV,))
 _VIT_RULES = (
     (r"^encoder/patch_embed/proj/", "{P}patch_embedding.patch_embeddings."),
     (r"^encoder/blocks_(\d+)/", "{P}blocks.{0}."),
@@ -84,6 +94,9 @@ UNETR = Layout("UNETR", tuple((p, r.replace("{P}", "vit.")) for p, r in _VIT_RUL
     (r"^out/", "out.conv.conv."),
 ), _VIT_INNER + (_CONV,))
 VIT = Layout("ViT", tuple((p, r.replace("{P}", "")) for p, r in _VIT_RULES), _VIT_INNER)
+
+NETS = "monai.networks.nets"  # where MONAI's SwinUNETR, UNETR and ViT classes are
+SWIN_MODULE = "monai.networks.nets.swin_unetr"  # and its Swin encoder class
 
 LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias",
           "relative_position_bias_table": "relative_position_bias_table"}
@@ -135,10 +148,13 @@ def from_torch_tensor(path: str, value, shape) -> np.ndarray:
 
 
 def layout_of(params) -> Layout:
-  """The layout of a model's parameters: SwinUNETR (an encoder10), UNETR (a decoder and a
-  ViT `encoder`), or the ViT encoder alone."""
+  """The layout of a model's parameters: SwinUNETR (an encoder10), a Swin pretraining (Swin
+  stages without a decoder: its encoder alone), UNETR (a decoder and a ViT `encoder`), or the
+  ViT encoder alone."""
   if "encoder10" in params:
     return SWIN_UNETR
+  if "layers_0" in params.get("encoder", {}):
+    return SWIN
   return UNETR if "decoder2" in params else VIT
 
 
@@ -161,12 +177,12 @@ def state_dict(params, layout: Layout, spec: dict) -> dict:
     if name.endswith("attn.relative_position_bias_table"):
       window = swin.per_axis(kwargs["window_size"], kwargs["spatial_dims"])
       state[name.replace("bias_table", "index")] = swin.relative_position_index(window)
-    if re.search(r"blocks\.\d+\.norm1\.weight$", name) and layout is not SWIN_UNETR:
+    if re.search(r"blocks\.\d+\.norm1\.weight$", name) and layout in (UNETR, VIT):
       prefix = name[:-len("norm1.weight")]
       dim = state[name].shape[0]
       state[prefix + "norm_cross_attn.weight"] = np.ones(dim, np.float32)
       state[prefix + "norm_cross_attn.bias"] = np.zeros(dim, np.float32)
-  if layout is not SWIN_UNETR:
+  if layout in (UNETR, VIT):
     grid = vit.token_grid(kwargs["img_size"], spec["patch_size"])
     prefix = "vit." if layout is UNETR else ""
     state[prefix + "patch_embedding.position_embeddings"] = vit.sincos_position_embedding(
@@ -223,6 +239,13 @@ def spec_of(config, layout: Layout) -> dict:
   m = config.model
   spatial = list(config_lib.spatial_shape(config))
   nd = len(spatial)
+  if layout is SWIN:
+    kwargs = dict(in_chans=m.in_chans, embed_dim=m.embed_dim,
+                  window_size=list(swin.per_axis(m.window, nd)),
+                  patch_size=list(swin.per_axis(m.patch_size, nd)), depths=list(m.depths),
+                  num_heads=list(m.num_heads), spatial_dims=nd, downsample=m.merge_order,
+                  use_v2=bool(m.use_v2))
+    return {"class": "SwinTransformer", "module": SWIN_MODULE, "kwargs": kwargs}
   if layout is SWIN_UNETR:
     kwargs = dict(in_channels=m.in_chans, out_channels=config.finetune.num_classes,
                   patch_size=m.patch_size, depths=list(m.depths), num_heads=list(m.num_heads),
@@ -249,6 +272,8 @@ def export_layout(params, config) -> tuple[dict, Layout, str]:
     return {"encoder": params["encoder"]}, VIT, why
   if layout is VIT:
     params = {"encoder": params["encoder"]}
+  if layout is SWIN:  # a pretraining's heads and mask token have no place in MONAI's encoder
+    params = {k: params[k] for k in ("patch_embed", "encoder")}
   return params, layout, ""
 
 
@@ -275,7 +300,8 @@ def export(params, config, out_dir: str):
   safetensors.numpy.save_file(state, paths["safetensors"],
                               metadata={"format": "pt", "monai_class": spec["class"]})
   with open(paths["spec"], "w") as f:
-    json.dump({"class": spec["class"], "kwargs": spec["kwargs"], "note": why}, f, indent=1)
+    json.dump({"module": spec.get("module", NETS), "class": spec["class"],
+               "kwargs": spec["kwargs"], "note": why}, f, indent=1)
   return paths, spec, why
 
 
