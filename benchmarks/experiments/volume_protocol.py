@@ -1,9 +1,11 @@
 r"""SelfMedMAE's 3-D claim on real MRI: ViT-MAE self-pretraining, then UNETR-3D, against random;
-and SwinUNETR-3D on the same folds (--model=swinunetr).
+and SwinUNETR-3D on the same folds (--model=swinunetr), from SMIT's self-pretraining (--smit).
 
   python benchmarks/experiments/volume_protocol.py --variant=cpu --json=/tmp/hippocampus.json
   python benchmarks/experiments/volume_protocol.py --model=swinunetr --variant=cpu \
       --json=/tmp/hippocampus_swinunetr.json
+  python benchmarks/experiments/volume_protocol.py --model=swinunetr --smit --variant=cpu \
+      --json=/tmp/hippocampus_smit.json
 
 The commands a user runs, timed, on the Decathlon hippocampus of `--datasets` (by default
 ../shared/datasets/msd_hippocampus beside the checkout: 260 labelled T1 MRI volumes of about
@@ -17,10 +19,11 @@ The commands a user runs, timed, on the Decathlon hippocampus of `--datasets` (b
 One summary line; `--json` writes per fraction each initialisation's mean Dice with its CI, Dice
 per structure with CIs, HD95 in mm, the paired t-test's p-value across folds (`p_value`) and
 Wilcoxon's case by case (`case_test`), and each stage's seconds.
-Every stage resumes: rerun with the same `--scratch`. With --model=swinunetr step 2 is skipped
-and step 3 runs configs/swin_unetr3d.py, from random initialisation, or from --pretrained (a
-Swin pretraining workdir or a MONAI checkpoint) against random; the folds are the same (the
-protocol draws them from the data and config.seed).
+Every stage resumes: rerun with the same `--scratch`. With --model=swinunetr step 3 runs
+configs/swin_unetr3d.py, from random initialisation, or from --pretrained (a Swin pretraining
+workdir or a MONAI checkpoint) against random, or with --smit after step 2 pretrains SMIT
+(configs/smit3d.py) instead of ViT-MAE; the folds are the same (the protocol draws them from
+the data and config.seed).
 
 Variants: `cpu` (the configs' cpu variants: crops of 32x48x32, a 0.5M-parameter ViT, UNETR
 feature size 8), `tiny` (a check that every stage runs; the numbers mean nothing).
@@ -43,12 +46,14 @@ HIPPOCAMPUS = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "msd_hip
 flags.DEFINE_enum("model", "unetr", ["unetr", "swinunetr"], "UNETR-3D from a ViT-MAE-3D "
                   "self-pretraining, or SwinUNETR-3D (configs/swin_unetr3d.py).")
 flags.DEFINE_string("pretrained", "", "--model=swinunetr: the weights to start from (empty: "
-                    "random initialisation only).")
+                    "random initialisation only, unless --smit).")
+flags.DEFINE_bool("smit", False, "--model=swinunetr: self-pretrain with SMIT (configs/smit3d.py) "
+                  "on the volumes first and fine-tune from its teacher, against random.")
 flags.DEFINE_enum("variant", "cpu", ["cpu", "tiny"], "The configs' variant.")
 flags.DEFINE_string("datasets", HIPPOCAMPUS, "A Decathlon folder (dataset.json, imagesTr/, "
                     "labelsTr/).")
 flags.DEFINE_string("scratch", "/tmp/volume_protocol", "Shards, checkpoints and reports.")
-flags.DEFINE_integer("pretrain_steps", 0, "ViT-MAE steps (0: the variant's schedule).")
+flags.DEFINE_integer("pretrain_steps", 0, "ViT-MAE or SMIT steps (0: the variant's schedule).")
 flags.DEFINE_integer("finetune_steps", 0, "Steps of every fine-tuning run (0: the variant's).")
 flags.DEFINE_list("fractions", ["0.1", "1.0"], "Label fractions.")
 flags.DEFINE_integer("folds", 5, "Cross-validation folds.")
@@ -74,22 +79,25 @@ def main(argv):
   del argv
   args = flags.FLAGS
   shards = os.path.join(args.scratch, "volume_shards")
-  pretrain = os.path.join(args.scratch, "pretrain")
+  smit = args.model == "swinunetr" and args.smit
+  pretrain = os.path.join(args.scratch, "pretrain_smit" if smit else "pretrain")
   # One protocol workdir per recipe: the pretraining is shared, the runs of a recipe resumed.
   steps = [f"steps{args.finetune_steps}"] if args.finetune_steps else []
   recipe = "_".join([args.variant, *steps, *args.overrides]).replace("=", "-").replace("/", "-")
-  finetune = os.path.join(args.scratch, f"{args.model}3d_{recipe}")
+  finetune = os.path.join(args.scratch, f"{args.model}3d_{'smit_' if smit else ''}{recipe}")
   main_py = [sys.executable, "-m", "vismae_jax.main"]
   seconds = {}
-  if args.model == "unetr":
+  if args.model == "unetr" or smit:
     seconds["ingest"] = run([sys.executable, "-m", "data_pipelines.volume_ingest",
                              f"--input={os.path.join(args.datasets, 'imagesTr')}",
                              f"--output={shards}", "--salt=volume-protocol", "--modality=MR"])
     steps = [f"--config.total_steps={args.pretrain_steps}"] if args.pretrain_steps else []
-    seconds["pretrain"] = run([*main_py, f"--config=configs/vit_mae3d.py:{args.variant}",
+    method = "smit3d.py" if smit else "vit_mae3d.py"
+    seconds["pretrain"] = run([*main_py, f"--config=configs/{method}:{args.variant}",
                                f"--workdir={pretrain}", f"--config.data.path={shards}", *steps])
   config_file, pretrained = {"unetr": ("unetr3d.py", pretrain),
-                             "swinunetr": ("swin_unetr3d.py", args.pretrained)}[args.model]
+                             "swinunetr": ("swin_unetr3d.py",
+                                           pretrain if smit else args.pretrained)}[args.model]
   steps = [f"--config.total_steps={args.finetune_steps}"] if args.finetune_steps else []
   fractions = ",".join(args.fractions)
   seconds["finetune"] = run([
@@ -105,7 +113,9 @@ def main(argv):
   with open(os.path.join(args.datasets, "dataset.json")) as f:
     names = json.load(f)["labels"]
   structures = [names[str(c)] for c in range(1, args.num_classes)]
-  result = {"model": args.model, "variant": args.variant, "structures": structures,
+  result = {"model": args.model, "pretraining": "smit" if smit else (
+                "vit_mae" if args.model == "unetr" else args.pretrained),
+            "variant": args.variant, "structures": structures,
             "stage_seconds": seconds,
             "hd95_unit": report["units"]["hd95"], "by_fraction": {}}
   parts = []
