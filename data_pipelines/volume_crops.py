@@ -36,6 +36,14 @@ def pad_to_roi(volume: np.ndarray, roi, value=None) -> tuple[np.ndarray, tuple]:
   return np.pad(volume, widths, constant_values=value), back
 
 
+def central_crop(volume: np.ndarray, roi) -> np.ndarray:
+  """The ROI at the centre of `volume` (padded as `pad_to_roi` where it is smaller): the same
+  part of every case, for features compared across models."""
+  volume, _ = pad_to_roi(volume, roi)
+  start = [(s - r) // 2 for s, r in zip(volume.shape, roi)]
+  return volume[tuple(slice(a, a + r) for a, r in zip(start, roi))]
+
+
 class CropSource:
   """Example i: a crop of volume i % len(images), {"image": float32 ROI, "mask": uint8 ROI}
   ("mask" only with masks).

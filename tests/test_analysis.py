@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from data_pipelines import volume_crops
 from helpers import plausible_params
 from vismae_jax import analysis, config_lib
 from vismae_jax.train import finetune
@@ -52,3 +53,22 @@ def test_stage_features_are_pooled_per_image_for_both_models(kind):
   assert [s.shape for s in stages.values()] == [(3, w) for w in widths]
   reuse = analysis.feature_reuse(config, params, params, images)
   assert reuse == pytest.approx(dict.fromkeys(stages, 1.0))
+
+
+def test_swin_unetr_stages_are_compared_on_the_central_crop_of_each_volume():
+  """SwinUNETR on volumes: each stage's output pooled over the crop's voxels; the same weights
+  give CKA 1 at every stage, other weights less; volumes of any shape give their central ROI."""
+  from helpers import plausible_values, param_shapes
+  config = config_lib.swin_unetr_finetune(3, "tiny")
+  model = finetune.build_model(config)
+  shapes = param_shapes(model, np.zeros((1, 32, 32, 32, 1), np.float32))
+  params, other = plausible_values(shapes, seed=2), plausible_values(shapes, seed=3)
+  rng = np.random.default_rng(0)
+  volumes = [rng.normal(size=shape).astype(np.float32)
+             for shape in ((36, 50, 35), (30, 44, 40), (33, 33, 33), (40, 32, 29))]
+  reuse = analysis.feature_reuse(config, params, params, volumes)
+  assert list(reuse) == ["patch_embed", "layers_0", "layers_1", "layers_2", "layers_3"]
+  assert reuse == pytest.approx(dict.fromkeys(reuse, 1.0))
+  assert all(v < 0.999 for v in analysis.feature_reuse(config, params, other, volumes).values())
+  crop = volume_crops.central_crop(volumes[0], (32, 32, 32))
+  np.testing.assert_array_equal(crop, volumes[0][2:34, 9:41, 1:33])

@@ -5,13 +5,16 @@ same images up to an orthogonal transform and a scale, so it can say whether a s
 the same features after fine-tuning as before it, although no single unit need keep its
 meaning. A stage near 1 was reused as it was; a low value means fine-tuning rewrote it. From
 pretrained weights, high values in the early stages are the usual sign that pretraining
-transferred; from a random init they show how far fine-tuning moved that stage.
+transferred; from a random init they show how far fine-tuning moved that stage. The release's
+Swin and SwinUNETR's (MONAI's) are compared alike, on images and on volumes.
 """
 import functools
 
 import jax
 import numpy as np
 
+from data_pipelines import volume_crops
+from vismae_jax import config_lib
 from vismae_jax.train import finetune
 
 
@@ -64,14 +67,17 @@ def stage_features(model, params, images) -> dict[str, np.ndarray]:
   features, skips = _forward(model, params, images)
   # skips[i] is stage i's input: the patch embedding, then the outputs of all but the last.
   outputs = [*skips, features]
-  return {name: np.asarray(out, np.float32).mean(axis=(1, 2))
+  return {name: np.asarray(out, np.float32).mean(axis=tuple(range(1, out.ndim - 1)))
           for name, out in zip(stage_names(model.depths), outputs)}
 
 
-def feature_reuse(config, initial_params, finetuned_params, images: np.ndarray) -> dict:
+def feature_reuse(config, initial_params, finetuned_params, images) -> dict:
   """{stage name: linear CKA} between the encoder at the start of fine-tuning and after it, on
-  the same uint8 `images` (n, H, W), prepared as validation prepares them."""
+  the same uint8 `images` (n, H, W), prepared as validation prepares them, or volumes (a list
+  of float (X, Y, Z)), of which the central config.input.roi crop is compared."""
   model = finetune.build_model(config)
+  if config_lib.volumetric(config):
+    images = np.stack([volume_crops.central_crop(v, tuple(config.input.roi)) for v in images])
   x, _ = finetune.model_inputs(config, {"image": images}, None, train=False)
   before, after = (stage_features(model, p, x) for p in (initial_params, finetuned_params))
   return {name: linear_cka(before[name], after[name]) for name in before}

@@ -133,12 +133,14 @@ def feature_reuse(config, runs: list[dict], workdir: str, mesh, examples: dict) 
   """Linear CKA per encoder stage between the start and the end of fine-tuning (analysis.py)
   for each initialisation's run with the most labels in the first fold (its first seed), on
   the same validation images of that fold: up to FEATURE_REUSE_IMAGES of them."""
-  if config.model.arch != "swin":
+  if config.model.arch == "vit":
     return None  # analysis.feature_reuse compares the Swin's stages
   fold = min(r["fold"] for r in runs)
   top = max(r["fraction"] for r in runs if r["fold"] == fold and "fraction" in r)
   chosen = [r for r in runs if (r["fold"], r.get("fraction"), r["repeat"]) == (fold, top, 0)]
-  images = examples["image"][np.asarray(chosen[0]["val"])[:FEATURE_REUSE_IMAGES]]
+  images = [examples["image"][i] for i in chosen[0]["val"][:FEATURE_REUSE_IMAGES]]
+  if not config_lib.volumetric(config):
+    images = np.stack(images)
   cka = {}
   for r in chosen:  # repeat 0: trained under config.seed
     finetuned = checkpoint.load_params(os.path.dirname(_run_path(workdir, r["name"], "")),
