@@ -260,13 +260,78 @@ def test_volume_step_against_monai_and_the_convolution_both_ways(tmp_path):
 
 
 @pytest.mark.slow
-def test_volume_protocol_runs_swin_unetr_from_random_on_the_same_folds(tmp_path):
+def test_volume_protocol_runs_swin_unetr_from_smit_against_random_on_the_same_folds(tmp_path):
+  """--smit: ingest, SMIT's pretraining and SwinUNETR-3D's protocol from its teacher against
+  random initialisation, with CKA per encoder stage in the report."""
   msd = synthetic_decathlon(tmp_path / "msd")
+  scratch = tmp_path / "scratch"
   line, result = run_benchmark(tmp_path, "experiments/volume_protocol.py", "--model=swinunetr",
-                               "--variant=tiny", f"--datasets={msd}",
-                               f"--scratch={tmp_path / 'scratch'}", "--finetune_steps=10",
-                               "--folds=2", "--max_folds=1", "--fractions=1.0",
-                               "--overrides=protocol.val_fraction=0.25", timeout=900)
-  assert line.startswith("hippocampus SwinUNETR-3D Dice, 2 folds: 100%: random ")
-  assert result["model"] == "swinunetr" and set(result["stage_seconds"]) == {"finetune"}
-  assert set(result["by_fraction"]["1.0"]) == {"random", "p_value", "case_test"}
+                               "--smit", "--variant=tiny", f"--datasets={msd}",
+                               f"--scratch={scratch}", "--pretrain_steps=10",
+                               "--finetune_steps=10", "--folds=2", "--max_folds=1",
+                               "--fractions=1.0", "--overrides=protocol.val_fraction=0.25",
+                               timeout=900)
+  assert line.startswith("hippocampus SwinUNETR-3D Dice, 2 folds: 100%: pretrained ")
+  assert " vs random " in line
+  assert result["model"] == "swinunetr" and result["pretraining"] == "smit"
+  assert set(result["stage_seconds"]) == {"ingest", "pretrain", "finetune"}
+  assert set(result["by_fraction"]["1.0"]) == {"pretrained", "random", "p_value", "case_test"}
+  workdir = next(scratch.glob("swinunetr3d_smit_tiny*"))
+  with open(workdir / "report.json") as f:
+    reuse = json.load(f)["feature_reuse"]
+  assert set(reuse["cka"]) == {"pretrained", "random"}
+  assert list(reuse["cka"]["pretrained"]) == ["patch_embed", "layers_0", "layers_1", "layers_2",
+                                              "layers_3"]
+
+
+def _protocol_workdir(folder, runs: dict, reuse=None):
+  """A protocol workdir as volume_protocol leaves it: {run name: (test cases, per-case Dice)}."""
+  for name, (test, per_case) in runs.items():
+    os.makedirs(folder / "runs" / name)
+    (folder / "runs" / name / "result.json").write_text(json.dumps(
+        {"name": name, "test": test, "metric": float(sum(per_case) / len(per_case)),
+         "per_case": per_case, "hd95": 2.0}))
+  (folder / "report.json").write_text(json.dumps({"feature_reuse": reuse}))
+  return str(folder)
+
+
+def test_volume_methods_pairs_arms_by_fold_and_case_and_says_what_is_missing(tmp_path):
+  """The first arm against the others, fold by fold and case by case, from the protocol
+  workdirs; a fraction one arm lacks is named; runs of one fold that scored other cases stop
+  the comparison."""
+  cases = {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8]}
+  smit_runs, unetr_runs = {}, {}
+  for fold, test in cases.items():
+    for pct, gain in (("005", 0.05), ("010", 0.04)):
+      smit_runs[f"pretrained_labels{pct}_fold{fold}"] = (test, [0.80 + gain + 0.01 * fold] * 3)
+      smit_runs[f"random_labels{pct}_fold{fold}"] = (test, [0.80 + 0.01 * fold, 0.79, 0.81])
+    unetr_runs[f"pretrained_labels010_fold{fold}"] = (test, [0.78, 0.77 + 0.01 * fold, 0.79])
+  reuse = {"fold": 0, "fraction": 0.1, "cka": {"pretrained": {"patch_embed": 0.9, "layers_0": 0.8},
+                                                "random": {"patch_embed": 0.5, "layers_0": 0.4}}}
+  smit = _protocol_workdir(tmp_path / "smit", smit_runs, reuse)
+  unetr = _protocol_workdir(tmp_path / "unetr", unetr_runs)
+  out = tmp_path / "methods"
+  arms = [f"--arms=SMIT={smit}:pretrained", f"--arms=random={smit}:random",
+          f"--arms=ViT-MAE={unetr}:pretrained"]
+  line, result = run_benchmark(tmp_path, "experiments/volume_methods.py", *arms, f"--out={out}")
+  assert line.startswith("SMIT Dice by label fraction (p across folds/case by case): 5% 0.860 "
+                         "(vs random 0.803 p=")
+  assert list(result["fractions"]) == ["0.05", "0.1"]
+  assert result["missing"] == {"0.05": ["ViT-MAE"], "0.1": []}
+  tests = result["fractions"]["0.1"]["tests"]
+  assert tests["ViT-MAE"]["folds"] == [0, 1, 2]
+  # SMIT 0.84 + 0.01 fold against random 0.80 + 0.01 fold / 3.
+  assert tests["random"]["across_folds"]["mean_difference"] == pytest.approx(0.04 + 0.02 / 3)
+  assert tests["ViT-MAE"]["case_by_case"]["cases"] == 9
+  text = (tmp_path / "methods.md").read_text()
+  assert "| 10% | ViT-MAE | 0.783 (" in text and "Not run: 5%: ViT-MAE" in text
+  assert "| smit | pretrained | 10% (fold 0) | 0.900 | 0.800 |" in text
+  assert (tmp_path / "methods.png").stat().st_size > 10_000
+  bad = tmp_path / "other"
+  _protocol_workdir(bad, {"pretrained_labels010_fold0": ([9, 10, 11], [0.7] * 3),
+                          "pretrained_labels010_fold1": ([3, 4, 5], [0.7] * 3)})
+  proc = subprocess.run([sys.executable, "benchmarks/experiments/volume_methods.py",
+                         f"--arms=SMIT={smit}:pretrained", f"--arms=bad={bad}:pretrained",
+                         f"--out={out}"], cwd=ROOT, env=main_env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode != 0 and "fold 0 at 0.1: SMIT and bad scored other cases" in proc.stderr

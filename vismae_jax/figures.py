@@ -168,10 +168,11 @@ def heatmap(values: np.ndarray, row_labels, column_labels, path: str, title: str
 def method_curves(curves: dict, metric: str, path: str, title: str = "") -> str:
   """Methods side by side: {method: [(setting, mean, ci_low, ci_high)]}, the settings label
   fractions ("10%") or few-shot counts ("10 shots"). Fractions make a curve on a log axis with
-  CI bands; few-shot settings, if any, points with CI bars in a panel of their own."""
-  first = next(iter(curves.values()))
-  fractions = [s for s, *_ in first if s.endswith("%")]
-  shots = [s for s, *_ in first if not s.endswith("%")]
+  CI bands; few-shot settings, if any, points with CI bars in a panel of their own. A method
+  may lack some settings (runs not made): it is drawn where it has them."""
+  settings = list(dict.fromkeys(s for points in curves.values() for s, *_ in points))
+  fractions = sorted((s for s in settings if s.endswith("%")), key=lambda s: float(s[:-1]))
+  shots = [s for s in settings if not s.endswith("%")]
   panels = 1 + bool(shots)
   fig, axes = plt.subplots(1, panels, figsize=(5 + 2.5 * (panels - 1), 3.8), squeeze=False,
                            gridspec_kw={"width_ratios": [2, 1][:panels]})
@@ -179,11 +180,14 @@ def method_curves(curves: dict, metric: str, path: str, title: str = "") -> str:
   for i, (method, points) in enumerate(curves.items()):
     colour = colours[i % len(colours)]
     by_setting = {s: rest for s, *rest in points}
-    x = [float(s[:-1]) for s in fractions]
-    mean, low, high = (np.array([by_setting[s][k] for s in fractions]) for k in range(3))
+    mine = [s for s in fractions if s in by_setting]
+    x = [float(s[:-1]) for s in mine]
+    mean, low, high = (np.array([by_setting[s][k] for s in mine]) for k in range(3))
     axes[0, 0].plot(x, mean, "o-", color=colour, label=method)
     axes[0, 0].fill_between(x, low, high, color=colour, alpha=0.15)
     for j, s in enumerate(shots):
+      if s not in by_setting:
+        continue
       m, lo, hi = by_setting[s]
       offset = (i - (len(curves) - 1) / 2) * 0.08
       axes[0, 1].errorbar(j + offset, m, yerr=[[m - lo], [hi - m]], fmt="o", color=colour)

@@ -128,8 +128,9 @@ def main(argv):
         "p_value": entry.get("p_value"), "case_test": entry.get("wilcoxon")}
     r = result["by_fraction"][fraction]
     first = "pretrained" if "pretrained" in r else "random"
-    versus = (f" vs random {r['random']['mean']:.3f} (p={r['p_value']:.3g} across folds, "
-              f"{r['case_test']['p_value']:.3g} case by case)"
+    p = lambda v: "-" if v is None else f"{v:.3g}"  # one fold has no test across folds
+    versus = (f" vs random {r['random']['mean']:.3f} (p={p(r['p_value'])} across folds, "
+              f"{p((r['case_test'] or {}).get('p_value'))} case by case)"
               if first == "pretrained" and "random" in r else "")
     parts.append(f"{float(fraction):.0%}: {first} {r[first]['mean']:.3f}{versus}")
   name = {"unetr": "UNETR-3D", "swinunetr": "SwinUNETR-3D"}[args.model]
