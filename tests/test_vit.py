@@ -284,8 +284,8 @@ def test_up_is_flax_transposed_convolution_with_kernel_equal_to_stride(shape):
                                                ((2, 6, 5, 3), 3, True)],
                          ids=["3d_3x3x3", "3d_1x1x1", "2d_3x3"])
 def test_conv_is_flax_convolution(shape, kernel, bias):
-  """conv_blocks.Conv computes nn.Conv (stride 1, SAME) with the same parameters: in 3D as one 2D
-  convolution over the depth slices, on inputs whose voxels all differ."""
+  """conv_blocks.Conv computes nn.Conv (stride 1, SAME) with the same parameters and gradients:
+  in 3D as one 2D convolution over the depth slices, on inputs whose voxels all differ."""
   x = jax.random.normal(jax.random.key(0), shape)
   n = len(shape) - 2
   reference = nn.Conv(7, (kernel,) * n, use_bias=bias, bias_init=nn.initializers.normal(1.0))
@@ -295,3 +295,8 @@ def test_conv_is_flax_convolution(shape, kernel, bias):
                                                                                   params)
   np.testing.assert_allclose(fast.apply(params, x), reference.apply(params, x), rtol=1e-5,
                              atol=1e-5)
+  # Gradients too (conv3d's own kernel gradient), for a loss that weighs every output apart.
+  weights = jax.random.normal(jax.random.key(2), x.shape[:-1] + (7,))
+  loss = lambda model: lambda p, x: (model.apply(p, x) * weights).sum()
+  ours, theirs = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (fast, reference))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), ours, theirs)

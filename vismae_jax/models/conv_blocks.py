@@ -17,6 +17,60 @@ NORM_EPS = 1e-5  # PyTorch's InstanceNorm default
 KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
+def _depth_stacked(x, k: int):
+  """(B, D, H, W, C) -> (B, D, H, W, k * C): each depth slice beside its k - 1 neighbours
+  (zero beyond the volume), the neighbour's offset major."""
+  d, r = x.shape[1], k // 2
+  padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0)))
+  return jnp.concatenate([padded[:, i:i + d] for i in range(k)], axis=-1)
+
+
+def _conv3d_by_slices(x, kernel):
+  """A 'same' 3D convolution as one 2D convolution over the depth slices of the depth-stacked
+  input, the kernel's depth offsets on its input channels."""
+  b, d, h, w, c = x.shape
+  k, f = kernel.shape[0], kernel.shape[-1]
+  planar = kernel.transpose(1, 2, 0, 3, 4).reshape(k, k, k * c, f)
+  y = jax.lax.conv_general_dilated(_depth_stacked(x, k).reshape(b * d, h, w, k * c), planar,
+                                   (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y.reshape(b, d, h, w, f)
+
+
+@jax.custom_vjp
+def conv3d(x, kernel):
+  """`_conv3d_by_slices`, whose kernel gradient is one matrix product (`_kernel_gradient`):
+  XLA's CPU backend computes a convolution's kernel gradient several times slower than the
+  convolution itself, and matrix products over twice as fast as convolutions
+  (benchmarks/results/README.md, "3D training step against MONAI")."""
+  return _conv3d_by_slices(x, kernel)
+
+
+def _conv3d_forward(x, kernel):
+  return _conv3d_by_slices(x, kernel), (x, kernel)
+
+
+def _kernel_gradient(x, dy, k: int):
+  """d loss / d kernel of `_conv3d_by_slices` from the output gradient dy (B, D, H, W, F):
+  kernel[i, j] meets the depth-stacked input shifted by (i - r, j - r) in the plane, so its
+  gradient is that input against dy shifted back, for all k * k offsets in one product."""
+  b, d, h, w, c = x.shape
+  f, r = dy.shape[-1], k // 2
+  padded = jnp.pad(dy, ((0, 0), (0, 0), (r, r), (r, r), (0, 0)))
+  shifted = jnp.concatenate([padded[:, :, 2 * r - i:2 * r - i + h, 2 * r - j:2 * r - j + w]
+                             for i in range(k) for j in range(k)], axis=-1)
+  grad = _depth_stacked(x, k).reshape(-1, k * c).T @ shifted.reshape(-1, k * k * f)
+  return grad.reshape(k, c, k, k, f).transpose(0, 2, 3, 1, 4)
+
+
+def _conv3d_backward(residuals, dy):
+  x, kernel = residuals
+  (dx,) = jax.linear_transpose(lambda x: _conv3d_by_slices(x, kernel), x)(dy)
+  return dx, _kernel_gradient(x, dy, kernel.shape[0]).astype(kernel.dtype)
+
+
+conv3d.defvjp(_conv3d_forward, _conv3d_backward)
+
+
 class Conv(nn.Module):
   """A stride-1 'same' convolution with an odd kernel along every axis: the parameters (and
   values) of flax's nn.Conv(features, (kernel,) * n, use_bias=use_bias).
@@ -24,8 +78,8 @@ class Conv(nn.Module):
   Computed the way XLA's CPU backend is fast at. Its 3D convolutions run a generic loop (about
   10 GFLOP/s on 2 cores, against 35 for its 2D ones: benchmarks/volume_step.py), so a 3D one is
   computed as one 2D convolution over every depth slice, with the kernel's depth offsets moved
-  onto the input channels (the slices above and below stacked beside each one); a 1x1(x1)
-  kernel is one matrix product.
+  onto the input channels (the slices above and below stacked beside each one), and its kernel
+  gradient as one matrix product (`conv3d`); a 1x1(x1) kernel is one matrix product.
   """
   features: int
   kernel_size: int = 3
@@ -44,14 +98,7 @@ class Conv(nn.Module):
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
     else:
-      b, d, h, w, _ = x.shape
-      r = k // 2
-      padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0)))
-      stacked = jnp.concatenate([padded[:, i:i + d] for i in range(k)], axis=-1)
-      planar = kernel.transpose(1, 2, 0, 3, 4).reshape(k, k, k * c, self.features)
-      y = jax.lax.conv_general_dilated(stacked.reshape(b * d, h, w, k * c), planar, (1, 1),
-                                       "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      y = y.reshape(b, d, h, w, self.features)
+      y = conv3d(x, kernel)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y
