@@ -35,7 +35,7 @@ def test_layer_decay_counts_the_vit_blocks_and_puts_heads_on_top():
     ("unetr2d.py", {"model.num_heads": 5}, "a multiple of config.model.num_heads=5"),
     ("vit_mae3d.py", {"data.source": "shards"}, "volumes (3-D records) go with a"),
     ("vit_mae2d.py", {"mae.decoder_heads": 3}, "config.mae.decoder_dim=64"),
-    ("vit_mae2d.py", {"method": "mae"}, "vit_mae pretrains the ViT"),
+    ("vit_mae2d.py", {"method": "mae"}, "mae pretrains config.model.arch='swin' (vit_mae the"),
     ("swin_unetr3d.py", {"input.roi": (32, 48, 32)}, "must be a multiple of 32 along every"),
     ("swin_unetr3d.py", {"model.embed_dim": 16}, "must be a multiple of 12, as MONAI's"),
     ("swin_unetr3d.py", {"model.depths": (2, 2, 2)}, "SwinUNETR has 4 stages"),
