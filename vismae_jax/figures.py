@@ -193,6 +193,7 @@ def method_curves(curves: dict, metric: str, path: str, title: str = "") -> str:
       axes[0, 1].errorbar(j + offset, m, yerr=[[m - lo], [hi - m]], fmt="o", color=colour)
   ax = axes[0, 0]
   ax.set_xscale("log")
+  ax.minorticks_off()  # the log axis' own labels between the fractions' would crowd them
   ax.set_xticks([float(s[:-1]) for s in fractions], fractions)
   ax.set_xlabel("labelled training cases")
   ax.set_ylabel(metric)
