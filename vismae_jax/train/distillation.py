@@ -136,14 +136,20 @@ def make_loss_fn(model, config):
         by_view(t_tokens, 2), by_view(s_tokens, 2), by_view(weight, 2),
         extra["token_center"], d.teacher_temp, d.student_temp)
     teacher = dino.collapse_statistics(t_pooled, extra["center"], d.teacher_temp)
-    aux = {"centers": {"center": t_pooled.mean(0, keepdims=True),
-                       "token_center": t_tokens.mean((0, 1, 2))[None]},
+    aux = {"centers": teacher_means(t_pooled, t_tokens),
            # student_kl: the pooled loss less the teacher's entropy, the part the student can
            # lower (every teacher view enters as many pairs: the mean KL over the pairs).
            "metrics": {"pooled_loss": pooled_loss, "token_loss": token_loss,
                        "student_kl": pooled_loss - teacher["teacher_entropy"], **teacher}}
     return pooled_loss + d.patch_weight * token_loss, aux
   return loss_fn
+
+
+def teacher_means(pooled, tokens) -> dict:
+  """The teacher's batch means that the centres move towards (`update_extra`): of its pooled
+  logits (N, K) and of its token logits (N, *grid, K), each (1, K)."""
+  return {"center": pooled.mean(0, keepdims=True),
+          "token_center": tokens.mean(tuple(range(tokens.ndim - 1)))[None]}
 
 
 def init_extra(config, section: str = "dino"):

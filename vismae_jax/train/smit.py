@@ -159,8 +159,7 @@ def make_loss_fn(model, config):
                                         s.student_temp)
     pixel_loss = mae.masked_l1(pixels, flat(views), flat(hidden), config.model.patch_size)
     teacher = dino.collapse_statistics(t_pooled, extra["center"], temp)
-    aux = {"centers": {"center": t_pooled.mean(0, keepdims=True),
-                       "token_center": t_tokens.mean(tuple(range(t_tokens.ndim - 1)))[None]},
+    aux = {"centers": distillation.teacher_means(t_pooled, t_tokens),
            # student_kl: the image loss less the teacher's entropy, the part the student can
            # lower (distillation.py says why).
            "metrics": {"pixel_loss": pixel_loss, "image_loss": image_loss,
