@@ -13,9 +13,10 @@ Models (MONAI's class and our config's model): `unetr`, UNETR-B (patch 16, width
 blocks, feature size 16); `swin_unetr`, SwinUNETR (patch 2, feature size `--feature_size`,
 depths 2,2,2,2, heads 3,6,12,24, window 7). Needs the [monai] extra.
 
-`--convolution` also times one 3x3x3 convolution of 16 channels over the crop, forward and
-backward, as flax's nn.Conv (XLA's 3D convolution) and as conv_blocks.Conv (the same
-parameters, one 2D convolution over the depth slices), in GFLOP/s.
+`--convolutions=16:16,96:48` also times 3x3x3 convolutions (input:output channels) over the
+crop, forward and both gradients, as flax's nn.Conv (XLA's 3D convolution), as
+conv_blocks.Conv (the same parameters, 2D convolutions over the depth slices) and as
+PyTorch's Conv3d (oneDNN, what MONAI runs), in GFLOP/s: where the step's time goes.
 """
 import statistics
 import time
@@ -34,7 +35,8 @@ flags.DEFINE_integer("batch", 1, "Volumes per step.")
 flags.DEFINE_integer("feature_size", 48, "SwinUNETR's feature size (MONAI's; 48 for BTCV).")
 flags.DEFINE_integer("classes", 3, "Output classes.")
 flags.DEFINE_integer("steps", 5, "Timed steps of each, after two warm-up steps.")
-flags.DEFINE_bool("convolution", False, "Also time one 3x3x3 convolution both ways.")
+flags.DEFINE_list("convolutions", [], "Also time 3x3x3 convolutions of these input:output "
+                  "channels three ways.")
 flags.DEFINE_string("json", "", "Write the figures here.")
 
 
@@ -117,28 +119,40 @@ def time_model(name: str, args) -> dict:
   return result
 
 
-def time_convolution(args, channels: int = 16) -> dict:
-  """GFLOP/s of a 3x3x3 convolution's forward and backward pass, flax's and ours."""
+def median_seconds(run, steps: int) -> float:
+  run()  # warm-up: compilation, allocator
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    run()
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds)
+
+
+def time_convolution(args, in_channels: int, out_channels: int) -> dict:
+  """GFLOP/s of a 3x3x3 convolution's forward pass and both gradients: flax's, ours, PyTorch's."""
   import flax.linen as nn
+  import torch
 
   from vismae_jax.models import conv_blocks
   roi = tuple(int(r) for r in args.roi)
-  x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *roi, channels))
-  flop = 3 * 2 * 27 * channels * channels * x.size // channels  # forward + two gradients
+  x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *roi, in_channels))
+  flop = 3 * 2 * 27 * in_channels * out_channels * x.size // in_channels
   result = {}
-  for name, layer in (("flax_nn_conv", nn.Conv(channels, (3, 3, 3), use_bias=False)),
-                      ("conv_blocks_conv", conv_blocks.Conv(channels))):
+  for name, layer in (("flax_nn_conv", nn.Conv(out_channels, (3, 3, 3), use_bias=False)),
+                      ("conv_blocks_conv", conv_blocks.Conv(out_channels))):
     params = layer.init(jax.random.PRNGKey(1), x)
     grad = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1)))
-    jax.block_until_ready(grad(params, x))
-    seconds = []
-    for _ in range(args.steps):
-      start = time.perf_counter()
-      jax.block_until_ready(grad(params, x))
-      seconds.append(time.perf_counter() - start)
-    result[name] = {"seconds": statistics.median(seconds),
-                    "gflop_per_s": flop / statistics.median(seconds) / 1e9}
-  return result
+    result[name] = median_seconds(lambda: jax.block_until_ready(grad(params, x)), args.steps)
+  conv = torch.nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
+  xt = torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1).copy()).requires_grad_()
+
+  def torch_pass():
+    conv.zero_grad()
+    xt.grad = None
+    (conv(xt) ** 2).sum().backward()
+  result["torch_conv3d"] = median_seconds(torch_pass, args.steps)
+  return {name: {"seconds": s, "gflop_per_s": flop / s / 1e9} for name, s in result.items()}
 
 
 def main(argv):
@@ -150,15 +164,15 @@ def main(argv):
             "backend": jax.default_backend(), "models": {}}
   for name in args.models:
     result["models"][name] = time_model(name, args)
-  if args.convolution:
-    result["convolution"] = time_convolution(args)
+  result["convolutions"] = {
+      c: time_convolution(args, *(int(n) for n in c.split(":"))) for c in args.convolutions}
   parts = [
       f"{name}: ours {r['ours']['seconds_per_step']:.2f} s/step, MONAI "
       f"{r['monai']['seconds_per_step']:.2f} s/step ({r['speed_vs_monai']:.2f}x MONAI's speed)"
       for name, r in result["models"].items()]
-  if args.convolution:
-    parts.append("3x3x3 convolution: " + ", ".join(
-        f"{k} {v['gflop_per_s']:.1f} GFLOP/s" for k, v in result["convolution"].items()))
+  for channels, ways in result["convolutions"].items():
+    parts.append(f"3x3x3 convolution {channels}: " + ", ".join(
+        f"{k} {v['gflop_per_s']:.0f} GFLOP/s" for k, v in ways.items()))
   line = "; ".join(parts)
   output.write(f"3D training step, {'x'.join(args.roi)} voxels, batch {args.batch}: {line}",
                result, args.json)

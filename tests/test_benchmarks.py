@@ -249,14 +249,16 @@ def test_volume_step_against_monai_and_the_convolution_both_ways(tmp_path):
   pytest.importorskip("monai", reason="needs the [monai] extra")
   line, result = run_benchmark(tmp_path, "volume_step.py", "--models=swin_unetr",
                                "--roi=32,32,64", "--feature_size=12", "--steps=1",
-                               "--convolution")
+                               "--convolutions=4:8")
   assert line.startswith("3D training step, 32x32x64 voxels, batch 1: swin_unetr: ours ")
   model = result["models"]["swin_unetr"]
   assert model["ours"]["seconds_per_step"] > 0 and model["monai"]["seconds_per_step"] > 0
   assert model["speed_vs_monai"] == pytest.approx(
       model["ours"]["volumes_per_s"] / model["monai"]["volumes_per_s"])
-  assert set(result["convolution"]) == {"flax_nn_conv", "conv_blocks_conv"}
-  assert all(c["gflop_per_s"] > 0 for c in result["convolution"].values())
+  assert "; 3x3x3 convolution 4:8: flax_nn_conv " in line
+  ways = result["convolutions"]["4:8"]
+  assert set(ways) == {"flax_nn_conv", "conv_blocks_conv", "torch_conv3d"}
+  assert all(c["gflop_per_s"] > 0 for c in ways.values())
 
 
 @pytest.mark.slow
