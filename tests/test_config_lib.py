@@ -133,6 +133,24 @@ def test_a_run_resumes_under_a_longer_schedule_and_a_protocol_only_under_more_ru
       resume_guard.check_unchanged(config, saved, may_change, "old")
 
 
+def test_a_workdir_resumes_when_its_data_is_reached_by_another_path(tmp_path):
+  """A symbolic link (or mount point) to the same folder is the same data; another folder, or
+  a path that no longer exists, is not."""
+  data, other = tmp_path / "data", tmp_path / "other"
+  data.mkdir()
+  other.mkdir()
+  (tmp_path / "link").symlink_to(data)
+  config = config_lib.finetune("classification", "tiny")
+  config.data.csv = str(data)
+  saved = config.to_dict()
+  config.data.csv = str(tmp_path / "link")
+  resume_guard.check_unchanged(config, saved, resume_guard.RUN_RESUMABLE, "old")
+  for elsewhere in (other, tmp_path / "gone"):
+    config.data.csv = str(elsewhere)
+    with pytest.raises(config_lib.ConfigError, match=f"data.csv='{elsewhere}' here"):
+      resume_guard.check_unchanged(config, saved, resume_guard.RUN_RESUMABLE, "old")
+
+
 def test_an_older_pretraining_with_every_methods_settings_resumes():
   """Pretraining configs carried every method's settings until each method held its own: such
   a workdir resumes, since settings the schema no longer holds decide nothing."""

@@ -5,6 +5,7 @@ Why: a workdir is resumed by rerunning its command; under a changed recipe it wo
 mix two runs, or fail deep inside the checkpoint restore.
 """
 import json
+import os
 
 import flax
 
@@ -42,12 +43,25 @@ def check_unchanged(config, saved: dict, may_change: tuple, where: str) -> None:
   now = flat(json.loads(config.to_json()))
   before = {**flat(json.loads(defaults_of(config).to_json())),
             **flat(json.loads(json.dumps(saved)))}
-  differ = sorted(k for k in now if now.get(k) != before.get(k))
+  differ = sorted(k for k in now if not same_setting(now.get(k), before.get(k)))
   if differ:
     raise config_lib.ConfigError(
         f"{where} was made with another config: "
         + "; ".join(f"{k}={now.get(k)!r} here, {before.get(k)!r} there" for k in differ)
         + ". Use a new workdir, or that config.")
+
+
+def same_setting(here, there) -> bool:
+  """Equal values, or two spellings of one existing file or folder (through a symbolic link
+  or another mount point): data reached by another path is the same data."""
+  if here == there:
+    return True
+  if not (isinstance(here, str) and isinstance(there, str) and here and there):
+    return False
+  try:
+    return os.path.samefile(here, there)
+  except OSError:  # either is missing: only equal spellings are the same then
+    return False
 
 
 def defaults_of(config):
