@@ -24,7 +24,6 @@ import optax
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
-from tensorboardX import SummaryWriter
 
 from data_pipelines import disk, pretrain_input, signals
 from vismae_jax import checkpoint, parallel, resume_guard
@@ -144,6 +143,9 @@ class _Logger:
     self.tb_dir = os.path.join(workdir, "tensorboard")
     self.tb = self.jsonl = None
     if self.primary:
+      # Imported here, not at the top: tensorboardX imports PyTorch where it is installed, which
+      # added about 1 s to every command's start, --help and --only_check_args included.
+      from tensorboardX import SummaryWriter
       # A resumed run replays the steps after its checkpoint: what was logged of them before
       # goes, so that every step has one entry (TensorBoard's purge_step hides the old ones).
       self.tb = SummaryWriter(self.tb_dir, purge_step=start + 1 if start else None)
