@@ -120,6 +120,7 @@ def time_model(name: str, args) -> dict:
 
 
 def median_seconds(run, steps: int) -> float:
+  """The median of `steps` timed calls of run() after one untimed one."""
   run()  # warm-up: compilation, allocator
   seconds = []
   for _ in range(steps):

@@ -245,7 +245,7 @@ def test_volume_protocol_runs_every_stage_and_the_pretrained_start_alone(tmp_pat
 
 
 @pytest.mark.slow
-def test_volume_step_against_monai_and_the_convolution_both_ways(tmp_path):
+def test_volume_step_against_monai_and_each_convolution_three_ways(tmp_path):
   pytest.importorskip("monai", reason="needs the [monai] extra")
   line, result = run_benchmark(tmp_path, "volume_step.py", "--models=swin_unetr",
                                "--roi=32,32,64", "--feature_size=12", "--steps=1",
