@@ -156,10 +156,11 @@ def random_values(shapes, seed=0):
   return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
 
 
-def plausible_values(shapes, seed=2):
+def plausible_values(shapes, seed=2, spread=0.02):
   """Values of an initialised model's scale in the given parameter shapes: kernels with
-  variance 1 / fan-in, LayerNorm scales near 1, and no tensor at zero, so that every tensor's
-  layout matters (zero biases and tables would hide a transposition)."""
+  variance 1 / fan-in, norm scales near 1, and no tensor at zero, so that every tensor's
+  layout matters (zero biases and tables would hide a transposition); `spread` is the other
+  tensors' standard deviation. Drawn by numpy: jax.random would compile once per shape."""
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -167,7 +168,7 @@ def plausible_values(shapes, seed=2):
     name = path[-1].key
     if name == "kernel":
       return noise / np.sqrt(np.prod(leaf.shape[:-1]))
-    return 1.0 + 0.02 * noise if name == "scale" else 0.02 * noise
+    return 1.0 + spread * noise if name == "scale" else spread * noise
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 

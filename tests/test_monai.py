@@ -1,12 +1,11 @@
 """MONAI interchange (convert/monai.py) against MONAI itself, the real client: our SwinUNETR,
 UNETR and ViT load into MONAI's classes with strict=True and give our outputs within 1e-4, and
 MONAI's weights, in each layout users have, fill our models."""
-import flax
 import jax
 import numpy as np
 import pytest
 
-from helpers import need
+from helpers import need, param_shapes, plausible_values
 from vismae_jax.convert import monai as interchange
 from vismae_jax.models import swin_unetr, unetr, vit
 
@@ -29,21 +28,11 @@ def _load(net, state):
   net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
 
 
-def _random_params(model, x, seed=0):
+def _random_params(model, x):
   """Parameters of `model` with every tensor random, norms included (an identity norm would
   hide a misplaced scale): kernels at 1/sqrt(fan-in), norm scales about 1, the rest about 0.1.
   Drawn from the shapes alone: initialising the model op by op takes far longer."""
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(seed), x)["params"]
-  flat = flax.traverse_util.flatten_dict(shapes, sep="/")
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(flat))
-  params = {}
-  for key, (path, leaf) in zip(keys, flat.items()):
-    noise = jax.random.normal(key, leaf.shape)
-    if path.endswith("kernel"):
-      params[path] = noise / np.sqrt(np.prod(leaf.shape[:-1]))
-    else:
-      params[path] = (1.0 if path.endswith("scale") else 0.0) + 0.1 * noise
-  return flax.traverse_util.unflatten_dict(params, sep="/")
+  return plausible_values(param_shapes(model, x), seed=0, spread=0.1)
 
 
 SWIN_CASES = {

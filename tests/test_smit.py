@@ -84,18 +84,19 @@ def test_the_teacher_moves_only_by_ema_and_the_centres_as_specified():
   config.smit.update(momentum=0.9, center_momentum=0.8, teacher_temp_warmup=0.5)
   model = pretrain.build_model(config)
   fields = smit.task_fields(model, config)
-  params = fields["init_params"](jax.random.PRNGKey(0))
+  params = jax.jit(fields["init_params"])(jax.random.PRNGKey(0))  # eager init: op by op
   extra = fields["extra"].init(params)
   assert float(extra["teacher_temp"]) == pytest.approx(config.smit.warmup_teacher_temp)
   # The student a few updates on: the teacher still where it started.
-  student = jax.tree.map(lambda w: w + 0.01 * jnp.sign(w), params)
+  student = jax.jit(lambda p: jax.tree.map(lambda w: w + 0.01 * jnp.sign(w), p))(params)
   batch, rng = crops(), jax.random.PRNGKey(1)
-  grads = jax.grad(lambda e: fields["loss_fn"](student, batch, rng, e)[0])(extra)
+  grads, aux = jax.jit(jax.grad(lambda e: fields["loss_fn"](student, batch, rng, e),
+                                has_aux=True))(extra)
   assert not any(np.asarray(g).any() for g in jax.tree.leaves(grads["teacher"]))
-  _, aux = jax.jit(fields["loss_fn"])(student, batch, rng, extra)
   # The batch means are the teacher's own logits on the two whole views.
   views, _ = smit.inputs(config, batch, jax.random.split(rng)[0])
-  t_pooled, t_tokens, _ = model.apply({"params": extra["teacher"]}, contrastive.flat(views))
+  t_pooled, t_tokens, _ = jax.jit(model.apply)({"params": extra["teacher"]},
+                                               contrastive.flat(views))
   np.testing.assert_allclose(aux["centers"]["center"], t_pooled.mean(0, keepdims=True),
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(aux["centers"]["token_center"][0], t_tokens.mean((0, 1, 2, 3)),
@@ -117,7 +118,7 @@ def test_the_step_loss_on_a_sharded_batch_equals_one_devices():
   config = tiny()
   model = pretrain.build_model(config)
   fields = smit.task_fields(model, config)
-  params = fields["init_params"](jax.random.PRNGKey(0))
+  params = jax.jit(fields["init_params"])(jax.random.PRNGKey(0))  # eager init: op by op
   extra = fields["extra"].init(params)
   batch, rng = crops(4), jax.random.PRNGKey(1)
   from vismae_jax import parallel
@@ -212,7 +213,8 @@ def test_a_short_run_learns_replays_on_one_device_and_hands_its_teacher_on(volum
 
   seg = load_config("swin_unetr3d.py", "tiny")
   model = finetune.build_model(seg)
-  target = jax.device_get(finetune.init_params(model, seg, jax.random.PRNGKey(0)))
+  target = jax.device_get(jax.jit(lambda rng: finetune.init_params(model, seg, rng))(
+      jax.random.PRNGKey(0)))
   params, report = weights.load_into(straight, target, arch="swinunetr")
   assert len(report.loaded) == 118 == len(encoder_leaves(target))
   for name, value in encoder_leaves(params).items():
