@@ -1,5 +1,6 @@
 """The sparse ("uniform") masking: what the encoder sees, how units line up through the merges,
 what it saves, and that everything the dense mode does works with it."""
+import functools
 import shutil
 
 import jax
@@ -70,7 +71,7 @@ def tiny_inputs(batch=2, size=64, unit=8, secondary=0.25, seed=0):
 def test_the_sparse_encoder_sees_the_kept_unhidden_pixels_and_nothing_else():
   images, token_mask, kept, hidden = tiny_inputs()
   encoder = mae.SwinMAEEncoder(**TINY)
-  params = mae.SwinMAE(**TINY).init(jax.random.PRNGKey(0), images, token_mask)
+  params = jax.jit(mae.SwinMAE(**TINY).init)(jax.random.PRNGKey(0), images, token_mask)
   grad = jax.jit(jax.grad(lambda x: encoder.apply(params, x, token_mask, True, kept).sum()))(
       images)
   per_unit = np.abs(np.asarray(grad)[..., 0]).reshape(2, 8, 8, 8, 8).sum(axis=(2, 4))
@@ -83,7 +84,7 @@ def test_the_sparse_encoder_is_the_dense_encoder_on_the_image_of_kept_units():
   encoder computes exactly what the release's encoder computes on the half-size image that the
   kept units make, built here by plain indexing."""
   images, token_mask, kept, _ = tiny_inputs()
-  params = mae.SwinMAE(**TINY).init(jax.random.PRNGKey(0), images, token_mask)
+  params = jax.jit(mae.SwinMAE(**TINY).init)(jax.random.PRNGKey(0), images, token_mask)
   encoder = mae.SwinMAEEncoder(**TINY)
   apply = jax.jit(encoder.apply, static_argnums=3)
   sparse = apply(params, images, token_mask, True, kept)
@@ -101,10 +102,14 @@ def test_the_sparse_encoder_is_the_dense_encoder_on_the_image_of_kept_units():
 def test_same_parameters_and_a_full_grid_of_predictions():
   images, token_mask, kept, _ = tiny_inputs()
   model = mae.SwinMAE(**TINY)
-  dense = model.init(jax.random.PRNGKey(0), images, token_mask)
-  sparse = model.init(jax.random.PRNGKey(0), images, token_mask, kept_units=kept)
+  key = jax.random.PRNGKey(0)
+  dense = jax.eval_shape(model.init, key, images, token_mask)  # shapes: nothing to compile
+  sparse = jax.eval_shape(functools.partial(model.init, kept_units=kept), key, images,
+                          token_mask)
   assert jax.tree.map(jnp.shape, dense) == jax.tree.map(jnp.shape, sparse)
-  assert model.apply(dense, images, token_mask, kept_units=kept).shape == (2, 16, 16, 16)
+  predictions = jax.eval_shape(functools.partial(model.apply, kept_units=kept), dense, images,
+                               token_mask)
+  assert predictions.shape == (2, 16, 16, 16)
 
 
 def forward_flops(model_class, config, kept: bool) -> float:
@@ -166,9 +171,11 @@ def test_the_figure_shows_what_the_encoder_saw():
   config = load_config("generic.py", "tiny")
   config.mae.masking = "uniform"
   model = pretrain.build_model(config)
-  params = masked_image.init_params(model, config, jax.random.PRNGKey(0))
+  params = jax.jit(lambda rng: masked_image.init_params(model, config, rng))(
+      jax.random.PRNGKey(0))
   images = np.random.default_rng(0).integers(0, 256, (2, 64, 64), np.uint8)
-  rows = masked_image.figure_rows(model, config, params, images, jax.random.PRNGKey(1))
+  rows = jax.jit(lambda p, x: masked_image.figure_rows(model, config, p, x, jax.random.PRNGKey(
+      1)))(params, images)  # jitted, as pretrain.py draws it
   assert [r for r in masked_image.ROWS if r in rows] == list(masked_image.ROWS)
   # 64 px, 8 px units: 16 of 64 units kept, 4 of those hidden behind the mask token.
   assert np.isnan(rows["masked"]).mean() == pytest.approx(1 - 12 / 64)
