@@ -332,8 +332,19 @@ def test_volume_methods_pairs_arms_by_fold_and_case_and_says_what_is_missing(tmp
   bad = tmp_path / "other"
   _protocol_workdir(bad, {"pretrained_labels010_fold0": ([9, 10, 11], [0.7] * 3),
                           "pretrained_labels010_fold1": ([3, 4, 5], [0.7] * 3)})
-  proc = subprocess.run([sys.executable, "benchmarks/experiments/volume_methods.py",
-                         f"--arms=SMIT={smit}:pretrained", f"--arms=bad={bad}:pretrained",
-                         f"--out={out}"], cwd=ROOT, env=main_env(), capture_output=True,
-                        text=True, timeout=300)
+  methods = lambda *arms: subprocess.run(
+      [sys.executable, "benchmarks/experiments/volume_methods.py", *arms, f"--out={out}"],
+      cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=300)
+  proc = methods(f"--arms=SMIT={smit}:pretrained", f"--arms=bad={bad}:pretrained")
   assert proc.returncode != 0 and "fold 0 at 0.1: SMIT and bad scored other cases" in proc.stderr
+  # An arm joins recipes' workdirs, each with its own fractions, but not one fraction twice.
+  longer = _protocol_workdir(tmp_path / "longer", {
+      f"pretrained_labels100_fold{fold}": (test, [0.9] * 3) for fold, test in cases.items()})
+  line, joined = run_benchmark(tmp_path, "experiments/volume_methods.py",
+                               f"--arms=SMIT={smit},{longer}:pretrained", arms[1],
+                               f"--out={out}")
+  assert list(joined["fractions"]) == ["0.05", "0.1", "1"] and "100% 0.900" in line
+  assert joined["missing"]["1"] == ["random"]
+  proc = methods(f"--arms=SMIT={smit},{unetr}:pretrained")
+  assert proc.returncode != 0 and f"pretrained runs at 0.1 in both {smit} and {unetr}" in (
+      proc.stderr)

@@ -8,6 +8,8 @@ per label fraction, from the protocol workdirs that volume_protocol.py leaves.
       --arms="UNETR from random=HIPPO/unetr3d_RECIPE:random" --out=DIR/methods
 
 Each arm is `label=protocol workdir:initialisation`; the first is tested against every other.
+An arm may join the workdirs of several recipes, comma-separated (`label=W1,W2:init`), each
+bringing its own fractions: the low fractions' 300-step runs and all labels' 900-step ones.
 The protocol draws its folds from the data and config.seed, so runs of one fold and fraction
 score the same test cases in every workdir (checked): they pair fold by fold (the paired t-test
 across folds, metrics.paired_test) and case by case (Wilcoxon, metrics.case_test). Fractions
@@ -31,8 +33,8 @@ import compare_methods  # noqa: E402  benchmarks/experiments/compare_methods.py
 import output  # noqa: E402  benchmarks/output.py
 from vismae_jax import figures, metrics  # noqa: E402
 
-flags.DEFINE_multi_string("arms", [], "label=protocol workdir:init (pretrained or random); the "
-                          "first arm is compared with each other.")
+flags.DEFINE_multi_string("arms", [], "label=protocol workdir[,workdir...]:init (pretrained or "
+                          "random); the first arm is compared with each other.")
 flags.DEFINE_string("out", "", "The table and figure: OUT.md and OUT.png.")
 flags.DEFINE_string("json", "", "Write the comparison here.")
 flags.DEFINE_string("title", "Hippocampus, 5 folds: Dice by label fraction", "Figure title.")
@@ -40,15 +42,22 @@ flags.DEFINE_string("title", "Hippocampus, 5 folds: Dice by label fraction", "Fi
 RUN = re.compile(r"^(?P<init>pretrained|random)_labels(?P<pct>\d+)_fold(?P<fold>\d+)$")
 
 
-def read_arm(workdir: str, init: str) -> dict:
-  """{fraction: {fold: result.json}} of the finished runs of `init` in a protocol workdir."""
-  runs = {}
-  for name in sorted(os.listdir(os.path.join(workdir, "runs"))):
-    m = RUN.match(name)
-    path = os.path.join(workdir, "runs", name, "result.json")
-    if m and m["init"] == init and os.path.exists(path):
+def read_arm(workdirs: list[str], init: str) -> dict:
+  """{fraction: {fold: result.json}} of the finished runs of `init` in protocol workdirs, a
+  fraction from one workdir only (two recipes' runs of one fraction are not one arm)."""
+  runs, source = {}, {}
+  for workdir in workdirs:
+    for name in sorted(os.listdir(os.path.join(workdir, "runs"))):
+      m = RUN.match(name)
+      path = os.path.join(workdir, "runs", name, "result.json")
+      if not (m and m["init"] == init and os.path.exists(path)):
+        continue
+      fraction = f"{int(m['pct']) / 100:g}"
+      if source.setdefault(fraction, workdir) != workdir:
+        raise ValueError(f"{init} runs at {fraction} in both {source[fraction]} and {workdir}: "
+                         "give each fraction's runs from one workdir")
       with open(path) as f:
-        runs.setdefault(f"{int(m['pct']) / 100:g}", {})[int(m["fold"])] = json.load(f)
+        runs.setdefault(fraction, {})[int(m["fold"])] = json.load(f)
   return runs
 
 
@@ -134,9 +143,10 @@ def main(argv):
   arms, workdirs = {}, {}
   for spec in args.arms:
     label, rest = spec.split("=", 1)
-    workdir, init = rest.rsplit(":", 1)
-    arms[label] = read_arm(workdir, init)
-    workdirs.setdefault(os.path.basename(os.path.normpath(workdir)), workdir)
+    joined, init = rest.rsplit(":", 1)
+    arms[label] = read_arm(joined.split(","), init)
+    for workdir in joined.split(","):
+      workdirs.setdefault(os.path.basename(os.path.normpath(workdir)), workdir)
   comparison = compare(arms)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   reuse = reuse_table(workdirs)
