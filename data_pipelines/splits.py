@@ -6,7 +6,6 @@ every host and in every rerun. Groups are patient keys where the dataset has the
 patient never straddle train and test) and the image itself otherwise.
 """
 import numpy as np
-from sklearn import model_selection
 
 LABEL_FRACTIONS = (0.05, 0.10, 0.25, 0.50, 0.80, 1.00)
 
@@ -17,6 +16,7 @@ def _groups(n: int, groups) -> np.ndarray:
 
 def kfold(labels, k: int = 5, groups=None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
   """(train, test) index pairs: k folds by group, stratified by label as far as groups allow."""
+  from sklearn import model_selection  # here: it is slow to import
   labels = np.asarray(labels)
   splitter = model_selection.StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
   return [(np.sort(tr), np.sort(te)) for tr, te in

@@ -18,7 +18,7 @@ def drawn(monkeypatch):
   monkeypatch.setattr(figures, "_save", keep)
   yield kept
   for fig in kept:
-    figures.plt.close(fig)
+    figures.pyplot().close(fig)
 
 
 def ras_volume(shape=(20, 16, 12), box=(slice(12, 17), slice(3, 6), slice(7, 12))):

@@ -1,16 +1,21 @@
 """Pictures of results: what people look at first."""
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from vismae_jax import preprocess
 
-from vismae_jax import preprocess  # noqa: E402
+
+def pyplot():
+  """matplotlib's pyplot on its file-only backend, imported at the first figure: at the top it
+  was half a second of every command's start, --help and --only_check_args included."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 
 def _save(fig, path: str, dpi: int = 100):
   """Every figure's ending: laid out, written, and closed so that long runs hold no figures."""
+  plt = pyplot()
   fig.tight_layout()
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
@@ -26,6 +31,7 @@ def to_display(images: np.ndarray, normalization: str) -> np.ndarray:
 
 def image_grid(rows: dict[str, np.ndarray], path: str, title: str = "") -> str:
   """One row per entry of `rows` (name -> (N, H, W[, 3]) in [0, 1]), one column per image."""
+  plt = pyplot()
   names = list(rows)
   n = len(rows[names[0]])
   fig, axes = plt.subplots(len(names), n, figsize=(1.6 * n, 1.7 * len(names)), squeeze=False)
@@ -45,6 +51,7 @@ def image_grid(rows: dict[str, np.ndarray], path: str, title: str = "") -> str:
 
 def label_efficiency_curve(summary: dict, path: str) -> str:
   """Metric against label fraction, one line per initialisation, with its 95% CI band."""
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(5, 3.6))
   fractions = summary["fractions"]
   for init, colour in (("pretrained", "tab:blue"), ("random", "tab:orange")):
@@ -81,6 +88,7 @@ def _overlay_panel(ax, image, mask, label_map, text: str):
 
 def _overlay_grid(rows, path: str, title: str) -> str:
   """A figure of `_overlay_panel`s: rows of (image, mask, label map, title) panels."""
+  plt = pyplot()
   fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(2.2 * len(rows[0]), 2.3 * len(rows)),
                            squeeze=False)
   for r, panels in enumerate(rows):
@@ -132,6 +140,7 @@ def volume_overlays(images, masks, predictions: dict, row_labels, path: str,
   images: (X, Y, Z) RAS volumes; masks: label maps of the same shapes, or None;
   `predictions`: {model name: [(label map, Dice or None) per case]}, the Dice the volume's.
   """
+  from scipy import ndimage
   masks = [None] * len(images) if masks is None else masks
   rows = []
   for row, (image, mask) in enumerate(zip(images, masks)):
@@ -150,6 +159,7 @@ def heatmap(values: np.ndarray, row_labels, column_labels, path: str, title: str
             label: str = "") -> str:
   """A table of values in [0, 1] as colours, each cell also written out (the number is what a
   reader compares; the colour is where the eye goes first)."""
+  plt = pyplot()
   values = np.asarray(values, float)
   fig, ax = plt.subplots(figsize=(1.1 * values.shape[1] + 2.2, 0.6 * values.shape[0] + 1.4))
   image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
@@ -170,6 +180,7 @@ def method_curves(curves: dict, metric: str, path: str, title: str = "") -> str:
   fractions ("10%") or few-shot counts ("10 shots"). Fractions make a curve on a log axis with
   CI bands; few-shot settings, if any, points with CI bars in a panel of their own. A method
   may lack some settings (runs not made): it is drawn where it has them."""
+  plt = pyplot()
   settings = list(dict.fromkeys(s for points in curves.values() for s, *_ in points))
   fractions = sorted((s for s in settings if s.endswith("%")), key=lambda s: float(s[:-1]))
   shots = [s for s in settings if not s.endswith("%")]

@@ -5,8 +5,9 @@ Per-case metrics are numpy on the host (evaluation sets are small); AUCs come fr
 and tests from scipy, so the numbers are the ones reviewers recompute.
 """
 import numpy as np
-from scipy import ndimage, stats
-from sklearn import metrics as skm
+
+# scipy and scikit-learn are imported in the functions that use them: at the top they were
+# about a second of every command's start, --help and --only_check_args included.
 
 
 def segmentation_scores(pred, target, num_classes: int, hd95: bool = True,
@@ -43,6 +44,7 @@ def segmentation_scores(pred, target, num_classes: int, hd95: bool = True,
 def _surface_distances(a, b, spacing):
   """Distances from each boundary voxel of mask a to the nearest boundary voxel of mask b, in
   units of `spacing` (None: voxels)."""
+  from scipy import ndimage
   a_edge = a & ~ndimage.binary_erosion(a, border_value=0)
   b_edge = b & ~ndimage.binary_erosion(b, border_value=0)
   return ndimage.distance_transform_edt(~b_edge, sampling=spacing)[a_edge]
@@ -69,6 +71,7 @@ def classification_scores(labels, probs) -> dict:
   one-vs-rest macro. labels (N, C) 0/1 with probs (N, C): multi-label macro over classes that
   have both outcomes. Also accuracy for single-label tasks.
   """
+  from sklearn import metrics as skm
   labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
   if labels.ndim == 2:
     keep = [c for c in range(labels.shape[1]) if 0 < labels[:, c].sum() < len(labels)]
@@ -94,6 +97,7 @@ def bootstrap_ci(statistic, *arrays, strata=None, n_resamples: int = 1000,
   and keeps its size, as pROC's stratified bootstrap does for ROC curves: every resample then
   holds every class, so a statistic that needs them all is always defined.
   """
+  from scipy import stats
   arrays = [np.asarray(a) for a in arrays]
   estimate = float(statistic(*arrays))
   cases = np.arange(len(arrays[0]))
@@ -122,6 +126,7 @@ def delong_test(labels, scores_a, scores_b) -> dict:
   scipy.stats.rankdata's average ranks).
   Returns both AUCs, their difference, its standard error, z and the two-sided p-value.
   """
+  from scipy import stats
   labels = np.asarray(labels).astype(bool)
   scores = np.stack([np.asarray(scores_a, float), np.asarray(scores_b, float)])
   pos, neg = scores[:, labels], scores[:, ~labels]
@@ -149,6 +154,7 @@ def delong_test(labels, scores_a, scores_b) -> dict:
 
 def paired_test(values_a, values_b) -> dict:
   """Paired t-test across folds (a vs b on the same folds) and the mean difference."""
+  from scipy import stats
   a, b = np.asarray(values_a, float), np.asarray(values_b, float)
   result = stats.ttest_rel(a, b)
   p = float(result.pvalue) if np.isfinite(result.pvalue) else 1.0
@@ -164,6 +170,7 @@ def case_test(values_a, values_b) -> dict:
   misses small steady gains; segmentation papers compare methods case by case. It sees the
   cases' spread, not how much another training run would move each fold's model.
   """
+  from scipy import stats
   d = np.asarray(values_a, float) - np.asarray(values_b, float)
   d = d[np.isfinite(d)]
   p = float(stats.wilcoxon(d).pvalue) if np.any(d) else 1.0
@@ -174,6 +181,7 @@ def case_test(values_a, values_b) -> dict:
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
   """(mean, low, high): t-interval of a mean over folds."""
+  from scipy import stats
   values = np.asarray(values, float)
   mean = float(values.mean())
   if len(values) < 2 or np.ptp(values) == 0:  # no spread: scipy's interval would be NaN
