@@ -5,17 +5,15 @@ slow tier's subprocesses take 8).
 """
 import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax is imported
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 import helpers  # noqa: E402
-
-# XLA reads its flags at the first computation.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count=2 {helpers.FAST_COMPILE}")
 
 # In-process runs share compiled executables with each other and with the CLI tests.
 jax.config.update("jax_compilation_cache_dir", helpers.CACHE)

@@ -20,10 +20,6 @@ REFERENCE = os.path.join(ROOT, "tests", "reference")
 SHARED_DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
 # Runs of the same program in different tests share compiled executables.
 CACHE = os.path.join(tempfile.gettempdir(), "vismae_jax_test_compile_cache")
-# The suite compiles far more than it computes, and LLVM's optimisation of the CPU code is most
-# of a compilation: without it a tiny pretraining run took 26 s instead of 46 (the same loss),
-# and three of the slowest tests 187 s instead of 311.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
 def main_command(workdir, *overrides, config="configs/generic.py:tiny"):
@@ -33,7 +29,7 @@ def main_command(workdir, *overrides, config="configs/generic.py:tiny"):
 
 def main_env(devices: int = 1):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=CACHE,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   env.pop("JAX_COORDINATOR_ADDRESS", None)
   return env
 
